@@ -1,0 +1,3 @@
+"""pufferfiber: train PufferLib agents and compress them with symmetry fibrations."""
+
+__version__ = "0.1.0"
