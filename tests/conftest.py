@@ -1,0 +1,34 @@
+"""Shared test fixtures.
+
+The real BeamRider run made by upstream PufferLib 2.0 lives in ``../shared/data`` beside the
+checkout (CI has it; a user's clone does not): tests that need it skip with a clear reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_RUN = REPO.parent / "shared" / "data" / "beam_rider-5eed0001"
+
+
+@pytest.fixture(scope="session")
+def shared_run() -> Path:
+    """The read-only upstream BeamRider run (checkpoints 3, 27, 51 and log.out)."""
+    if not (SHARED_RUN / "model_000051.pt").is_file():
+        pytest.skip(f"real BeamRider data not found at {SHARED_RUN} (only in CI / dev checkouts)")
+    return SHARED_RUN
+
+
+@pytest.fixture()
+def shared_run_copy(shared_run: Path, tmp_path: Path) -> Path:
+    """A writable copy of the upstream run laid out as ``experiments/beam_rider-5eed0001``."""
+    dst = tmp_path / "experiments" / shared_run.name
+    shutil.copytree(shared_run, dst)
+    for p in dst.rglob("*"):
+        p.chmod(0o644)
+    dst.chmod(0o755)
+    return dst
