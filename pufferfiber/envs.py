@@ -117,8 +117,9 @@ def make_vecenv(
         vec_cls = pv.Ray
     else:
         vec_cls = pv.Multiprocessing
-    return pv.make(creator, backend=vec_cls, num_envs=num_envs, num_workers=workers,
-                   batch_size=batch)
+    return pv.make(
+        creator, backend=vec_cls, num_envs=num_envs, num_workers=workers, batch_size=batch
+    )
 
 
 def architecture_for(name: str, vecenv: Any = None, **sizes: Any) -> Architecture:

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -77,8 +77,9 @@ class Architecture:
         lstm: int = 512,
     ) -> Architecture:
         """PufferLib 2.0's Atari network (3,948,202 parameters for 9 actions)."""
-        return cls("cnn", tuple(obs_shape), n_actions, tuple(channels), ATARI_KERNELS,
-                   (hidden,), lstm)
+        return cls(
+            "cnn", tuple(obs_shape), n_actions, tuple(channels), ATARI_KERNELS, (hidden,), lstm
+        )
 
     @classmethod
     def mlp(
@@ -201,19 +202,19 @@ class Policy(nn.Module):
     # Named views of the parts, so other modules never index into the Sequential.
     @property
     def network(self) -> nn.Sequential:
-        return self.policy.policy.network
+        return cast(nn.Sequential, self.policy.policy.network)
 
     @property
     def lstm(self) -> nn.LSTM:
-        return self.policy.recurrent
+        return cast(nn.LSTM, self.policy.recurrent)
 
     @property
     def actor(self) -> nn.Linear:
-        return self.policy.policy.actor
+        return cast(nn.Linear, self.policy.policy.actor)
 
     @property
     def value_fn(self) -> nn.Linear:
-        return self.policy.policy.value_fn
+        return cast(nn.Linear, self.policy.policy.value_fn)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> LSTMState:
         zeros = torch.zeros(1, batch, self.arch.lstm, device=device)

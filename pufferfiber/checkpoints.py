@@ -1,0 +1,425 @@
+"""Files on disk: run folders, checkpoints, trainer state, atomic writes, the upstream importer.
+
+Our checkpoint is a plain dict saved with ``torch.save`` and loadable with
+``torch.load(weights_only=True)`` (no code is unpickled)::
+
+    {"format": "pufferfiber.checkpoint/1", "state_dict": {...}, "architecture": {...},
+     "epoch": int, "global_step": int, "env": str, "config": {...}, "meta": {...}}
+
+PufferLib 2.0 saves whole pickled modules (``torch.save(policy)``). Loading one runs arbitrary
+code, so :func:`load_checkpoint` refuses unless the caller opts in (``allow_pickle=True``, the
+command line's ``--allow-pickle``), says so on stderr, and converts it to our format.
+
+Every write goes to a temporary file beside the target and is renamed into place, so an
+interrupted or failed write (Ctrl-C, full disk) never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pufferfiber.policy import Architecture, Policy
+
+FORMAT = "pufferfiber.checkpoint/1"
+TRAINER_STATE = "trainer_state.pt"
+_CHECKPOINT_RE = re.compile(r"^model_(\d{6,})\.pt$")
+_RUN_RE = re.compile(r"^(?P<env>[a-z0-9_]+)-(?P<id>[0-9a-f]{8})$")
+
+
+class CheckpointError(Exception):
+    """A user-facing problem with a checkpoint or run folder (one-line message)."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the policy plus where it came from."""
+
+    policy: Policy
+    arch: Architecture
+    epoch: int
+    global_step: int
+    env: str
+    config: dict[str, Any]
+    path: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _describe_os_error(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"disk full while writing {path}; earlier files are intact"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: permission denied (read-only folder?)"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        return path
+    except OSError as exc:
+        raise CheckpointError(_describe_os_error(path, exc)) from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    return _atomic_write(path, lambda f: f.write(data))  # type: ignore[arg-type]
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> Path:
+    """``torch.save`` to ``path`` atomically."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+@contextlib.contextmanager
+def atomic_dir(final_dir: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final_dir``; rename it into place on success.
+
+    On any error (or Ctrl-C) the temporary folder is removed and ``final_dir`` is untouched.
+    An existing ``final_dir`` is replaced only after the new one is complete.
+    """
+    final_dir = Path(final_dir)
+    try:
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    except OSError as exc:
+        raise CheckpointError(_describe_os_error(final_dir, exc)) from exc
+    try:
+        yield tmp
+        old = None
+        if final_dir.exists():
+            old = final_dir.with_name(f".{final_dir.name}.old-{secrets.token_hex(4)}")
+            os.replace(final_dir, old)
+        os.replace(tmp, final_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(_describe_os_error(final_dir, exc)) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"model_{epoch:06d}.pt"
+
+
+def _plain(value: Any) -> Any:
+    """Reduce a config value to types ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+def save_checkpoint(
+    path: Path,
+    policy: Policy,
+    *,
+    epoch: int,
+    global_step: int,
+    env: str,
+    config: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``policy`` and its provenance to ``path`` atomically (weights-only loadable)."""
+    payload = {
+        "format": FORMAT,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()},
+        "architecture": policy.arch.to_dict(),
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "env": str(env),
+        "config": _plain(config),
+        "meta": _plain(meta or {}),
+    }
+    return atomic_torch_save(payload, Path(path))
+
+
+def _torch_load_safe(path: Path, map_location: str | torch.device) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file") from None
+    except PermissionError:
+        raise CheckpointError(f"cannot read {path}: permission denied") from None
+    except Exception as exc:  # corrupt, truncated or foreign files fail in many ways
+        # A zip archive whose pickle names PufferLib classes is a whole-module checkpoint.
+        if _pickled_module(path):
+            raise CheckpointError(
+                f"{path} is a pickled PufferLib module, not a pufferfiber checkpoint; loading it "
+                "runs code from the file: pass --allow-pickle (allow_pickle=True) if you trust it"
+            ) from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if "Weights only load failed" in reason:
+            reason = "it holds pickled objects, not only tensors"
+        reason = reason.split(". ")[0][:120]
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (corrupt, truncated or foreign): {reason}"
+        ) from None
+
+
+def _pickled_module(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            return pkl is not None and b"RecurrentPolicy" in z.read(pkl)
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _policy_from_state(
+    arch: Architecture, state_dict: dict[str, torch.Tensor], path: Path
+) -> Policy:
+    policy = Policy(arch)
+    expected = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))
+        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        detail = f"missing {missing[:3]}" if missing else f"shape mismatch in {wrong[:3]}"
+        raise CheckpointError(f"{path}: weights do not match the recorded architecture ({detail})")
+    policy.load_state_dict(state_dict)
+    return policy
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    allow_pickle: bool = False,
+    expect_env: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Load one of our checkpoints, or (with ``allow_pickle``) import a PufferLib 2.0 one.
+
+    Raises :class:`CheckpointError` with a one-line reason for a missing, corrupt or foreign
+    file, an architecture that does not match its weights, or a run of another env.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if allow_pickle and _pickled_module(path):
+        ckpt = import_pufferlib(path, env=expect_env, map_location=map_location)
+    else:
+        data = _torch_load_safe(path, map_location)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a pufferfiber checkpoint (unknown format)")
+        try:
+            arch = Architecture.from_dict(data["architecture"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: invalid architecture record ({exc})") from None
+        ckpt = Checkpoint(
+            policy=_policy_from_state(arch, data["state_dict"], path),
+            arch=arch,
+            epoch=int(data["epoch"]),
+            global_step=int(data["global_step"]),
+            env=str(data["env"]),
+            config=dict(data.get("config", {})),
+            path=path,
+            meta=dict(data.get("meta", {})),
+        )
+    if expect_env is not None and ckpt.env != expect_env:
+        raise CheckpointError(f"{path} is a checkpoint of env {ckpt.env!r}, not {expect_env!r}")
+    return ckpt
+
+
+def _architecture_of_upstream(sd: dict[str, torch.Tensor], path: Path) -> Architecture:
+    """Read the sizes of a PufferLib 2.0 recurrent policy from its state dict."""
+    net = sorted(
+        (int(m.group(1)), k)
+        for k in sd
+        if (m := re.match(r"policy\.policy\.network\.(\d+)\.weight$", k))
+    )
+    if not net or "policy.recurrent.weight_ih_l0" not in sd:
+        raise CheckpointError(f"{path}: not a PufferLib recurrent policy (no network/LSTM)")
+    convs = [sd[k] for _, k in net if sd[k].dim() == 4]
+    linears = [sd[k] for _, k in net if sd[k].dim() == 2]
+    n_actions = int(sd["policy.policy.actor.weight"].shape[0])
+    lstm = int(sd["policy.recurrent.weight_hh_l0"].shape[1])
+    hidden = tuple(int(w.shape[0]) for w in linears)
+    if convs:
+        # PufferLib's Atari policy: 1×105×80 frames through its fixed kernels.
+        c_in = int(convs[0].shape[1])
+        arch = Architecture.atari(
+            n_actions, (c_in, 105, 80), tuple(int(w.shape[0]) for w in convs), hidden[0], lstm
+        )
+        return arch.replace(hidden=hidden)
+    return Architecture.mlp(int(linears[0].shape[1]), n_actions, hidden, lstm)
+
+
+def import_pufferlib(
+    path: Path, env: str | None = None, map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Convert a PufferLib 2.0 whole-module checkpoint (trusted by the caller) to ours."""
+    print(
+        f"warning: unpickling {path} (a whole pickled module runs code from the file; "
+        "allowed by --allow-pickle)",
+        file=sys.stderr,
+    )
+    try:
+        import pufferlib.cleanrl  # noqa: F401  (the pickle references its classes)
+
+        module = torch.load(path, map_location=map_location, weights_only=False)
+        sd = module.state_dict()
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: cannot import PufferLib checkpoint ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
+    arch = _architecture_of_upstream(sd, path)
+    match = _CHECKPOINT_RE.match(path.name)
+    run = _RUN_RE.match(path.parent.name)
+    env_name = env or (run.group("env") if run else "")
+    if not env_name:
+        raise CheckpointError(f"{path}: cannot tell the env from the folder name; pass --env")
+    return Checkpoint(
+        policy=_policy_from_state(arch, sd, path),
+        arch=arch,
+        epoch=int(match.group(1)) if match else 0,
+        global_step=0,
+        env=env_name,
+        config={},
+        path=path,
+        meta={"imported_from": "pufferlib-2.0", "source": str(path)},
+    )
+
+
+def save_trainer_state(run_dir: Path, state: dict[str, Any]) -> Path:
+    """Optimizer moments and counters beside the checkpoints, for ``--resume``."""
+    return atomic_torch_save(state, Path(run_dir) / TRAINER_STATE)
+
+
+def load_trainer_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dict | None:
+    path = Path(run_dir) / TRAINER_STATE
+    if not path.exists():
+        return None
+    data = _torch_load_safe(path, map_location)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a trainer state file")
+    return data
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every ``model_%06d.pt`` directly in ``run_dir``, by epoch."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for p in run_dir.iterdir():
+        m = _CHECKPOINT_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def closest_checkpoint(run_dir: Path, epoch: int) -> tuple[int, Path]:
+    """The checkpoint whose epoch is nearest ``epoch`` (on a tie, the later one)."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"no checkpoints (model_XXXXXX.pt) in {run_dir}")
+    return min(found, key=lambda item: (abs(item[0] - epoch), -item[0]))
+
+
+def new_run_dir(parent: Path, env: str) -> Path:
+    """Create ``parent/<env>-<id8>`` (a fresh random id) and return it."""
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            run = parent / f"{env}-{secrets.token_hex(4)}"
+            try:
+                run.mkdir()
+            except FileExistsError:
+                continue
+            probe = run / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return run
+    except OSError as exc:
+        raise CheckpointError(_describe_os_error(parent, exc)) from None
+    raise CheckpointError(f"could not create a new run folder in {parent}")
+
+
+def _run_time(run: Path) -> float:
+    ckpts = list_checkpoints(run)
+    stamp = ckpts[-1][1] if ckpts else run
+    return stamp.stat().st_mtime
+
+
+def find_run(data_dir: Path, env: str, exp_id: str | None = None) -> Path:
+    """The run folder of ``env`` to use: the one named by ``exp_id``, else the newest.
+
+    ``exp_id`` may be the full folder name (``beam_rider-5eed0001``) or its 8-hex id. Runs of
+    other envs are never chosen; a folder ``exp_id`` naming another env is an error.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise CheckpointError(f"data dir {data_dir} does not exist")
+    runs = [p for p in data_dir.iterdir() if p.is_dir() and (m := _RUN_RE.match(p.name))]
+    if exp_id is not None:
+        for run in runs:
+            m = _RUN_RE.match(run.name)
+            assert m is not None
+            if exp_id in (run.name, m.group("id")):
+                if m.group("env") != env:
+                    raise CheckpointError(
+                        f"experiment {run.name} is a run of {m.group('env')!r}, not {env!r}"
+                    )
+                return run
+        raise CheckpointError(f"no experiment {exp_id!r} in {data_dir}")
+    mine = [r for r in runs if r.name.rsplit("-", 1)[0] == env and list_checkpoints(r)]
+    if not mine:
+        raise CheckpointError(
+            f"no {env} run with checkpoints in {data_dir}; train one first "
+            f"(demo.py --mode train --env {env})"
+        )
+    return max(mine, key=_run_time)

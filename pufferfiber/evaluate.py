@@ -1,0 +1,112 @@
+"""Play a policy in its environment: episode returns and batches of real observations.
+
+Used by ``demo.py --mode eval``, by the collapse fidelity report (return before retraining,
+observation sequences for the KL) and by experiments. Environments are stepped one copy per
+episode slot without PufferLib's vectoriser: evaluation wants exact episode accounting, not
+throughput.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pufferfiber.envs import make_env
+from pufferfiber.policy import Policy
+
+
+def _act(logits: torch.Tensor, greedy: bool, gen: torch.Generator) -> np.ndarray:
+    if greedy:
+        return logits.argmax(-1).numpy()
+    probs = torch.softmax(logits.float(), -1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1).numpy()
+
+
+@torch.inference_mode()
+def play_episodes(
+    policy: Policy,
+    env_name: str,
+    episodes: int,
+    *,
+    seed: int = 0,
+    num_envs: int | None = None,
+    device: str | torch.device = "cpu",
+    greedy: bool = False,
+    max_steps: int | None = None,
+) -> list[float]:
+    """Returns of ``episodes`` complete episodes (LSTM state reset at each episode start).
+
+    ``num_envs`` environments run side by side (default: ``min(episodes, 8)``); each starts
+    new episodes until ``episodes`` have been started in total. ``max_steps`` caps the steps
+    per env (episodes cut short are not counted).
+    """
+    if episodes < 1:
+        raise ValueError("episodes must be at least 1")
+    n = min(num_envs or min(episodes, 8), episodes)
+    policy = policy.to(device).eval()
+    gen = torch.Generator().manual_seed(seed)
+    envs = [make_env(env_name) for _ in range(n)]
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    h, c = policy.initial_state(n, device)
+    started, returns, running = n, [], np.zeros(n)
+    active = np.ones(n, dtype=bool)
+    steps = 0
+    try:
+        while active.any() and (max_steps is None or steps < max_steps):
+            logits, _, (h, c) = policy(torch.as_tensor(obs, device=device), (h, c))
+            actions = _act(logits.cpu(), greedy, gen)
+            steps += 1
+            for i, env in enumerate(envs):
+                if not active[i]:
+                    continue
+                ob, reward, term, trunc, _ = env.step(np.asarray(actions[i]))
+                running[i] += float(np.asarray(reward).sum())
+                obs[i] = ob
+                if np.asarray(term).any() or np.asarray(trunc).any():
+                    returns.append(running[i])
+                    running[i] = 0.0
+                    h[:, i], c[:, i] = 0.0, 0.0
+                    if started < episodes:
+                        obs[i] = env.reset(seed=seed + started)[0]
+                        started += 1
+                    else:
+                        active[i] = False
+    finally:
+        for env in envs:
+            env.close()
+    return [float(r) for r in returns]
+
+
+@torch.inference_mode()
+def collect_observations(
+    policy: Policy,
+    env_name: str,
+    batch: int,
+    steps: int,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``[batch, steps, *obs_shape]`` real observations from ``batch`` envs played by ``policy``.
+
+    Episodes that end are restarted in place, so every row is a contiguous stream the
+    policy actually saw (fidelity measurements replay them with the LSTM state carried).
+    """
+    policy = policy.cpu().eval()
+    gen = torch.Generator().manual_seed(seed)
+    envs = [make_env(env_name) for _ in range(batch)]
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    frames = np.empty((batch, steps, *obs.shape[1:]), dtype=obs.dtype)
+    state = policy.initial_state(batch)
+    try:
+        for t in range(steps):
+            frames[:, t] = obs
+            logits, _, state = policy(torch.as_tensor(obs), state)
+            actions = _act(logits, False, gen)
+            for i, env in enumerate(envs):
+                ob, _, term, trunc, _ = env.step(np.asarray(actions[i]))
+                if np.asarray(term).any() or np.asarray(trunc).any():
+                    ob = env.reset()[0]
+                obs[i] = ob
+    finally:
+        for env in envs:
+            env.close()
+    return torch.from_numpy(frames)
