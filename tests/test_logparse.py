@@ -1,0 +1,163 @@
+"""The dashboard log parser on real captured logs (upstream PufferLib 2.0 and our trainer)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pufferfiber.logparse import (
+    LOSS_FIELDS,
+    LogParseError,
+    columns,
+    parse_dashboard,
+    parse_duration,
+    parse_log,
+    parse_number,
+    read_metrics,
+    series,
+)
+
+UPSTREAM_BATCH = 30_720  # the run's batch_size: agent steps per epoch
+
+
+@pytest.fixture(scope="module")
+def upstream_text(shared_run: Path) -> str:
+    return (shared_run / "log.out").read_text(encoding="utf-8")
+
+
+def _block_values(block: str, label: str) -> list[str]:
+    """The raw text after ``label`` on the block's lines (independent of the parser)."""
+    return re.findall(rf"(?<!\w){re.escape(label)}\s+(\S+)", block)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("30.7k", 30_700.0), ("1.7m", 1.7e6), ("1b", 1e9), ("9.0m", 9e6), ("-0.000", 0.0),
+     ("383", 383.0), ("2.5e-3", 2.5e-3)],
+)  # fmt: skip
+def test_numbers_with_suffixes(text: str, value: float) -> None:
+    assert parse_number(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1h 5m 15s", 3915), ("19m", 1140), ("0s", 0), ("2m  29s", 149), ("1h 10m 46s", 4246)],
+)
+def test_durations_in_seconds(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_bad_values_are_refused() -> None:
+    assert math.isnan(parse_number("nan"))
+    for bad in ("beam_…", "12.3x", ""):
+        with pytest.raises(ValueError):
+            parse_number(bad)
+    for bad in ("1.6m", "abc", ""):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_upstream_log_every_block_and_field(shared_run: Path, upstream_text: str) -> None:
+    records = parse_log(shared_run / "log.out")
+    shown = [int(e) for e in re.findall(r"│\s+Epoch\s+(\d+)", upstream_text)]
+    assert [r.epoch for r in records] == sorted(set(shown))
+    for r in records[1:]:
+        assert set(r.losses) == set(LOSS_FIELDS)
+        assert {"episode_return", "episode_length"} <= set(r.user_stats)
+        assert {"agent_steps", "sps", "uptime", "remaining", "environment"} <= set(r.summary)
+        # Agent steps are abbreviated to 3 significant digits ("1.6m"): within rounding.
+        steps = float(r.summary["agent_steps"])
+        assert abs(steps - r.epoch * UPSTREAM_BATCH) <= 0.051 * max(steps, 1e3)
+        assert r.performance["evaluate"] + r.performance["train"] <= r.summary["uptime"] + 2
+    uptime = np.array([r.summary["uptime"] for r in records], float)
+    assert np.all(np.diff(uptime) >= 0)
+    assert records[-1].message.startswith("Checkpoint saved")
+
+
+def test_values_match_the_raw_text(shared_run: Path, upstream_text: str) -> None:
+    """approx_kl is its own cell (not old_approx_kl's) and every return is read exactly."""
+    records = {r.epoch: r for r in parse_log(shared_run / "log.out")}
+    for block in upstream_text.split("\x1b[0;0H"):
+        epoch = _block_values(block, "Epoch")
+        if not epoch or not _block_values(block, "episode_return"):
+            continue
+        r = records[int(epoch[0])]
+        assert r.losses["approx_kl"] == float(_block_values(block, "approx_kl")[0])
+        assert r.losses["old_approx_kl"] == float(_block_values(block, "old_approx_kl")[0])
+        assert r.user_stats["episode_return"] == float(_block_values(block, "episode_return")[0])
+
+
+def test_wrapped_durations_are_joined(shared_run: Path, upstream_text: str) -> None:
+    """``Uptime 1h 6m`` + ``30s`` on the next line is 3990 s, not 3960 s."""
+    records = parse_log(shared_run / "log.out")
+    wrapped = re.findall(r"Uptime\s+(\d+)h (\d+)m\s.*\n│\s+(\d+)s", upstream_text)
+    assert wrapped, "the real log has wrapped uptimes"
+    expected = {3600 * int(h) + 60 * int(m) + int(s) for h, m, s in wrapped}
+    assert expected <= {r.summary["uptime"] for r in records}
+
+
+def test_partial_last_block_keeps_only_final_values(upstream_text: str) -> None:
+    full = {r.epoch: r.flat() for r in parse_dashboard(upstream_text)}
+    start = upstream_text.rfind("\x1b[0;0H")
+    seen_partial = False
+    for cut in range(start, len(upstream_text), 53):
+        records = parse_dashboard(upstream_text[:cut])
+        assert records, "earlier epochs survive a cut"
+        for r in records:
+            flat = r.flat()
+            assert {k: full[r.epoch][k] for k in flat} == flat, f"cut at {cut}"
+        seen_partial |= not records[-1].complete
+    assert seen_partial
+
+
+def test_ansi_colours_and_blocks_out_of_order(upstream_text: str) -> None:
+    """Colour codes around values do not change anything; epochs come from the dashboard."""
+    plain = parse_dashboard(upstream_text)
+    coloured = re.sub(
+        r"(?<![\[;\d.])(\d+(?:\.\d+)?[kmb]?)", "\x1b[1;38;5;45m\\1\x1b[0m", upstream_text
+    )
+    assert [r.flat() for r in parse_dashboard(coloured)] == [r.flat() for r in plain]
+    kept = "\x1b[0;0H".join(upstream_text.split("\x1b[0;0H")[::2])
+    shown = sorted({int(e) for e in re.findall(r"│\s+Epoch\s+(\d+)", kept)})
+    assert [r.epoch for r in parse_dashboard(kept)] == shown
+    assert 0 < len(shown) < len(plain) - 10
+
+
+def test_columns_view(shared_run: Path) -> None:
+    records = parse_log(shared_run / "log.out")
+    cols = columns(records)
+    assert cols["epoch"].shape == (len(records),)
+    assert np.isnan(cols["episode_return"][0])  # epoch 0 has no episodes yet
+    epochs, returns = series(records, "episode_return")
+    assert epochs[0] == 1 and len(epochs) == len(records) - 1
+    assert np.all(returns > 0)
+    assert "environment" not in cols
+
+
+def test_not_a_dashboard(tmp_path: Path) -> None:
+    p = tmp_path / "log.err"
+    p.write_text("Traceback (most recent call last):\n  boom\n")
+    with pytest.raises(LogParseError, match="no PufferLib dashboard"):
+        parse_log(p)
+    with pytest.raises(LogParseError, match="cannot read"):
+        parse_log(tmp_path / "missing.out")
+
+
+def test_metrics_jsonl(tmp_path: Path) -> None:
+    p = tmp_path / "metrics.jsonl"
+    rows = [
+        {"epoch": 52, "global_step": 1_597_440, "sps": 400.5, "approx_kl": 0.02,
+         "old_approx_kl": 0.03, "episode_return": 650.0},
+        {"epoch": 53, "global_step": 1_628_160, "sps": 410.0, "episode_return": 660.0},
+    ]  # fmt: skip
+    p.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"epoch": 54, "sps"')
+    records = read_metrics(p)
+    assert [r.epoch for r in records] == [52, 53]
+    assert records[0].summary["agent_steps"] == 1_597_440
+    assert records[0].losses == {"approx_kl": 0.02, "old_approx_kl": 0.03}
+    assert series(records, "episode_return")[1].tolist() == [650.0, 660.0]
