@@ -1,0 +1,565 @@
+"""Fibers (and opfibers) of a policy's layers: which units compute the same signal.
+
+The mathematics is SPEC §3. For each collapsible layer, in forward order along the layer graph
+(:mod:`pufferfiber.graph`), every unit gets an *input-collapsed row*: its incoming weights
+summed over each colour class (fiber) of the producer, with the bias as the last entry. Units
+whose rows agree form a fiber.
+
+* ``threshold == 0`` gives the **exact** fibers (the coarsest balanced colouring): rows equal up
+  to a relative float tolerance :data:`EXACT_RTOL`. For ReLU layers rows are compared up to a
+  positive factor (ReLU is positively homogeneous; the collapse folds the factor into the
+  outgoing column); LSTM rows must be equal. The LSTM's recurrent weights are refined from one
+  colour to a true fixed point (at most ``n`` rounds).
+* ``0 < threshold <= 2`` gives **approximate** fibers: cosine distance ``1 - cos`` between rows,
+  agglomerative clustering with average linkage, merge while the distance is ``<= threshold``
+  (scipy ``linkage`` + ``fcluster(criterion="distance")``). For the LSTM the hidden colouring
+  starts from the exact fibers and is re-clustered for at most ``max_lstm_rounds`` rounds
+  (default :data:`DEFAULT_LSTM_ROUNDS` = 1): further rounds cascade (SPEC §6).
+
+Zero rows: the cosine distance between two all-zero rows is 0 (both units output the constant
+ReLU(0) / the same gate values, so they are the same signal) and between a zero row and a
+non-zero row it is 1 (no direction in common, as scikit-learn's ``cosine_distances``).
+
+At the conv → Linear boundary the colour of Linear input ``k`` is ``(fiber of channel, position)``
+(``flatten_colours="positions"``, a true fibration). ``"pooled"`` reproduces the published
+reference, which sums a row over image positions too (more merges, not faithful).
+
+Labels are deterministic: fibers are numbered by first occurrence, so the representative of a
+fiber (its lowest unit index) is the first unit carrying its label.
+
+*Opfibers* are the same construction on the output side (transposed weights), walking back
+from the heads, whose outputs each have their own colour.
+
+``fibers.pkl`` (:func:`save_fibers` / :func:`load_fibers`) is a dict of plain Python and numpy
+values only, read back with a restricted unpickler that refuses anything else.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pufferfiber.graph import (
+    LayerGraph,
+    LayerNode,
+    bias_view,
+    build_graph,
+    recurrent_view,
+    weight_view,
+)
+from pufferfiber.policy import Policy
+
+FIBERS_FORMAT = "pufferfiber.fibers/1"
+FLATTEN_COLOURS = ("positions", "pooled")
+EXACT_RTOL = 1e-5  # relative Euclidean tolerance for "equal" rows (float32 weights summed)
+# Approximate LSTM re-clustering rounds. Round 1 compares full W_hh rows (hidden colouring =
+# the exact fibers); later rounds sum W_hh over the approximate clusters and cascade: on the
+# upstream BeamRider epoch-51 checkpoint at τ = 0.5 (positions) rounds 1..6 give 248, 48, 75,
+# 68, 68, 69 LSTM fibers (no fixed point). One round is the faithful default; more is opt-in.
+DEFAULT_LSTM_ROUNDS = 1
+_BLOCK = 1024  # rows per block of pairwise products (bounds peak memory to ~n·block floats)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class LayerFibers:
+    """The fibers of one layer.
+
+    ``labels[u]`` is the fiber of unit ``u`` (0..n_fibers-1, numbered by first occurrence).
+    ``collapsed`` is False for a layer left whole (every unit its own fiber). ``rounds`` is
+    the number of recurrent colouring rounds (LSTM only).
+    """
+
+    node: LayerNode
+    labels: np.ndarray
+    collapsed: bool = True
+    rounds: int = 0
+
+    @property
+    def n_fibers(self) -> int:
+        return int(self.labels.max()) + 1 if self.labels.size else 0
+
+    @property
+    def representatives(self) -> np.ndarray:
+        """Lowest unit index of each fiber (fiber order)."""
+        return np.unique(self.labels, return_index=True)[1]
+
+
+@dataclass
+class Fibration:
+    """Fibers of every hidden layer, in forward order, with the settings that produced them."""
+
+    threshold: float
+    flatten_colours: str
+    layers: list[LayerFibers]
+    side: str = "in"  # "in": fibers, "out": opfibers
+    max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> LayerFibers:
+        for layer in self.layers:
+            if key in (layer.node.label, layer.node.name):
+                return layer
+        raise KeyError(key)
+
+    def get(self, node: LayerNode) -> LayerFibers | None:
+        return next((f for f in self.layers if f.node.name == node.name), None)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Layer label → number of fibers."""
+        return {f.node.label: f.n_fibers for f in self.layers}
+
+    @property
+    def lstm_rounds(self) -> int:
+        return max((f.rounds for f in self.layers if f.node.kind == "lstm"), default=0)
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def relabel_first_occurrence(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 0, 1, ... in order of first appearance (deterministic fiber ids)."""
+    labels = np.asarray(labels)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
+
+
+def meet(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The common refinement of two partitions (units together iff together in both)."""
+    _, inverse = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
+    return relabel_first_occurrence(inverse.reshape(-1))
+
+
+def cosine_distances_condensed(rows: np.ndarray) -> np.ndarray:
+    """Condensed (scipy ``pdist`` layout) cosine distances ``1 - cos`` in ``[0, 2]``.
+
+    Computed by blocks of matrix products (no per-unit loop); zero rows as the module says.
+    """
+    x = np.asarray(rows, dtype=np.float64)
+    n = x.shape[0]
+    norms = np.linalg.norm(x, axis=1)
+    zero = norms == 0
+    unit = x / np.where(zero, 1.0, norms)[:, None]
+    out = np.empty(n * (n - 1) // 2)
+    pos = 0
+    for i0 in range(0, n, _BLOCK):
+        i1 = min(n, i0 + _BLOCK)
+        d = 1.0 - unit[i0:i1] @ unit[i0:].T
+        d[zero[i0:i1, None] & zero[None, i0:]] = 0.0
+        np.clip(d, 0.0, 2.0, out=d)
+        # Strict upper triangle of this block row, row-major = the condensed segment.
+        upper = np.arange(n - i0)[None, :] > np.arange(i1 - i0)[:, None]
+        seg = d[upper]
+        out[pos : pos + seg.size] = seg
+        pos += seg.size
+    return out
+
+
+def exact_partition(rows: np.ndarray, *, scale_free: bool) -> np.ndarray:
+    """Units whose rows are equal (``scale_free``: equal up to a positive factor).
+
+    Equal means ``|a - b| <= EXACT_RTOL · max(|a|, |b|)``; groups are the connected components
+    of that relation (for truly equal rows it is already transitive).
+    """
+    x = np.asarray(rows, dtype=np.float64)
+    n = x.shape[0]
+    if n <= 1:
+        return np.zeros(n, dtype=np.int64)
+    sq = np.einsum("ij,ij->i", x, x)
+    if scale_free:
+        x = x / np.sqrt(np.where(sq == 0, 1.0, sq))[:, None]
+        sq = (sq > 0).astype(np.float64)
+    src, dst = [], []
+    for i0 in range(0, n, _BLOCK):
+        i1 = min(n, i0 + _BLOCK)
+        dist2 = sq[i0:i1, None] + sq[None, :] - 2.0 * (x[i0:i1] @ x.T)
+        close = dist2 <= EXACT_RTOL**2 * np.maximum(sq[i0:i1, None], sq[None, :])
+        i, j = np.nonzero(close)
+        src.append(i + i0)
+        dst.append(j)
+    s, d = np.concatenate(src), np.concatenate(dst)
+    graph = coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return relabel_first_occurrence(labels)
+
+
+def cluster_rows(rows: np.ndarray, threshold: float, *, scale_free: bool = True) -> np.ndarray:
+    """Fiber labels of ``rows``: exact at ``threshold == 0``, else average-linkage clusters.
+
+    For ``threshold > 0`` clusters merge while their average cosine distance is ``<=
+    threshold`` (scipy semantics; scikit-learn's ``distance_threshold`` merges on ``<``, which
+    differs only on exact ties).
+    """
+    n = len(rows)
+    if threshold == 0 or n <= 1:
+        return exact_partition(rows, scale_free=scale_free)
+    tree = linkage(cosine_distances_condensed(rows), method="average")
+    return relabel_first_occurrence(fcluster(tree, t=threshold, criterion="distance"))
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class Colouring:
+    """A partition of a producer's units plus each unit's fold factor (see :func:`fold_scales`)."""
+
+    labels: torch.Tensor  # long [units]
+    count: int
+    scales: torch.Tensor  # float64 [units]
+
+    @classmethod
+    def discrete(cls, n: int) -> Colouring:
+        return cls(torch.arange(n), n, torch.ones(n, dtype=torch.float64))
+
+    @classmethod
+    def of(cls, labels: np.ndarray, scales: torch.Tensor | None = None) -> Colouring:
+        lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        ones = torch.ones(len(lab), dtype=torch.float64)
+        return cls(lab, int(lab.max()) + 1 if len(lab) else 0, ones if scales is None else scales)
+
+
+def sum_over_colours(view: torch.Tensor, colouring: Colouring, axis: int = 2) -> torch.Tensor:
+    """Sum a unit view over the colour classes of ``axis`` (scaled by the fold factors)."""
+    shape = [1] * view.dim()
+    shape[axis] = -1
+    out_shape = list(view.shape)
+    out_shape[axis] = colouring.count
+    out = torch.zeros(out_shape, dtype=torch.float64)
+    return out.index_add_(axis, colouring.labels, view.double() * colouring.scales.view(shape))
+
+
+def node_rows(
+    node: LayerNode,
+    params: dict[str, torch.Tensor],
+    inputs: Colouring,
+    hidden: Colouring | None = None,
+    *,
+    pooled: bool = False,
+) -> torch.Tensor:
+    """Input-collapsed rows ``[units, d]`` of a node (float64), bias last per gate.
+
+    ``hidden`` is the current colouring of the LSTM's own units (its ``W_hh`` columns);
+    ``pooled`` also sums over positions after a flatten (the published reference).
+    """
+    w = sum_over_colours(weight_view(node, params[node.weight_key]), inputs)
+    if pooled and node.mapping == "flatten":
+        w = w.sum(dim=3, keepdim=True)
+    parts = [w.flatten(2)]
+    if node.recurrent_key is not None:
+        if hidden is None:
+            raise ValueError("the LSTM rows need the hidden colouring")
+        hh = sum_over_colours(recurrent_view(node, params[node.recurrent_key]), hidden)
+        parts.append(hh.flatten(2))
+    bias = sum(bias_view(node, params[k]).double() for k in node.bias_keys)
+    parts.append(torch.as_tensor(bias).unsqueeze(-1))
+    return torch.cat(parts, dim=2).flatten(1)
+
+
+def fold_scales(rows: torch.Tensor, colouring: Colouring) -> torch.Tensor:
+    """Fold factor of each unit: its row's projection on its fiber's mean row.
+
+    For rows that are positive multiples ``c_j · w`` this is exactly ``c_j / mean(c)``, so a
+    ReLU fiber collapses faithfully with outgoing column ``Σ_j s_j · w_out,j``; duplicates give
+    1. Negative projections are clipped to 0 (ReLU is only positively homogeneous).
+    """
+    mean = mean_over_fibers(rows, colouring)[colouring.labels]
+    num = (rows * mean).sum(dim=1)
+    den = (mean * mean).sum(dim=1)
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0).clamp(min=0.0)
+
+
+def mean_over_fibers(x: torch.Tensor, colouring: Colouring, axis: int = 0) -> torch.Tensor:
+    """Mean of ``x`` over each fiber along ``axis`` (fibers in label order)."""
+    out_shape = list(x.shape)
+    out_shape[axis] = colouring.count
+    total = torch.zeros(out_shape, dtype=torch.float64).index_add_(
+        axis, colouring.labels, x.double()
+    )
+    counts = torch.bincount(colouring.labels, minlength=colouring.count).double()
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return total / counts.view(shape)
+
+
+# --------------------------------------------------------------------------- fibers
+
+
+def _check(threshold: float, flatten_colours: str) -> None:
+    if not 0.0 <= threshold <= 2.0:
+        raise ValueError(f"threshold must be in [0, 2], got {threshold}")
+    if flatten_colours not in FLATTEN_COLOURS:
+        raise ValueError(
+            f"flatten_colours must be one of {FLATTEN_COLOURS}, got {flatten_colours!r}"
+        )
+
+
+def selected_layers(graph: LayerGraph, layers: list[str] | None) -> set[str]:
+    """Names of the nodes to collapse; ``None`` = every hidden layer. Accepts names or labels,
+    and the kinds ``conv``, ``linear``, ``lstm``."""
+    if layers is None:
+        return {n.name for n in graph.hidden}
+    chosen: set[str] = set()
+    for key in layers:
+        kind_match = [n.name for n in graph.hidden if n.kind == key]
+        if kind_match:
+            chosen.update(kind_match)
+            continue
+        node = graph[key]
+        if not node.hidden:
+            raise KeyError(f"layer {key!r} is a head and cannot be collapsed")
+        chosen.add(node.name)
+    return chosen
+
+
+def _policy_params(policy: Policy) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+
+
+def compute_fibers(
+    policy: Policy,
+    threshold: float,
+    *,
+    flatten_colours: str = "positions",
+    layers: list[str] | None = None,
+    max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
+) -> Fibration:
+    """Fibers of every hidden layer of ``policy`` at ``threshold`` (see the module docstring).
+
+    ``layers`` selects the layers to collapse (names, labels or kinds); the others keep every
+    unit as its own fiber and colour their consumers' inputs discretely.
+    """
+    _check(threshold, flatten_colours)
+    graph = build_graph(policy)
+    params = _policy_params(policy)
+    chosen = selected_layers(graph, layers)
+    colourings: dict[str, Colouring] = {}
+    result: list[LayerFibers] = []
+    for node in graph.hidden:
+        producer = graph.producer(node)
+        inputs = colourings[producer.name] if producer else Colouring.discrete(node.in_units)
+        pooled = flatten_colours == "pooled"
+        if node.name not in chosen:
+            fib = LayerFibers(node, np.arange(node.size), collapsed=False)
+            colour = Colouring.discrete(node.size)
+        elif node.kind == "lstm":
+            fib = _lstm_fibers(node, params, inputs, threshold, max_lstm_rounds)
+            colour = Colouring.of(fib.labels)
+        else:
+            rows = node_rows(node, params, inputs, pooled=pooled)
+            fib = LayerFibers(node, cluster_rows(rows.numpy(), threshold, scale_free=True))
+            colour = Colouring.of(fib.labels)
+            # ReLU: positive multiples are one signal up to a factor the consumer absorbs.
+            colour = Colouring(colour.labels, colour.count, fold_scales(rows, colour))
+        colourings[node.name] = colour
+        result.append(fib)
+    return Fibration(threshold, flatten_colours, result, "in", max_lstm_rounds)
+
+
+def _lstm_fibers(
+    node: LayerNode,
+    params: dict[str, torch.Tensor],
+    inputs: Colouring,
+    threshold: float,
+    max_rounds: int,
+) -> LayerFibers:
+    """Exact fixed point from one colour, then (approximate case) bounded re-clustering."""
+    labels = np.zeros(node.size, dtype=np.int64)
+    rounds = 0
+    for rounds in range(1, node.size + 1):  # noqa: B007 - rounds is reported
+        rows = node_rows(node, params, inputs, Colouring.of(labels)).numpy()
+        refined = meet(labels, exact_partition(rows, scale_free=False))
+        if refined.max() == labels.max():
+            break
+        labels = refined
+    if threshold == 0:
+        return LayerFibers(node, labels, rounds=rounds)
+    for rounds in range(1, max_rounds + 1):  # noqa: B007
+        rows = node_rows(node, params, inputs, Colouring.of(labels)).numpy()
+        new = cluster_rows(rows, threshold, scale_free=True)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return LayerFibers(node, labels, rounds=rounds)
+
+
+def compute_opfibers(
+    policy: Policy,
+    threshold: float,
+    *,
+    layers: list[str] | None = None,
+    max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
+) -> Fibration:
+    """Opfibers: units with the same outgoing pattern, walking back from the heads.
+
+    A unit's *output-collapsed row* is its outgoing columns in every consumer, summed over the
+    consumer's opfiber colours (head outputs are discrete); the LSTM adds its ``W_hh`` columns
+    over its own colouring (iterated as for fibers). Flatten positions stay separate.
+    """
+    _check(threshold, "positions")
+    graph = build_graph(policy)
+    params = _policy_params(policy)
+    chosen = selected_layers(graph, layers)
+    colourings = {h.name: Colouring.discrete(h.size) for h in graph.heads}
+    result: list[LayerFibers] = []
+    for node in reversed(graph.hidden):
+        consumers = graph.consumers(node)
+
+        def rows_for(
+            hidden: Colouring | None, node: LayerNode = node, consumers: list[LayerNode] = consumers
+        ) -> np.ndarray:
+            parts = [_out_columns(c, params[c.weight_key], colourings[c.name]) for c in consumers]
+            if node.recurrent_key is not None and hidden is not None:
+                hh = recurrent_view(node, params[node.recurrent_key])
+                parts.append(_out_columns_view(hh, hidden))
+            return torch.cat(parts, dim=1).numpy()
+
+        if node.name not in chosen:
+            fib = LayerFibers(node, np.arange(node.size), collapsed=False)
+        elif node.kind == "lstm":
+            fib = _lstm_opfibers(node, rows_for, threshold, max_lstm_rounds)
+        else:
+            # Exact opfibers need equal columns; approximate ones compare directions.
+            fib = LayerFibers(node, cluster_rows(rows_for(None), threshold, scale_free=False))
+        colourings[node.name] = Colouring.of(fib.labels)
+        result.append(fib)
+    return Fibration(threshold, "positions", result[::-1], "out", max_lstm_rounds)
+
+
+def _out_columns(consumer: LayerNode, weight: torch.Tensor, colouring: Colouring) -> torch.Tensor:
+    return _out_columns_view(weight_view(consumer, weight), colouring)
+
+
+def _out_columns_view(view: torch.Tensor, colouring: Colouring) -> torch.Tensor:
+    """``[producer units, d]``: a consumer's columns summed over its own (output) colours."""
+    summed = sum_over_colours(view, colouring, axis=0)  # [k, gates, producer units, extent]
+    return summed.permute(2, 0, 1, 3).flatten(1)
+
+
+def _lstm_opfibers(
+    node: LayerNode, rows_for: Any, threshold: float, max_rounds: int
+) -> LayerFibers:
+    labels = np.zeros(node.size, dtype=np.int64)
+    rounds = 0
+    for rounds in range(1, node.size + 1):  # noqa: B007
+        refined = meet(labels, exact_partition(rows_for(Colouring.of(labels)), scale_free=False))
+        if refined.max() == labels.max():
+            break
+        labels = refined
+    if threshold > 0:
+        for rounds in range(1, max_rounds + 1):  # noqa: B007
+            new = cluster_rows(rows_for(Colouring.of(labels)), threshold)
+            if np.array_equal(new, labels):
+                break
+            labels = new
+    return LayerFibers(node, labels, rounds=rounds)
+
+
+# --------------------------------------------------------------------------- fibers.pkl
+
+
+def fibers_dict(
+    fibration: Fibration,
+    *,
+    epoch: int,
+    env: str,
+    params_before: int,
+    params_after: int,
+) -> dict[str, Any]:
+    """The documented ``fibers.pkl`` content (plain Python + numpy only).
+
+    Keys: ``format``, ``threshold``, ``epoch``, ``env``, ``flatten_colours``, ``max_lstm_rounds``,
+    ``lstm_rounds``, ``params_before``, ``params_after`` and ``layers``: one dict per hidden layer
+    in forward order with ``name`` (state-dict module path), ``label``, ``kind``, ``size``,
+    ``n_fibers``, ``collapsed`` (bool) and ``labels`` (``np.int64`` array, fiber id per unit).
+    """
+    return {
+        "format": FIBERS_FORMAT,
+        "threshold": float(fibration.threshold),
+        "epoch": int(epoch),
+        "env": str(env),
+        "flatten_colours": fibration.flatten_colours,
+        "max_lstm_rounds": int(fibration.max_lstm_rounds),
+        "lstm_rounds": int(fibration.lstm_rounds),
+        "params_before": int(params_before),
+        "params_after": int(params_after),
+        "layers": [
+            {
+                "name": f.node.name,
+                "label": f.node.label,
+                "kind": f.node.kind,
+                "size": int(f.node.size),
+                "n_fibers": int(f.n_fibers),
+                "collapsed": bool(f.collapsed),
+                "labels": np.asarray(f.labels, dtype=np.int64),
+            }
+            for f in fibration.layers
+        ],
+    }
+
+
+class FibersFileError(ValueError):
+    """``fibers.pkl`` is missing, corrupt, or holds something other than plain data."""
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("builtins", "bool"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "complex"),
+    ("builtins", "slice"),
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain containers, numbers, strings and numpy arrays; refuses anything else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def save_fibers(path: Path | str, fibers: dict[str, Any]) -> Path:
+    """Write ``fibers.pkl`` atomically (checks it reads back with the restricted loader)."""
+    from pufferfiber.checkpoints import atomic_write_bytes
+
+    data = pickle.dumps(fibers, protocol=4)
+    _PlainUnpickler(io.BytesIO(data)).load()  # never write what load_fibers would refuse
+    return atomic_write_bytes(Path(path), data)
+
+
+def load_fibers(path: Path | str) -> dict[str, Any]:
+    """Read ``fibers.pkl`` with the restricted unpickler; :class:`FibersFileError` otherwise."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FibersFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        obj = _PlainUnpickler(io.BytesIO(data)).load()
+    except Exception as exc:
+        raise FibersFileError(f"{path} is not a valid fibers file: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FIBERS_FORMAT:
+        raise FibersFileError(f"{path} is not a pufferfiber fibers file (format {FIBERS_FORMAT})")
+    return obj
