@@ -283,7 +283,7 @@ def apply_plans(
 # --------------------------------------------------------------------------- the hook
 
 
-def _append_line(path: Path, record: Mapping[str, Any]) -> None:
+def append_json_line(path: Path, record: Mapping[str, Any]) -> None:
     """Append one JSON line with a single ``write`` on an ``O_APPEND`` descriptor: a reader
     never sees half a line, and an interrupted run leaves only whole lines."""
     data = (json.dumps(record, sort_keys=False) + "\n").encode()
@@ -410,7 +410,7 @@ class SymmetryBreaker:
         if self.opfiber_threshold is not None:
             opfibers = compute_opfibers(policy, self.opfiber_threshold)
             labels = {f.node.label: meet(labels[f.node.label], f.labels) for f in opfibers.layers}
-        chosen = _chosen_labels(graph, self.layers)
+        chosen = selected_labels(graph, self.layers)
         ages = self.ages(graph, epoch)
         scales = layer_fold_scales(policy, graph, fibration)
         plans = [
@@ -447,13 +447,13 @@ class SymmetryBreaker:
         report = self.step(ctx.policy, ctx.optimizer, ctx.epoch)
         if self.log_name is not None and ctx.run_dir is not None:
             Path(ctx.run_dir).mkdir(parents=True, exist_ok=True)
-            _append_line(
+            append_json_line(
                 Path(ctx.run_dir) / self.log_name, report.record(ctx.global_step, self.settings())
             )
         return {f"broken_{label}": float(n) for label, n in report.broken.items()}
 
 
-def _chosen_labels(graph: LayerGraph, layers: Sequence[str] | None) -> list[str]:
+def selected_labels(graph: LayerGraph, layers: Sequence[str] | None) -> list[str]:
     """Labels of the selected hidden layers in forward order (clear error for unknown ones)."""
     if layers is None:
         return [n.label for n in graph.hidden]
