@@ -1,0 +1,416 @@
+"""The collapse pipeline: checkpoint → fibers → quotient → folder (and its command line).
+
+:func:`collapse_to_folder` is what ``demo.py --collapse τ`` and ``python -m pufferfiber
+collapse`` both call. It writes, into one folder and atomically (all three or nothing)::
+
+    model_<EPOCH:06d>_collapsed.pt   the collapsed policy (our weights-only checkpoint format)
+    fibers.pkl                       the fibers (see :func:`pufferfiber.fibers.fibers_dict`)
+    fidelity.json                    KL, value error, return, sizes (see pufferfiber.fidelity)
+
+Folder names follow the guide: ``collapsed_model_thr_<TT>_<EPOCH:06d>`` with ``TT = 10·τ`` as
+two digits (0.3 → ``03``, 1.0 → ``10``); a τ that is not a multiple of 0.1 keeps all its
+digits without the point (0.25 → ``025``, 0.125 → ``0125``), which can never clash with a
+two-digit name because τ ≤ 2 has a single integer digit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pufferfiber.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    atomic_dir,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pufferfiber.collapse import collapse_policy
+from pufferfiber.fibers import (
+    DEFAULT_LSTM_ROUNDS,
+    FLATTEN_COLOURS,
+    FibersFileError,
+    Fibration,
+    compute_fibers,
+    fibers_dict,
+    save_fibers,
+)
+from pufferfiber.fidelity import fidelity_report, format_fidelity
+from pufferfiber.policy import Policy
+
+MAX_THRESHOLD = 2.0
+
+
+@dataclass
+class CollapseResult:
+    """What :func:`collapse_to_folder` produced.
+
+    ``checkpoint`` is the collapsed checkpoint (``path`` = its final location, ``meta["collapse"]``
+    says threshold and source), ``fibers`` the ``fibers.pkl`` dict, ``fidelity`` the
+    ``fidelity.json`` dict, ``fibration`` the in-memory fibers.
+    """
+
+    checkpoint: Checkpoint
+    out_dir: Path
+    fibers: dict[str, Any]
+    fidelity: dict[str, Any]
+    fibration: Fibration
+
+
+def validate_threshold(tau: Any) -> float:
+    """τ as a float in ``[0, 2]``; ``ValueError`` with a clear message otherwise."""
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number between 0 and 2, got {tau!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_THRESHOLD:
+        raise ValueError(f"threshold must be between 0 and 2 (cosine distance), got {tau}")
+    return value
+
+
+def threshold_tag(tau: float) -> str:
+    """``03`` for 0.3, ``10`` for 1.0, ``025`` for 0.25 (see the module docstring)."""
+    tau = validate_threshold(tau)
+    tenths = round(tau * 10)
+    if abs(tau * 10 - tenths) < 1e-9:
+        return f"{tenths:02d}"
+    return f"{tau:.6f}".rstrip("0").replace(".", "")
+
+
+def collapse_folder_name(threshold: float, epoch: int) -> str:
+    """``collapsed_model_thr_03_000051`` for τ = 0.3 at epoch 51."""
+    return f"collapsed_model_thr_{threshold_tag(threshold)}_{int(epoch):06d}"
+
+
+def collapsed_model_name(epoch: int) -> str:
+    return f"model_{int(epoch):06d}_collapsed.pt"
+
+
+def collapse_to_folder(
+    ckpt: Checkpoint,
+    threshold: float,
+    out_dir: Path,
+    *,
+    flatten_colours: str = "positions",
+    layers: list[str] | None = None,
+    max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
+    fidelity_episodes: int = 3,
+    fidelity_batch: int = 8,
+    fidelity_steps: int = 64,
+    observations: torch.Tensor | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    echo: bool = True,
+) -> CollapseResult:
+    """Collapse ``ckpt`` at ``threshold`` and write the three files into ``out_dir``.
+
+    ``observations`` (``[B, T, *obs]``) replaces the ``fidelity_batch × fidelity_steps`` real
+    frames otherwise collected by playing the original policy. An existing non-empty
+    ``out_dir`` is an error unless ``overwrite``; then only the three files are replaced
+    (other contents, e.g. a resumed run inside, are kept). ``echo`` prints the fidelity table.
+    Raises ``ValueError`` / :class:`CheckpointError` with one-line messages; on any error
+    nothing is left half-written.
+    """
+    threshold = validate_threshold(threshold)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"output {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise CheckpointError(
+            f"output folder {out_dir} already exists and is not empty "
+            "(pass --force to replace its collapsed model)"
+        )
+    _check_writable(out_dir)
+    policy = ckpt.policy.cpu().eval()
+    fibration = compute_fibers(
+        policy,
+        threshold,
+        flatten_colours=flatten_colours,
+        layers=layers,
+        max_lstm_rounds=max_lstm_rounds,
+    )
+    quotient = collapse_policy(policy, fibration).eval()
+    if observations is None:
+        from pufferfiber.evaluate import collect_observations
+
+        observations = collect_observations(policy, ckpt.env, fidelity_batch, fidelity_steps, seed)
+    fidelity = fidelity_report(
+        policy,
+        quotient,
+        fibration,
+        env=ckpt.env,
+        observations=observations,
+        episodes=fidelity_episodes,
+        seed=seed,
+    )
+    fidelity.update(epoch=ckpt.epoch, source=str(ckpt.path))
+    fibers = fibers_dict(
+        fibration,
+        epoch=ckpt.epoch,
+        env=ckpt.env,
+        params_before=policy.parameter_count(),
+        params_after=quotient.parameter_count(),
+    )
+    meta = dict(ckpt.meta)
+    meta["collapse"] = _collapse_meta(ckpt, fibration, fidelity)
+    name = collapsed_model_name(ckpt.epoch)
+    with _output_folder(out_dir) as tmp:
+        save_checkpoint(
+            tmp / name,
+            quotient,
+            epoch=ckpt.epoch,
+            global_step=ckpt.global_step,
+            env=ckpt.env,
+            config=ckpt.config,
+            meta=meta,
+        )
+        save_fibers(tmp / "fibers.pkl", fibers)
+        atomic_write_text(tmp / "fidelity.json", json.dumps(fidelity, indent=2) + "\n")
+    if echo:
+        print(format_fidelity(fidelity))
+    collapsed = Checkpoint(
+        policy=quotient,
+        arch=quotient.arch,
+        epoch=ckpt.epoch,
+        global_step=ckpt.global_step,
+        env=ckpt.env,
+        config=dict(ckpt.config),
+        path=out_dir / name,
+        meta=meta,
+    )
+    return CollapseResult(collapsed, out_dir, fibers, fidelity, fibration)
+
+
+def folder_writable(path: Path) -> bool:
+    """Whether ``path`` (or its nearest existing ancestor) may be written into.
+
+    A folder without any write permission bit counts as read-only even for root, who would
+    otherwise write anywhere (shared data folders are marked read-only this way).
+    """
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    mode = existing.stat().st_mode
+    return bool(mode & 0o222) and os.access(existing, os.W_OK | os.X_OK)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail before the (slow) fibers and fidelity work when the output cannot be written."""
+    if not folder_writable(out_dir):
+        raise CheckpointError(f"cannot write {out_dir}: permission denied (read-only folder?)")
+
+
+def _collapse_meta(ckpt: Checkpoint, fibration: Fibration, fidelity: dict) -> dict[str, Any]:
+    return {
+        "threshold": fibration.threshold,
+        "flatten_colours": fibration.flatten_colours,
+        "collapsed_layers": fidelity["collapsed_layers"],
+        "fibers": fidelity["fibers"],
+        "lstm_rounds": fibration.lstm_rounds,
+        "params_before": fidelity["params_before"],
+        "params_after": fidelity["params_after"],
+        "source": str(ckpt.path),
+        "source_epoch": ckpt.epoch,
+        "source_architecture": ckpt.arch.to_dict(),
+    }
+
+
+class _output_folder:
+    """A new folder via :func:`atomic_dir`; an existing one gets files moved in one by one.
+
+    Either way the files are first written completely into a temporary folder; a failure
+    before the move leaves the destination exactly as it was.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self._inner: Any = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        if not self.out_dir.is_dir():
+            self._inner = atomic_dir(self.out_dir)
+            return Path(self._inner.__enter__())
+        try:
+            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir))
+        except OSError as exc:
+            raise CheckpointError(f"cannot write into {self.out_dir}: {exc.strerror}") from None
+        return self._tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if self._inner is not None:
+            return bool(self._inner.__exit__(exc_type, exc, tb))
+        assert self._tmp is not None
+        try:
+            if exc_type is None:
+                for f in sorted(self._tmp.iterdir()):
+                    os.replace(f, self.out_dir / f.name)
+        except OSError as err:
+            raise CheckpointError(f"cannot write into {self.out_dir}: {err.strerror}") from None
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return False
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pufferfiber collapse",
+        description="Find the fibers of a checkpoint, collapse each fiber to one unit and write "
+        "the collapsed model, fibers.pkl and fidelity.json (KL, value error, return before "
+        "retraining) into one folder.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a pufferfiber checkpoint (model_XXXXXX.pt), or a PufferLib 2.0 pickled "
+        "one with --allow-pickle",
+    )
+    p.add_argument(
+        "--threshold",
+        "-t",
+        required=True,
+        metavar="TAU",
+        help="cosine-distance threshold τ in [0, 2]: 0 = exact fibers only (the "
+        "function is unchanged); larger merges more units",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (default: collapsed_model_thr_<TT>_<EPOCH> beside the checkpoint)",
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow importing a PufferLib 2.0 whole-module checkpoint (unpickling "
+        "runs code from the file: only for files you trust)",
+    )
+    p.add_argument(
+        "--env",
+        help="environment name; needed when a pickled checkpoint's folder "
+        "does not say it (default: the checkpoint's own env)",
+    )
+    p.add_argument(
+        "--flatten-colours",
+        choices=FLATTEN_COLOURS,
+        default="positions",
+        help="colours of the Linear inputs after the conv flatten: 'positions' = "
+        "(channel fiber, image position), exact (default); 'pooled' = sum over "
+        "positions as the published reference (merges more, not faithful)",
+    )
+    p.add_argument(
+        "--layers",
+        default="all",
+        help="comma-separated layers to collapse: kinds (conv, linear, lstm), labels "
+        "(conv1, linear1, ...) or 'all' (default: all hidden layers)",
+    )
+    p.add_argument(
+        "--lstm-rounds",
+        type=int,
+        default=DEFAULT_LSTM_ROUNDS,
+        metavar="N",
+        help="approximate LSTM re-clustering rounds (default %(default)s; more "
+        "rounds cascade into far fewer units; the exact case always runs to a fixed "
+        "point)",
+    )
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=3,
+        metavar="N",
+        help="episodes played by the collapsed policy for its return before "
+        "retraining (0 = skip; default %(default)s)",
+    )
+    p.add_argument(
+        "--fidelity-batch",
+        type=int,
+        default=8,
+        metavar="B",
+        help="real observation sequences for KL and value error (default %(default)s)",
+    )
+    p.add_argument(
+        "--fidelity-steps",
+        type=int,
+        default=64,
+        metavar="T",
+        help="steps per sequence, LSTM state carried (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the envs and action sampling")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the collapsed model in an existing, non-empty output folder",
+    )
+    return p
+
+
+def _layers_arg(text: str) -> list[str] | None:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or items == ["all"]:
+        return None
+    return items
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    for name in ("episodes",):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0")
+    for name in ("lstm_rounds", "fidelity_batch", "fidelity_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def collapse_main(argv: list[str] | None = None) -> int:
+    """``python -m pufferfiber collapse``; returns the exit code (errors: one line, code 1)."""
+    args = _parser().parse_args(argv)
+    try:
+        threshold = validate_threshold(args.threshold)
+        _check_counts(args)
+        if args.env is not None:
+            from pufferfiber.envs import check_env_name
+
+            check_env_name(args.env)
+        ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
+        out = args.out or args.checkpoint.parent / collapse_folder_name(threshold, ckpt.epoch)
+        result = collapse_to_folder(
+            ckpt,
+            threshold,
+            out,
+            flatten_colours=args.flatten_colours,
+            layers=_layers_arg(args.layers),
+            max_lstm_rounds=args.lstm_rounds,
+            fidelity_episodes=args.episodes,
+            fidelity_batch=args.fidelity_batch,
+            fidelity_steps=args.fidelity_steps,
+            seed=args.seed,
+            overwrite=args.force,
+        )
+    except (CheckpointError, FibersFileError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    print(f"wrote {result.out_dir}/ ({result.checkpoint.path.name}, fibers.pkl, fidelity.json)")
+    return 0
+
+
+def collapse_policy_only(policy: Policy, threshold: float, **kwargs: Any) -> Policy:
+    """Convenience for experiments: the quotient of ``policy`` at ``threshold`` (no files)."""
+    return collapse_policy(policy, compute_fibers(policy, validate_threshold(threshold), **kwargs))
