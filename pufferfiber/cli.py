@@ -1,0 +1,412 @@
+"""``demo.py``: the guide's command line (train, resume, evaluate, collapse-and-retrain).
+
+    python demo.py --mode train --vec multiprocessing --env beam_rider > log.out 2> log.err
+    python demo.py --mode train --env beam_rider --resume [--exp-id ID]
+    python demo.py --mode train --env beam_rider --collapse 0.3 > log_collapsed.out
+    python demo.py --mode eval --env beam_rider [--eval-model-path PATH] [--eval-episodes N]
+
+The dashboard goes to stdout, everything else (run folder, warnings, errors) to stderr. Bad
+input gives one ``error:`` line on stderr and exit code 2, never a traceback; Ctrl-C during
+training saves a checkpoint, says how to resume, and exits 130.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+# torch's import warns about pynvml on some machines; keep stderr to our own messages.
+warnings.filterwarnings("ignore", message=".*pynvml package is deprecated.*")
+
+import argparse  # noqa: E402
+import inspect  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+from pufferfiber.config import ConfigError, RunConfig, help_epilog, load_config  # noqa: E402
+from pufferfiber.config import parse_overrides as parse_config_overrides  # noqa: E402
+from pufferfiber.envs import VEC_BACKENDS, EnvError  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_COLLAPSE_EPOCH = 50
+
+
+class UsageError(Exception):
+    """Bad command-line usage (reported as one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="demo.py",
+        description="Train PufferLib agents (PPO + LSTM), evaluate them, and collapse them with "
+        "symmetry fibrations.",
+        epilog=help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("train", "eval"),
+        default="train",
+        help="train (default) or eval (play episodes with a checkpoint)",
+    )
+    parser.add_argument(
+        "--env",
+        default="beam_rider",
+        help="environment: cartpole or an Atari game such as beam_rider (default: beam_rider)",
+    )
+    parser.add_argument(
+        "--vec",
+        choices=VEC_BACKENDS,
+        default="serial",
+        help="vectorisation backend (default: serial; ray needs the 'ray' extra)",
+    )
+    parser.add_argument(
+        "--exp-id",
+        default=None,
+        help="run folder to resume / evaluate / collapse: <env>-<id8> or its id8 "
+        "(default: the newest run of --env)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run from its latest checkpoint and optimizer state",
+    )
+    parser.add_argument(
+        "--eval-model-path",
+        type=Path,
+        default=None,
+        help="checkpoint to evaluate (default: the newest of the run)",
+    )
+    parser.add_argument(
+        "--eval-episodes", type=int, default=10, help="episodes played by --mode eval (default: 10)"
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept PufferLib 2.0's pickled whole-module checkpoints (runs code "
+        "from the file: only for files you trust)",
+    )
+    group = parser.add_argument_group("collapse (with --mode train)")
+    group.add_argument(
+        "--collapse",
+        type=float,
+        default=0.0,
+        metavar="TAU",
+        help="collapse fibers at cosine distance <= TAU (0 < TAU <= 2; 0 = off), "
+        "then resume training from the collapsed model",
+    )
+    group.add_argument(
+        "--collapse-epoch",
+        type=int,
+        default=DEFAULT_COLLAPSE_EPOCH,
+        help="collapse the checkpoint closest to this epoch (default: 50)",
+    )
+    group.add_argument(
+        "--collapse-until",
+        type=int,
+        default=None,
+        help="train the collapsed model up to this epoch (default: the last epoch "
+        "of the schedule, total_timesteps / batch_size)",
+    )
+    group.add_argument(
+        "--flatten-colours",
+        choices=("positions", "pooled"),
+        default="positions",
+        help="conv->Linear colours: positions (a true fibration, default) or "
+        "pooled (the published reference's criterion)",
+    )
+    return parser
+
+
+@dataclass
+class Args:
+    """Parsed command line: options plus ``--section.key`` config overrides."""
+
+    ns: argparse.Namespace
+    overrides: dict[str, str]
+
+
+def parse_args(argv: list[str]) -> Args:
+    ns, rest = build_parser().parse_known_args(argv)
+    overrides = parse_config_overrides(rest)
+    if ns.eval_episodes < 1:
+        raise UsageError("--eval-episodes must be at least 1")
+    return Args(ns, overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def build_vecenv(cfg: RunConfig) -> Any:
+    """The vector env of ``cfg``; ``[env]`` settings are forwarded when ``make_vecenv`` can."""
+    from pufferfiber.envs import make_vecenv
+
+    kwargs: dict[str, Any] = {}
+    if cfg.env and "env_kwargs" in inspect.signature(make_vecenv).parameters:
+        kwargs["env_kwargs"] = dict(cfg.env)
+    elif cfg.env != _family_env_defaults(cfg.env_name):
+        raise ConfigError(
+            "--env.* overrides are not supported by this pufferfiber.envs "
+            "(make_vecenv has no env_kwargs)"
+        )
+    v = cfg.vec
+    return make_vecenv(
+        cfg.env_name, v.backend, v.num_envs, v.num_workers, v.env_batch_size, **kwargs
+    )
+
+
+def _family_env_defaults(env_name: str) -> dict[str, Any]:
+    """The ``[env]`` values of the config files alone (what the env's constructor defaults to)."""
+    return dict(load_config(env_name).env)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_training(
+    cfg: RunConfig,
+    policy: Any,
+    run_dir: Path,
+    *,
+    start_epoch: int = 0,
+    start_global_step: int = 0,
+    end_epoch: int | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    log_name: str = "log.out",
+    meta: dict[str, Any] | None = None,
+) -> int:
+    """Train ``policy`` in ``run_dir`` (a new or resumed run); returns the exit code."""
+    from pufferfiber.trainer import Trainer, TrainingInterrupted
+
+    vecenv = build_vecenv(cfg)
+    trainer = Trainer(
+        cfg,
+        vecenv,
+        policy,
+        run_dir,
+        start_epoch=start_epoch,
+        start_global_step=start_global_step,
+        end_epoch=end_epoch,
+        optimizer_state=optimizer_state,
+        log_name=log_name,
+        meta=meta,
+    )
+    _say(
+        f"run folder: {run_dir} (epochs {start_epoch + 1}..{trainer.end_epoch}, "
+        f"device {trainer.device})"
+    )
+    try:
+        result = trainer.train()
+    except TrainingInterrupted as stop:
+        _say(f"interrupted: checkpoint of epoch {stop.epoch} saved to {stop.path}")
+        _say(
+            f"resume with: python demo.py --mode train --env {cfg.env_name} --resume "
+            f"--exp-id {run_dir.name} --train.data-dir {run_dir.parent}"
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        trainer.close()
+    last = result.checkpoints[-1] if result.checkpoints else None
+    _say(f"done: epoch {result.epoch}, {result.global_step} agent steps; last checkpoint {last}")
+    return 0
+
+
+def train_new(cfg: RunConfig) -> int:
+    """``--mode train``: a fresh run folder ``<data_dir>/<env>-<id8>``."""
+    import torch
+
+    from pufferfiber.checkpoints import new_run_dir
+    from pufferfiber.envs import architecture_for
+    from pufferfiber.policy import Policy
+
+    torch.manual_seed(cfg.train.seed)
+    policy = Policy(architecture_for(cfg.env_name))
+    run_dir = new_run_dir(Path(cfg.train.data_dir), cfg.env_name)
+    return run_training(cfg, policy, run_dir)
+
+
+def train_resume(
+    cfg: RunConfig, exp_id: str | None, allow_pickle: bool, new_schedule: bool = False
+) -> int:
+    """``--resume``: the latest checkpoint + optimizer state of the chosen run, same folder.
+
+    The run keeps its own last epoch (a collapsed run stops at its ``--collapse-until``) unless
+    ``new_schedule`` (``--train.total-timesteps`` given) extends or shortens it.
+    """
+    from pufferfiber.checkpoints import find_run, load_checkpoint, load_trainer_state
+
+    run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, exp_id)
+    state = load_trainer_state(run_dir) or {}
+    epoch, path = _latest_checkpoint(run_dir)
+    optimizer_state = state.get("optimizer") if state.get("epoch") == epoch else None
+    if optimizer_state is None:
+        _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
+    ckpt = load_checkpoint(path, allow_pickle=allow_pickle, expect_env=cfg.env_name)
+    end_epoch = cfg.train.end_epoch
+    if not new_schedule and "end_epoch" in state:
+        end_epoch = int(state["end_epoch"])
+    if epoch >= end_epoch:
+        _say(f"{run_dir.name} already finished at epoch {epoch} (schedule ends at {end_epoch})")
+        return 0
+    log_name = "log_collapsed.out" if (run_dir / "log_collapsed.out").exists() else "log.out"
+    _say(f"resuming {run_dir.name} from {path.name}")
+    return run_training(
+        cfg,
+        ckpt.policy,
+        run_dir,
+        start_epoch=ckpt.epoch,
+        start_global_step=ckpt.global_step,
+        end_epoch=end_epoch,
+        optimizer_state=optimizer_state,
+        log_name=log_name,
+        meta=ckpt.meta,
+    )
+
+
+def train_collapsed(cfg: RunConfig, ns: argparse.Namespace) -> int:
+    """``--collapse τ``: collapse the checkpoint closest to ``--collapse-epoch`` of the run, then
+    train the collapsed policy (fresh optimizer, same hyperparameters) to ``--collapse-until``
+    in a new run folder inside the collapse folder."""
+    from pufferfiber.checkpoints import closest_checkpoint, find_run, load_checkpoint, new_run_dir
+    from pufferfiber.pipeline import collapse_folder_name, collapse_to_folder
+
+    tau = _check_threshold(ns.collapse)
+    run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, ns.exp_id)
+    epoch, path = closest_checkpoint(run_dir, ns.collapse_epoch)
+    until = cfg.train.end_epoch if ns.collapse_until is None else ns.collapse_until
+    if until <= epoch:
+        raise UsageError(f"--collapse-until ({until}) must be after the collapsed epoch ({epoch})")
+    _say(f"collapsing {run_dir.name}/{path.name} at threshold {tau}")
+    ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
+    out_dir = run_dir / collapse_folder_name(tau, epoch)
+    try:
+        result = collapse_to_folder(
+            ckpt,
+            tau,
+            out_dir,
+            flatten_colours=ns.flatten_colours,
+            seed=cfg.train.seed,
+            overwrite=True,
+            echo=False,
+        )
+    except ValueError as exc:  # the pipeline's one-line input errors
+        raise UsageError(str(exc)) from None
+    collapsed = result.checkpoint
+    _say(
+        f"collapsed model: {collapsed.path} ({collapsed.policy.parameter_count()} of "
+        f"{ckpt.policy.parameter_count()} parameters)"
+    )
+    child = new_run_dir(out_dir, cfg.env_name)
+    return run_training(
+        cfg,
+        collapsed.policy,
+        child,
+        start_epoch=collapsed.epoch,
+        start_global_step=collapsed.global_step,
+        end_epoch=until,
+        log_name="log_collapsed.out",
+        meta=collapsed.meta,
+    )
+
+
+def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
+    """``--mode eval``: play ``--eval-episodes`` episodes and print mean ± std return."""
+    import numpy as np
+
+    from pufferfiber.checkpoints import find_run, load_checkpoint
+    from pufferfiber.evaluate import play_episodes
+    from pufferfiber.trainer import resolve_device
+
+    path = ns.eval_model_path
+    if path is None:
+        run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, ns.exp_id)
+        path = _latest_checkpoint(run_dir)[1]
+    ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
+    returns = np.asarray(
+        play_episodes(
+            ckpt.policy,
+            cfg.env_name,
+            ns.eval_episodes,
+            seed=cfg.train.seed,
+            device=resolve_device(cfg.train.device),
+        )
+    )
+    print(
+        f"{cfg.env_name} {path} (epoch {ckpt.epoch}): return {returns.mean():.2f} ± "
+        f"{returns.std():.2f} over {len(returns)} episodes (min {returns.min():.2f}, "
+        f"max {returns.max():.2f})",
+        flush=True,
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _check_threshold(tau: float) -> float:
+    from pufferfiber.pipeline import validate_threshold
+
+    try:
+        return validate_threshold(tau)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _latest_checkpoint(run_dir: Path) -> tuple[int, Path]:
+    from pufferfiber.checkpoints import CheckpointError, list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"no checkpoints (model_XXXXXX.pt) in {run_dir}")
+    return found[-1]
+
+
+def dispatch(args: Args) -> int:
+    ns = args.ns
+    if ns.collapse and ns.mode != "train":
+        raise UsageError("--collapse works with --mode train")
+    if ns.collapse != 0:
+        _check_threshold(ns.collapse)  # before any expensive work
+    cfg = load_config(ns.env, args.overrides, backend=ns.vec)
+    if ns.mode == "eval":
+        return evaluate(cfg, ns)
+    if ns.collapse:
+        return train_collapsed(cfg, ns)
+    if ns.resume:
+        new_schedule = "train.total_timesteps" in args.overrides
+        return train_resume(cfg, ns.exp_id, ns.allow_pickle, new_schedule)
+    return train_new(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (errors are one line on stderr)."""
+    from pufferfiber.checkpoints import CheckpointError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return dispatch(parse_args(argv))
+    except (UsageError, ConfigError, EnvError, CheckpointError) as exc:
+        _say(f"demo.py: error: {_one_line(exc)}")
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        _say(f"demo.py: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return 1
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
