@@ -106,8 +106,8 @@ def draw_comparison(
         ax.plot(c.epochs, smooth(c.values, smooth_window), c.style, color=col, lw=2, label=label)
     for epoch, label in collapse_epochs:
         ax.axvline(epoch, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(label, (epoch, 1.0), xycoords=("data", "axes fraction"), fontsize=8,
-                    rotation=90, va="top", ha="right", color="grey")  # fmt: skip
+        ax.annotate(label, (epoch, 0.02), xycoords=("data", "axes fraction"), fontsize=8,
+                    rotation=90, va="bottom", ha="right", color="grey")  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel("episode return")
     ax.grid(alpha=0.3)
@@ -165,6 +165,7 @@ def draw_fibers(
     layer_sizes: Mapping[str, int] | None = None,
     *,
     epoch_shift: Mapping[str, int] | None = None,
+    styles: Mapping[str, tuple[str, str]] | None = None,
     title: str = "Fibers per layer over training",
 ) -> FigureBase:
     """Number of fibers of each layer per checkpoint, one panel per layer.
@@ -174,6 +175,7 @@ def draw_fibers(
             and ``fibers`` ({layer label: count}).
         layer_sizes: units per layer in the full model (drawn as a dashed line).
         epoch_shift: added to a series' epochs (a resumed run whose epochs restart at 1).
+        styles: ``{series label: (colour, linestyle)}`` to match the return figure's colours.
     """
     layers: dict[str, None] = {}
     for entries in timelines.values():
@@ -192,7 +194,8 @@ def draw_fibers(
                 continue
             ep, n = np.array(pts, dtype=float).T
             ep = ep + (epoch_shift or {}).get(name, 0)
-            ax.plot(ep, n, marker="o", ms=3, color=COLOURS[(i + 1) % len(COLOURS)], label=name)
+            colour, style = (styles or {}).get(name, (COLOURS[(i + 1) % len(COLOURS)], "-"))
+            ax.plot(ep, n, style, marker="o", ms=3, color=colour, label=name)
         if layer_sizes and layer in layer_sizes:
             ax.axhline(layer_sizes[layer], color="black", ls="--", lw=0.8, label="layer size")
         ax.set_title(layer, fontsize=10)
@@ -242,7 +245,9 @@ def draw_tradeoff(
         left.annotate(f"τ={p.threshold:g}", (x, y), textcoords="offset points", xytext=(5, 5),
                       fontsize=8)  # fmt: skip
     if original_return is not None and np.isfinite(original_return):
-        left.axhline(original_return, color="black", ls="--", lw=0.8, label="original run")
+        left.axhline(
+            original_return, color="black", ls="--", lw=0.8, label="original run (final return)"
+        )
         left.legend(fontsize=8)
     if norm is not None:
         fig.colorbar(sc, ax=left, label="KL(original || collapsed) at collapse")

@@ -195,26 +195,52 @@ def shift_for(history: RunHistory, collapse_epoch: int) -> int:
     return collapse_epoch if epochs and min(epochs) < collapse_epoch else 0
 
 
+@dataclass(frozen=True)
+class TimelineSettings:
+    """How fibers over time are computed: as the collapse did, unless the user overrides."""
+
+    flatten_colours: str | None = None
+    allow_pickle: bool = False
+    show_progress: bool = True
+
+
+def _collapsed_layers(c: CollapseFolder) -> list[str] | None:
+    """The layers the collapse merged (so sizes over time compare like with like)."""
+    if not c.fibers:
+        return None
+    chosen = [str(layer["label"]) for layer in c.fibers["layers"] if layer.get("collapsed")]
+    return chosen or None
+
+
 def _fibers_timelines(
-    exp: Experiment, flatten_colours: str | None, show_progress: bool
+    exp: Experiment, settings: TimelineSettings
 ) -> dict[tuple[Path, float], list[dict[str, Any]]]:
-    """Fibers over time of the original run and each resumed run, per threshold."""
+    """Fibers over time of the original run and each resumed run, per threshold.
+
+    A run whose checkpoints cannot be read (e.g. upstream pickles without ``--allow-pickle``)
+    is left out with a warning; the rest of the report still comes out.
+    """
     from pufferfiber.timeline import fibers_over_time
 
-    jobs: list[tuple[Path, float, str]] = []
-    for c in exp.collapses:
-        colours = flatten_colours or str((c.fibers or {}).get("flatten_colours", "positions"))
-        jobs.append((exp.run_dir, c.threshold, colours))
-        jobs += [(h.run_dir, c.threshold, colours) for h in c.resumed]
     out: dict[tuple[Path, float], list[dict[str, Any]]] = {}
-    with _progress(show_progress) as bar:
-        for run_dir, tau, colours in dict.fromkeys(jobs):
-            if (run_dir, tau) in out or not _has_checkpoints(run_dir):
-                continue
-            name = f"fibers τ={tau:g} {_short(run_dir, exp.run_dir)}"
-            out[(run_dir, tau)] = fibers_over_time(
-                run_dir, tau, flatten_colours=colours, progress=bar(name)
+    with _progress(settings.show_progress) as bar:
+        for c in exp.collapses:
+            colours = settings.flatten_colours or str(
+                (c.fibers or {}).get("flatten_colours", "positions")
             )
+            for run_dir in [exp.run_dir, *(h.run_dir for h in c.resumed)]:
+                if (run_dir, c.threshold) in out or not _has_checkpoints(run_dir):
+                    continue
+                name = f"fibers τ={c.threshold:g} {_short(run_dir, exp.run_dir)}"
+                try:
+                    out[(run_dir, c.threshold)] = fibers_over_time(
+                        run_dir, c.threshold, flatten_colours=colours, layers=_collapsed_layers(c),
+                        allow_pickle=settings.allow_pickle, progress=bar(name),
+                    )  # fmt: skip
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # one unreadable run must not cost the whole report
+                    print(f"report: warning: {name} skipped: {e}", file=sys.stderr)
     return out
 
 
@@ -223,13 +249,13 @@ def _short(run_dir: Path, root: Path) -> str:
 
 
 class _progress:
-    """A rich progress bar on stderr; ``bar(name)`` gives a ``progress(done, total)`` callback."""
+    """Rich progress bars on stderr; ``bar(name)`` gives a ``progress(done, total, epoch)``."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._rich: Any = None
 
-    def __enter__(self) -> Callable[[str], Callable[[int, int], None] | None]:
+    def __enter__(self) -> Callable[[str], Callable[[int, int, int], None] | None]:
         if self.enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -244,18 +270,20 @@ class _progress:
             self._rich.start()
         return self._task
 
-    def _task(self, name: str) -> Callable[[int, int], None] | None:
+    def _task(self, name: str) -> Callable[[int, int, int], None] | None:
         if self._rich is None:
             return None
         task = self._rich.add_task(name, total=None)
 
-        def update(done: int, total: int) -> None:
-            self._rich.update(task, completed=done, total=total)
+        def update(done: int, total: int, epoch: int) -> None:
+            self._rich.update(task, completed=done, total=total, description=f"{name} ({epoch})")
 
         return update
 
     def __exit__(self, *exc: object) -> None:
         if self._rich is not None:
+            for task in self._rich.tasks:  # the callback fires before each checkpoint
+                self._rich.update(task.id, completed=task.total)
             self._rich.stop()
 
 
@@ -346,7 +374,7 @@ def size_curves(data: ReportData) -> list[plots.Curve]:
         for h in c.resumed:
             curve = _collapsed_size_curve(data, c, h)
             if curve is not None:
-                curves.append(plots.Curve(f"collapsed model {c.label}", *curve, colour, "-"))
+                curves.append(plots.Curve(f"collapsed model {c.label}", *curve, colour, "-."))
     return curves
 
 
@@ -399,11 +427,15 @@ def report_panels(data: ReportData) -> list[Panel]:
         )  # fmt: skip
 
     panels: list[Panel] = [("comparison", 6.0, comparison)]
-    fiber_series = _fiber_series(data)
+    fiber_series, styles = _fiber_series(data)
     if fiber_series:
-        sizes_per_layer = _layer_sizes(exp)
+        layer_sizes = _layer_sizes(exp)
         panels.append(
-            ("fibers", 5.5, lambda f: plots.draw_fibers(f, fiber_series, sizes_per_layer))
+            (
+                "fibers",
+                5.5,
+                lambda f: plots.draw_fibers(f, fiber_series, layer_sizes, styles=styles),
+            )
         )
     points = tradeoff_points(data)
     if len(points) >= 2:
@@ -414,18 +446,23 @@ def report_panels(data: ReportData) -> list[Panel]:
     return panels
 
 
-def _fiber_series(data: ReportData) -> dict[str, list[dict[str, Any]]]:
+def _fiber_series(data: ReportData) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Timelines per series label (resumed runs at absolute epochs) and their line styles."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for c in data.exp.collapses:
+    styles: dict[str, tuple[str, str]] = {}
+    for i, c in enumerate(data.exp.collapses):
+        colour = plots.COLOURS[(i + 1) % len(plots.COLOURS)]
         original = data.timelines.get((data.exp.run_dir, c.threshold))
         if original:
             out[f"original, τ={c.threshold:g}"] = original
+            styles[f"original, τ={c.threshold:g}"] = (colour, "--")
         for h in c.resumed:
             entries = data.timelines.get((h.run_dir, c.threshold))
             shift = shift_for(h, c.epoch)
             if entries:
                 out[f"collapsed {c.label}"] = [{**t, "epoch": t["epoch"] + shift} for t in entries]
-    return out
+                styles[f"collapsed {c.label}"] = (colour, "-.")
+    return out, styles
 
 
 def _layer_sizes(exp: Experiment) -> dict[str, int]:
@@ -476,7 +513,7 @@ def table_rows(data: ReportData) -> list[list[str]]:
             if layer.get("collapsed", True) or layer["n_fibers"] < layer["size"]
         )
         value_error = _fidelity_value(c.fidelity, "value_error", "value_mae", "value_abs_error")
-        at_collapse = _fidelity_value(c.fidelity, "return", "episode_return", "mean_return")
+        at_collapse = _fidelity_value(c.fidelity, "return_mean", "return", "mean_return")
         common = [
             f"{c.threshold:g}", str(c.epoch), _int(after),
             _num(100 * after / full, 1) if full else "", fibers, _num(kl_of(c), 5),
@@ -596,6 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-fibers", action="store_true",
         help="skip computing fibers over time (faster; sizes come from fibers.pkl only)",
     )  # fmt: skip
+    p.add_argument(
+        "--allow-pickle", action="store_true",
+        help="read PufferLib 2.0 whole-module pickled checkpoints for fibers over time (this "
+             "runs code from the files: only for checkpoints you trust)",
+    )  # fmt: skip
     p.add_argument("--dpi", type=int, default=100, help="image resolution (default 100)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
     return p
@@ -614,12 +656,8 @@ def collect(exp: Experiment, args: argparse.Namespace) -> ReportData:
     """Fibers over time (unless disabled) and the full model size."""
     timelines: dict[tuple[Path, float], list[dict[str, Any]]] = {}
     if not args.no_fibers and exp.collapses:
-        try:
-            timelines = _fibers_timelines(exp, args.flatten_colours, not args.quiet)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # a bad checkpoint must not cost the user the whole report
-            print(f"report: warning: fibers over time skipped: {e}", file=sys.stderr)
+        settings = TimelineSettings(args.flatten_colours, args.allow_pickle, not args.quiet)
+        timelines = _fibers_timelines(exp, settings)
     return ReportData(exp, _params_full(exp, timelines), timelines, max(1, args.smooth))
 
 
