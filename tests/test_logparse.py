@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +163,50 @@ def test_metrics_jsonl(tmp_path: Path) -> None:
     assert records[0].summary["agent_steps"] == 1_597_440
     assert records[0].losses == {"approx_kl": 0.02, "old_approx_kl": 0.03}
     assert series(records, "episode_return")[1].tolist() == [650.0, 660.0]
+
+
+def test_our_dashboard_renderer_round_trip() -> None:
+    """Every field our dashboard prints is read back (wide layout, long stat names, big values)."""
+    dashboard = pytest.importorskip("pufferfiber.dashboard")
+    times = {key: 61.0 * (i + 1) for i, (_, key) in enumerate(dashboard.PERF_ROWS)}
+    losses = {name: 0.001 * (i + 1) for i, name in enumerate(dashboard.LOSS_NAMES)}
+    stats = {"episode_return": 663.172, "episode_length": 1201.5, "broken_linear1": 7.0,
+             "a_rather_long_statistic_name": 123456.789}  # fmt: skip
+    state = dashboard.DashboardState("beam_rider", 1_597_440, 52, 412.3, 3914.0, 149.0, times,
+                                     losses, stats, "Checkpoint saved")  # fmt: skip
+    blocks = [dashboard.render_text(state)]
+    state.epoch, state.global_step = 53, 1_628_160
+    blocks.append(dashboard.render_text(state))
+    records = parse_dashboard("\n".join(blocks))
+    assert [r.epoch for r in records] == [52, 53]
+    r = records[0]
+    assert r.summary["agent_steps"] == pytest.approx(1.6e6)
+    assert (r.summary["uptime"], r.summary["remaining"], r.summary["sps"]) == (3914, 149, 412)
+    assert r.losses == pytest.approx(losses)
+    assert r.user_stats == pytest.approx(stats)
+    assert r.performance["evaluate"] == times["evaluate"] and r.message == "Checkpoint saved"
+
+
+def test_real_log_of_our_trainer_matches_its_metrics(tmp_path: Path) -> None:
+    """A real captured ``demo.py`` stdout agrees with the run's metrics.jsonl (within print
+    rounding: 3 decimals, agent steps to 3 significant digits)."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "demo.py").is_file():
+        pytest.skip("demo.py not present")
+    cmd = [sys.executable, "demo.py", "--mode", "train", "--env", "cartpole",
+           "--train.data-dir", str(tmp_path / "exp"), "--train.total-timesteps", "3072",
+           "--train.device", "cpu"]  # fmt: skip
+    log = tmp_path / "log.out"
+    with open(log, "w") as out:
+        proc = subprocess.run(cmd, cwd=repo, stdout=out, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = list((tmp_path / "exp").iterdir())
+    printed, copied = parse_log(log), parse_log(run / "log.out")
+    exact = read_metrics(run / "metrics.jsonl")
+    assert [r.epoch for r in printed] == [r.epoch for r in exact] == [1, 2, 3]
+    assert [r.flat() for r in printed] == [r.flat() for r in copied]
+    for p, e in zip(printed, exact, strict=True):
+        assert p.losses == pytest.approx(e.losses, abs=6e-4)
+        assert p.user_stats == pytest.approx(e.user_stats, abs=6e-4)
+        steps = e.summary["agent_steps"]
+        assert p.summary["agent_steps"] == pytest.approx(steps, rel=0.051)
