@@ -166,6 +166,7 @@ def draw_fibers(
     *,
     epoch_shift: Mapping[str, int] | None = None,
     styles: Mapping[str, tuple[str, str]] | None = None,
+    only_layers: Sequence[str] | None = None,
     title: str = "Fibers per layer over training",
 ) -> FigureBase:
     """Number of fibers of each layer per checkpoint, one panel per layer.
@@ -176,11 +177,14 @@ def draw_fibers(
         layer_sizes: units per layer in the full model (drawn as a dashed line).
         epoch_shift: added to a series' epochs (a resumed run whose epochs restart at 1).
         styles: ``{series label: (colour, linestyle)}`` to match the return figure's colours.
+        only_layers: draw just these layers (e.g. the ones a collapse merged).
     """
     layers: dict[str, None] = {}
     for entries in timelines.values():
         for e in entries:
             layers.update(dict.fromkeys(e["fibers"]))
+    if only_layers:
+        layers = {k: None for k in layers if k in only_layers}
     if not layers:
         fig.suptitle(title + " (no checkpoints)")
         return fig
@@ -227,6 +231,7 @@ def draw_tradeoff(
     points: Sequence[TradeoffPoint],
     *,
     original_return: float | None = None,
+    return_label: str = "final episode return (smoothed)",
     title: str = "Thresholds: parameters vs return vs KL",
 ) -> FigureBase:
     """Left: return vs % parameters, coloured by KL; right: KL and % parameters per τ."""
@@ -251,8 +256,12 @@ def draw_tradeoff(
         left.legend(fontsize=8)
     if norm is not None:
         fig.colorbar(sc, ax=left, label="KL(original || collapsed) at collapse")
+    if not np.isfinite(ret).any():
+        left.text(0.5, 0.5, "no return measured yet\n(no resumed run, no fidelity episodes)",
+                  transform=left.transAxes, ha="center", va="center", color="grey")  # fmt: skip
+        left.set_xlim(0, 105)
     left.set_xlabel("% of the full model's parameters")
-    left.set_ylabel("final episode return (smoothed)")
+    left.set_ylabel(return_label)
     left.grid(alpha=0.3)
 
     taus = np.array([p.threshold for p in pts])

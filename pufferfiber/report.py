@@ -311,6 +311,10 @@ def _fidelity_value(fidelity: dict[str, Any] | None, *names: str) -> float:
     return math.nan
 
 
+def _return_at_collapse(c: CollapseFolder) -> float:
+    return _fidelity_value(c.fidelity, "return_mean", "return", "mean_return")
+
+
 def kl_of(c: CollapseFolder) -> float:
     return _fidelity_value(c.fidelity, "kl", "kl_mean", "mean_kl", "policy_kl")
 
@@ -430,19 +434,24 @@ def report_panels(data: ReportData) -> list[Panel]:
     fiber_series, styles = _fiber_series(data)
     if fiber_series:
         layer_sizes = _layer_sizes(exp)
-        panels.append(
-            (
-                "fibers",
-                5.5,
-                lambda f: plots.draw_fibers(f, fiber_series, layer_sizes, styles=styles),
+        merged = [k for c in exp.collapses for k in (_collapsed_layers(c) or [])] or None
+
+        def fibers(fig: Any) -> Any:
+            return plots.draw_fibers(
+                fig, fiber_series, layer_sizes, styles=styles, only_layers=merged
             )
-        )
+
+        panels.append(("fibers", 5.5, fibers))
     points = tradeoff_points(data)
     if len(points) >= 2:
-        reference = final_return(exp.history, data.smooth_window)
-        panels.append(
-            ("tradeoff", 4.5, lambda f: plots.draw_tradeoff(f, points, original_return=reference))
-        )
+        resumed = any(c.resumed for c in exp.collapses)
+        reference = final_return(exp.history, data.smooth_window) if resumed else None
+        label = "final episode return (smoothed)" if resumed else "return of the collapsed model"
+
+        def tradeoff(fig: Any) -> Any:
+            return plots.draw_tradeoff(fig, points, original_return=reference, return_label=label)
+
+        panels.append(("tradeoff", 4.5, tradeoff))
     return panels
 
 
@@ -479,7 +488,8 @@ def tradeoff_points(data: ReportData) -> list[plots.TradeoffPoint]:
         if not c.fibers or not data.params_full:
             continue
         resumed = c.resumed[-1] if c.resumed else None
-        ret = final_return(resumed, data.smooth_window)
+        # Without a resumed run, the collapsed model's own return (fidelity episodes) if any.
+        ret = final_return(resumed, data.smooth_window) if resumed else _return_at_collapse(c)
         points.append(
             plots.TradeoffPoint(
                 c.threshold, float(c.fibers["params_after"]), data.params_full, ret, kl_of(c)
@@ -513,10 +523,10 @@ def table_rows(data: ReportData) -> list[list[str]]:
             if layer.get("collapsed", True) or layer["n_fibers"] < layer["size"]
         )
         value_error = _fidelity_value(c.fidelity, "value_error", "value_mae", "value_abs_error")
-        at_collapse = _fidelity_value(c.fidelity, "return_mean", "return", "mean_return")
+        at_collapse = _return_at_collapse(c)
         common = [
             f"{c.threshold:g}", str(c.epoch), _int(after),
-            _num(100 * after / full, 1) if full else "", fibers, _num(kl_of(c), 5),
+            _num(100 * after / full, 1) if full else "", fibers, _sci(kl_of(c)),
             _num(value_error, 3), _num(at_collapse),
         ]  # fmt: skip
         resumed: list[RunHistory | None] = list(c.resumed) or [None]
@@ -533,6 +543,10 @@ def _int(x: float | None) -> str:
 
 def _num(x: float, digits: int = 1) -> str:
     return "" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _sci(x: float) -> str:
+    return "" if not math.isfinite(x) else f"{x:.3g}"
 
 
 def _epochs(h: RunHistory | None) -> str:
