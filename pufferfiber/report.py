@@ -513,7 +513,7 @@ def table_rows(data: ReportData) -> list[list[str]]:
         rows.append([
             "original", "", "", _int(full), "100.0" if full else "", "", "", "", "",
             _num(final_return(exp.history, data.smooth_window)), _epochs(exp.history),
-            _src(exp.history, exp.run_dir),
+            _src(exp.history),
         ])  # fmt: skip
     for c in exp.collapses:
         after = float(c.fibers["params_after"]) if c.fibers else math.nan
@@ -532,8 +532,9 @@ def table_rows(data: ReportData) -> list[list[str]]:
         resumed: list[RunHistory | None] = list(c.resumed) or [None]
         for h in resumed:
             name = "collapsed" if h is None else f"collapsed ({h.run_dir.name})"
-            rows.append([name, *common, _num(final_return(h, data.smooth_window)), _epochs(h),
-                         _src(h, c.path)])  # fmt: skip
+            shift = shift_for(h, c.epoch) if h is not None else 0
+            final = _num(final_return(h, data.smooth_window))
+            rows.append([name, *common, final, _epochs(h, shift), _src(h)])
     return rows
 
 
@@ -549,13 +550,17 @@ def _sci(x: float) -> str:
     return "" if not math.isfinite(x) else f"{x:.3g}"
 
 
-def _epochs(h: RunHistory | None) -> str:
+def _epochs(h: RunHistory | None, shift: int = 0) -> str:
+    """Epoch range of a run; a shifted one also shows the epochs its log printed."""
     if h is None or not h.records:
         return ""
-    return f"{h.records[0].epoch}–{h.records[-1].epoch}"
+    first, last = h.records[0].epoch, h.records[-1].epoch
+    if shift:
+        return f"{first + shift}–{last + shift} (log {first}–{last})"
+    return f"{first}–{last}"
 
 
-def _src(h: RunHistory | None, root: Path) -> str:
+def _src(h: RunHistory | None) -> str:
     return "" if h is None else h.source.name
 
 
@@ -620,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pufferfiber report",
         description=(
             "Plot an experiment: episode return of the original run and of every collapsed, "
-            "resumed run (with the collapsed model's parameter count, in %% of the full model, "
+            "resumed run (with the collapsed model's parameter count, in % of the full model, "
             "on a second axis), fibers per layer over time, and with several thresholds "
             "parameters vs return vs KL per threshold."
         ),

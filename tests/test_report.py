@@ -194,6 +194,8 @@ def test_upstream_fork_restarting_at_one_is_shifted(shared_run_copy: Path, tmp_p
     original, collapsed = curves
     assert collapsed.epochs[0] == original.epochs[0] + 51
     assert notes and "+51" in notes[0]
+    (_, row) = report.table_rows(data)
+    assert row[report.TABLE_COLUMNS.index("epochs")] == "51–105 (log 0–54)"
     out = tmp_path / "upstream.png"
     assert report.main([str(shared_run_copy), "-o", str(out), "-q", "--no-fibers"]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
