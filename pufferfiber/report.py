@@ -92,7 +92,9 @@ class Experiment:
 
 
 def _has_checkpoints(path: Path) -> bool:
-    return any(path.glob("model_*.pt"))
+    from pufferfiber.checkpoints import list_checkpoints
+
+    return bool(list_checkpoints(path))
 
 
 def _is_run(path: Path) -> bool:
@@ -167,6 +169,7 @@ def find_experiment(path: Path) -> Experiment:
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"experiment folder {path} does not exist")
+    path = _original_run_of(path)
     if not _is_run(path) and not _collapse_dirs(path):
         runs = [p for p in path.iterdir() if RUN_NAME.match(p.name) and _is_run(p)]
         if not runs:
@@ -180,6 +183,16 @@ def find_experiment(path: Path) -> Experiment:
     collapses.sort(key=lambda c: (c.threshold, c.epoch))
     env = m["env"] if m else next((str(c.fibers["env"]) for c in collapses if c.fibers), "run")
     return Experiment(path, env, load_history(path), collapses)
+
+
+def _original_run_of(path: Path) -> Path:
+    """A collapse folder, or a run resumed inside one, belongs to the run above it."""
+    resolved = path.resolve()
+    for candidate in (resolved, resolved.parent):
+        if COLLAPSE_NAME.match(candidate.name):
+            print(f"report: reporting the experiment {candidate.parent}", file=sys.stderr)
+            return candidate.parent
+    return path
 
 
 def _collapse_dirs(path: Path) -> list[Path]:

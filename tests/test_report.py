@@ -161,6 +161,13 @@ def test_percent_axis_is_relative_to_the_full_model(tiny_run: Path) -> None:
     assert pct.get_ylim()[1] == pytest.approx(100.0 * top / full)
 
 
+def test_collapse_or_resumed_folder_reports_its_experiment(tiny_run: Path) -> None:
+    for c in report.find_experiment(tiny_run).collapses:
+        for inner in (c.path, c.resumed[0].run_dir):
+            exp = report.find_experiment(inner)
+            assert exp.run_dir.resolve() == tiny_run.resolve() and len(exp.collapses) == 2
+
+
 def test_cli_png_and_html(tiny_run: Path, tmp_path: Path) -> None:
     png = tmp_path / "report.png"
     cmd = [sys.executable, "-m", "pufferfiber", "report", str(tiny_run), "-o", str(png)]
