@@ -26,6 +26,7 @@ Usage (2-core machine; ~25 min for the default plan)::
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -386,6 +387,65 @@ def plot(runs: list[dict[str, Any]], path: Path, references: dict[str, Any] | No
     return path
 
 
+# --------------------------------------------------------------------------- fold change
+
+FOLD_SETTINGS = (  # (fiber threshold, layers, fraction)
+    (0.0, None, 1.0),
+    (0.3, None, 1.0),
+    (0.5, ["linear1"], 1.0),
+    (0.5, ["lstm"], 1.0),
+    (0.5, ["lstm"], 0.1),
+    (0.5, None, 0.1),
+    (0.7, ["linear1"], 1.0),
+    (0.7, ["conv"], 1.0),
+)
+
+
+def fold_change(checkpoint: Path, env: str, out: Path) -> dict[str, Any]:
+    """How much one breaking step changes a trained policy at approximate thresholds.
+
+    Real frames from playing the checkpoint: 8 sequences of 16 warm-up steps (giving the LSTM
+    state) + 16 measured steps; max |Δlogit|, max |Δvalue| and mean KL per setting.
+    """
+    from pufferfiber.breaking import function_change
+    from pufferfiber.evaluate import collect_observations
+
+    policy = load_checkpoint(checkpoint, allow_pickle=True, expect_env=env).policy.eval()
+    obs = collect_observations(policy, env, 8, 32, seed=0)
+    with torch.no_grad():
+        _, value, state = policy(obs[:, :16], None)
+    rows = []
+    for tau, layers, fraction in FOLD_SETTINGS:
+        edited = copy.deepcopy(policy)
+        breaker = SymmetryBreaker(
+            interval=1,
+            fiber_threshold=tau,
+            maturity=0,
+            fraction=fraction,
+            layers=layers,
+            log_name=None,
+        )
+        report = breaker.step(edited, None, epoch=1)
+        rows.append(
+            {
+                "fiber_threshold": tau,
+                "layers": layers or "all",
+                "fraction": fraction,
+                "broken": report.broken,
+                "fibers": report.fibers,
+                **function_change(policy, edited, obs[:, 16:], state),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    doc = {
+        "checkpoint": str(checkpoint),
+        "mean_abs_value": float(value.abs().mean()),
+        "settings": rows,
+    }
+    atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -420,9 +480,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="override every plan's number of epochs (smoke tests)",
     )
     parser.add_argument("--plot-only", action="store_true", help="redraw from the JSON")
+    parser.add_argument(
+        "--fold-change",
+        action="store_true",
+        help="only measure how much one breaking step at approximate "
+        "thresholds changes the upstream BeamRider policy",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "breaking_experiment.json"
+    if args.fold_change:
+        start = PLANS["beam_rider"].start_checkpoint
+        assert start is not None
+        try:
+            fold_change(Path(start), "beam_rider", args.out / "breaking_fold_change.json")
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     runs: list[dict[str, Any]] = []
     references: dict[str, Any] = {}
     if results_path.exists():

@@ -482,3 +482,26 @@ def test_breaking_in_a_real_cartpole_run(tmp_path: Path) -> None:
     metrics = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[1]["broken_linear1"] == lines[0]["broken"]["linear1"]
     assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+
+
+def test_channels_last_policy_breaks_like_a_contiguous_one() -> None:
+    """The trainer keeps CNN policies in channels-last memory format: edits must still land."""
+    policy = make_policy(TINY_CNN)
+    policy.to(memory_format=torch.channels_last)
+    assert not policy.network[2].weight.is_contiguous()
+    opt = _adam_with_moments(policy)
+    plant(policy, "conv2", 1, [4])  # after training steps, which would split the copies again
+    plant(policy, "linear1", 0, [3])
+    obs, state = sequences(policy)
+    logits0, value0 = outputs(policy, obs, state)
+    breaker = SymmetryBreaker(
+        interval=1, fiber_threshold=0.0, maturity=0, fraction=1.0, seed=3, log_name=None
+    )
+    report = breaker.step(policy, opt, epoch=5)
+    assert report.broken["conv2"] == 1 and report.broken["linear1"] == 1
+    logits1, value1 = outputs(policy, obs, state)
+    torch.testing.assert_close(logits1, logits0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value1, value0, atol=1e-5, rtol=1e-5)
+    assert not policy.network[2].weight.is_contiguous()  # layout kept
+    moment = opt.state[policy.network[2].weight]["exp_avg"]
+    assert torch.count_nonzero(moment[4]) == 0 and torch.count_nonzero(moment[5]) > 0
