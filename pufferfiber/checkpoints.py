@@ -41,6 +41,15 @@ _CHECKPOINT_RE = re.compile(r"^model_(\d{6,})\.pt$")
 _RUN_RE = re.compile(r"^(?P<env>[a-z0-9_]+)-(?P<id>[0-9a-f]{8})$")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 class CheckpointError(Exception):
     """A user-facing problem with a checkpoint or run folder (one-line message)."""
 
@@ -80,6 +89,7 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Pat
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
         tmp = None
         return path
