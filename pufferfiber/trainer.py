@@ -136,6 +136,11 @@ class RolloutBuffer:
     ) -> None:
         """Write one step of the envs ``env_ids`` (all arrays indexed like ``env_ids``)."""
         slots = self.ptr[env_ids]
+        if len(env_ids) == self.num_envs and (slots == slots[0]).all():
+            self._store_all(
+                int(slots[0]), env_ids, obs, rewards, dones, actions, logprobs, values, state
+            )
+            return
         e, s = torch.from_numpy(env_ids), torch.from_numpy(slots)
         self.obs[e, s] = obs
         self.rewards[e, s] = rewards
@@ -148,6 +153,34 @@ class RolloutBuffer:
             seq = s[starts] // self.bptt
             self.h0[e[starts], seq] = state[0][0, starts].cpu()
             self.c0[e[starts], seq] = state[1][0, starts].cpu()
+        self.ptr[env_ids] += 1
+
+    def _store_all(
+        self,
+        slot: int,
+        env_ids: np.ndarray,
+        obs: torch.Tensor,
+        rewards: torch.Tensor,
+        dones: torch.Tensor,
+        actions: torch.Tensor,
+        logprobs: torch.Tensor,
+        values: torch.Tensor,
+        state: LSTMState,
+    ) -> None:
+        """Fast path of :meth:`store` when every env steps at the same slot (synchronous envs):
+        plain slice copies instead of scatter."""
+        order = torch.from_numpy(np.argsort(env_ids))
+        identity = bool((env_ids == np.arange(self.num_envs)).all())
+        pick = (lambda x: x) if identity else (lambda x: x[order])
+        self.obs[:, slot] = pick(obs)
+        self.rewards[:, slot] = pick(rewards)
+        self.dones[:, slot] = pick(dones)
+        self.actions[:, slot] = pick(actions)
+        self.logprobs[:, slot] = pick(logprobs)
+        self.values[:, slot] = pick(values)
+        if slot % self.bptt == 0:
+            self.h0[:, slot // self.bptt] = pick(state[0][0].cpu())
+            self.c0[:, slot // self.bptt] = pick(state[1][0].cpu())
         self.ptr[env_ids] += 1
 
     def sequences(self, advantages: np.ndarray) -> dict[str, torch.Tensor]:
@@ -333,6 +366,10 @@ class Trainer:
             policy.arch.lstm,
         )
         self.lstm_state = policy.initial_state(self.num_envs, self.device)
+        self._all_ids = np.arange(self.num_envs)
+        if policy.arch.kind == "cnn":
+            # oneDNN's convolutions (forward and backward) run ~1.5-2x faster in NHWC on CPU.
+            self.policy.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.profile = Profile()
         self.message = f"Model Size: {abbreviate(policy.parameter_count())} parameters"
         self.checkpoints: list[Path] = []
@@ -358,14 +395,21 @@ class Trainer:
                 ids = np.asarray(env_ids, dtype=np.int64)
                 obs_t = torch.from_numpy(obs)
                 done = torch.from_numpy(np.logical_or(terms, truncs).astype(np.float32))
-                state = (self.lstm_state[0][:, ids], self.lstm_state[1][:, ids])
+                everyone = len(ids) == self.num_envs and bool((ids == self._all_ids).all())
+                if everyone:  # synchronous envs: no gather/scatter of the LSTM state
+                    state = self.lstm_state
+                else:
+                    state = (self.lstm_state[0][:, ids], self.lstm_state[1][:, ids])
             with prof("eval_forward"):
                 logits, value, new_state = self.policy(obs_t.to(self.device), state)
                 actions, logprob = sample_actions(logits)
             with prof("eval_misc"):
                 keep = 1.0 - done.to(self.device)[None, :, None]  # fresh state after a done
-                self.lstm_state[0][:, ids] = new_state[0] * keep
-                self.lstm_state[1][:, ids] = new_state[1] * keep
+                if everyone:
+                    self.lstm_state = (new_state[0] * keep, new_state[1] * keep)
+                else:
+                    self.lstm_state[0][:, ids] = new_state[0] * keep
+                    self.lstm_state[1][:, ids] = new_state[1] * keep
                 room = buf.free_rows(ids) & np.asarray(mask, dtype=bool)
                 if room.all():
                     buf.store(

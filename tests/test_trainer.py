@@ -1,0 +1,247 @@
+"""PPO trainer: GAE, rollout storage, sequence forward, checkpoints, resume, learning (cartpole)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pufferfiber.checkpoints import list_checkpoints, load_checkpoint, load_trainer_state
+from pufferfiber.config import RunConfig, load_config
+from pufferfiber.dashboard import Dashboard
+from pufferfiber.envs import architecture_for, make_vecenv
+from pufferfiber.policy import Architecture, Policy, observation_batch
+from pufferfiber.trainer import (
+    EpochContext,
+    RolloutBuffer,
+    Trainer,
+    compute_gae,
+    explained_variance,
+    sequence_forward,
+)
+
+
+def gae_direct(
+    dones: np.ndarray, values: np.ndarray, rewards: np.ndarray, gamma: float, lam: float
+) -> np.ndarray:
+    """A_t = Σ_l (γλ)^l δ_{t+l}, the sum cut at the first done, written step by step."""
+    n = len(values)
+    adv = np.zeros(n)
+    for t in range(n - 1):
+        total, weight = 0.0, 1.0
+        for k in range(t, n - 1):
+            alive = 1.0 - dones[k + 1]
+            delta = rewards[k + 1] + gamma * values[k + 1] * alive - values[k]
+            total += weight * delta
+            weight *= gamma * lam * alive
+            if not alive:
+                break
+        adv[t] = total
+    return adv
+
+
+@pytest.mark.parametrize(("gamma", "lam"), [(0.99, 0.95), (0.9906, 0.1453), (1.0, 1.0), (0.5, 0.0)])
+def test_gae_matches_the_direct_formula(gamma: float, lam: float) -> None:
+    rng = np.random.default_rng(0)
+    envs, steps = 3, 40
+    dones = (rng.random((envs, steps)) < 0.1).astype(np.float32)
+    values = rng.normal(size=(envs, steps)).astype(np.float32)
+    rewards = rng.normal(size=(envs, steps)).astype(np.float32)
+    got = compute_gae(dones, values, rewards, gamma, lam)
+    for e in range(envs):
+        want = gae_direct(dones[e], values[e], rewards[e], gamma, lam)
+        np.testing.assert_allclose(got[e], want, rtol=1e-4, atol=1e-4)
+
+
+def test_gae_hand_case() -> None:
+    # λ = γ = 1, no dones: A_t = r_{t+1} + ... + r_{T-1} + V_{T-1} − V_t; last step 0.
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    rewards = np.array([0.0, 10.0, 20.0, 30.0])
+    adv = compute_gae(np.zeros(4), values, rewards, 1.0, 1.0)
+    np.testing.assert_allclose(adv, [60 + 4 - 1, 50 + 4 - 2, 30 + 4 - 3, 0.0])
+    # a done arriving with step 2 stops bootstrapping from it: A_1 = r_2 − V_1
+    adv = compute_gae(np.array([0, 0, 1, 0.0]), values, rewards, 1.0, 1.0)
+    assert adv[1] == pytest.approx(20.0 - 2.0)
+
+
+def test_explained_variance() -> None:
+    y = np.array([1.0, 2.0, 3.0])
+    assert explained_variance(y, y) == 1.0
+    assert np.isnan(explained_variance(y, np.ones(3)))
+
+
+def _store_args(rng: np.random.Generator, ids: np.ndarray, lstm: int) -> list[Any]:
+    n = len(ids)
+    state = (torch.randn(1, n, lstm), torch.randn(1, n, lstm))
+    return [
+        ids,
+        torch.from_numpy(rng.integers(0, 255, (n, 1, 4, 4), dtype=np.uint8)),
+        torch.randn(n),
+        torch.zeros(n),
+        torch.randint(0, 3, (n,)),
+        torch.randn(n),
+        torch.randn(n),
+        state,
+    ]
+
+
+def test_rollout_buffer_async_and_sync_paths_agree() -> None:
+    """Envs arriving in any order and subset land in the same slots as a synchronous step."""
+    rng = np.random.default_rng(1)
+    fast = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, 3)
+    slow = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, 3)
+    for _ in range(4):
+        args = _store_args(rng, np.array([2, 0, 3, 1]), 3)
+        fast.store(*args)
+        for half in (np.array([0, 1]), np.array([2, 3])):  # the same step, two partial batches
+            sub = [a[half] if isinstance(a, np.ndarray | torch.Tensor) else a for a in args]
+            sub[-1] = (args[-1][0][:, half], args[-1][1][:, half])
+            slow.store(*sub)
+    assert fast.full and slow.full
+    for name in ("obs", "actions", "logprobs", "values", "rewards", "dones", "h0", "c0"):
+        torch.testing.assert_close(getattr(fast, name), getattr(slow, name))
+    assert slow.free_rows(np.arange(4)).sum() == 0
+
+
+def test_sequence_forward_matches_policy_and_resets_after_done() -> None:
+    torch.manual_seed(0)
+    policy = Policy(Architecture.mlp(4, 2, hidden=(8,), lstm=6))
+    obs = observation_batch(policy.arch, 3 * 5).reshape(3, 5, 4)
+    state = (torch.randn(1, 3, 6), torch.randn(1, 3, 6))
+    with torch.no_grad():
+        logits, value = sequence_forward(policy, obs, state, torch.zeros(3, 5))
+        ref_logits, ref_value, _ = policy(obs, state)
+        torch.testing.assert_close(logits, ref_logits)
+        torch.testing.assert_close(value, ref_value)
+        dones = torch.zeros(3, 5)
+        dones[1, 2] = 1.0  # env 1 ends at step 2: steps 3.. start from a zero state
+        logits, _ = sequence_forward(policy, obs, state, dones)
+        fresh, _, _ = policy(obs[1:2, 3:], None)
+        torch.testing.assert_close(logits[1, 3:], fresh[0])
+        torch.testing.assert_close(logits[0], ref_logits[0])
+
+
+def _cartpole(**train: Any) -> RunConfig:
+    settings = {
+        "train.total_timesteps": "2048",
+        "train.checkpoint_interval": "2",
+        "vec.num_envs": "4",
+        "train.batch_size": "512",
+        "train.minibatch_size": "128",
+    }
+    settings.update({f"train.{k}": str(v) for k, v in train.items()})
+    return load_config("cartpole", settings)
+
+
+def _trainer(cfg: RunConfig, run_dir: Path, policy: Policy | None = None, **kw: Any) -> Trainer:
+    vecenv = make_vecenv("cartpole", "serial", cfg.vec.num_envs)
+    torch.manual_seed(0)
+    policy = policy or Policy(architecture_for("cartpole", vecenv))
+    stream = io.StringIO()
+    return Trainer(
+        cfg,
+        vecenv,
+        policy,
+        run_dir,
+        dashboard=Dashboard(stream, run_dir / "log.out", live=False),
+        **kw,
+    )
+
+
+def test_training_writes_checkpoints_metrics_log_and_runs_hooks(tmp_path: Path) -> None:
+    cfg = _cartpole(total_timesteps=1536, checkpoint_interval=2)  # 3 epochs
+    seen: list[EpochContext] = []
+
+    def hook(ctx: EpochContext) -> dict[str, float]:
+        seen.append(ctx)
+        return {"my_stat": 10.0 * ctx.epoch}
+
+    trainer = _trainer(cfg, tmp_path, hooks=[hook])
+    result = trainer.train()
+    trainer.close()
+    assert result.epoch == 3 and result.global_step == 3 * 512
+    assert [e for e, _ in list_checkpoints(tmp_path)] == [2, 3]  # interval + the end
+    assert [c.epoch for c in seen] == [1, 2, 3] and seen[-1].optimizer is trainer.optimizer
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert [x["my_stat"] for x in lines] == [10.0, 20.0, 30.0]
+    assert all("episode_return" in x and x["episode_length"] > 0 for x in lines)
+    log = (tmp_path / "log.out").read_text()
+    assert log.count("Agent Steps") == 3 and "Checkpoint saved at update 3" in log
+    ckpt = load_checkpoint(tmp_path / "model_000003.pt", expect_env="cartpole")
+    assert ckpt.global_step == 1536 and ckpt.config["train"]["batch_size"] == 512
+    state = load_trainer_state(tmp_path)
+    assert state is not None and state["epoch"] == 3 and state["checkpoint"] == "model_000003.pt"
+
+
+def test_resume_continues_epochs_steps_and_optimizer(tmp_path: Path) -> None:
+    cfg = _cartpole(total_timesteps=1024)
+    first = _trainer(cfg, tmp_path)
+    first.train()
+    first.close()
+    state = load_trainer_state(tmp_path)
+    assert state is not None
+    ckpt = load_checkpoint(tmp_path / "model_000002.pt")
+    steps_before = float(state["optimizer"]["state"][0]["step"])
+    resumed = _trainer(
+        cfg,
+        tmp_path,
+        policy=ckpt.policy,
+        start_epoch=ckpt.epoch,
+        start_global_step=ckpt.global_step,
+        end_epoch=4,
+        optimizer_state=state["optimizer"],
+    )
+    # the resumed policy is the checkpoint, bit for bit
+    for a, b in zip(
+        resumed.policy.state_dict().values(), first.policy.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b)
+    resumed.train()
+    resumed.close()
+    assert [e for e, _ in list_checkpoints(tmp_path)] == [2, 4]
+    after = load_trainer_state(tmp_path)
+    assert after is not None and after["global_step"] == 4 * 512
+    updates_per_epoch = cfg.train.update_epochs * cfg.train.batch_size // cfg.train.minibatch_size
+    assert after["optimizer"]["state"][0]["step"] == steps_before + 2 * updates_per_epoch
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_keyboard_interrupt_saves_a_checkpoint(tmp_path: Path, monkeypatch: Any) -> None:
+    from pufferfiber.trainer import TrainingInterrupted
+
+    trainer = _trainer(_cartpole(total_timesteps=4096, checkpoint_interval=100), tmp_path)
+    real_update = trainer.update
+    calls = {"n": 0}
+
+    def update_then_interrupt() -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_update()
+
+    monkeypatch.setattr(trainer, "update", update_then_interrupt)
+    with pytest.raises(TrainingInterrupted) as stop:
+        trainer.train()
+    trainer.close()
+    assert stop.value.epoch == 1 and stop.value.path == tmp_path / "model_000001.pt"
+    state = load_trainer_state(tmp_path)
+    assert state is not None and state["epoch"] == 1
+
+
+def test_cartpole_learns(tmp_path: Path) -> None:
+    """The shipped cartpole settings reach a return near CartPole-v0's maximum (200)."""
+    cfg = load_config("cartpole", {"train.checkpoint_interval": "1000"})
+    trainer = _trainer(cfg, tmp_path)
+    trainer.train()
+    trainer.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = np.mean([x["episode_return"] for x in lines[:3]])
+    last = np.mean([x["episode_return"] for x in lines[-5:]])
+    assert first < 60 and last > 150, (first, last)
