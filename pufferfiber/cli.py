@@ -148,6 +148,8 @@ def parse_args(argv: list[str]) -> Args:
 
 def build_vecenv(cfg: RunConfig) -> Any:
     """The vector env of ``cfg``; ``[env]`` settings are forwarded when ``make_vecenv`` can."""
+    from pufferlib.exceptions import APIUsageError
+
     from pufferfiber.envs import make_vecenv
 
     kwargs: dict[str, Any] = {}
@@ -159,9 +161,12 @@ def build_vecenv(cfg: RunConfig) -> Any:
             "(make_vecenv has no env_kwargs)"
         )
     v = cfg.vec
-    return make_vecenv(
-        cfg.env_name, v.backend, v.num_envs, v.num_workers, v.env_batch_size, **kwargs
-    )
+    try:
+        return make_vecenv(
+            cfg.env_name, v.backend, v.num_envs, v.num_workers, v.env_batch_size, **kwargs
+        )
+    except APIUsageError as exc:  # PufferLib's own consistency checks on the vec settings
+        raise EnvError(f"vectorisation settings rejected by PufferLib: {exc}") from None
 
 
 def _family_env_defaults(env_name: str) -> dict[str, Any]:

@@ -132,7 +132,7 @@ OPTION_HELP: dict[str, str] = {
     "train.data_dir": "parent folder of the run folders <env>-<id8>",
     "vec.num_envs": "environments stepped in parallel",
     "vec.num_workers": "worker processes (multiprocessing/ray; None = one per env)",
-    "vec.env_batch_size": "envs returned per step (multiprocessing/ray; None = all)",
+    "vec.env_batch_size": "envs returned per step (multiprocessing/ray; None = all, synchronous)",
     "env.frameskip": "Atari frames per agent step",
     "env.repeat_action_probability": "Atari sticky-action probability",
 }
@@ -316,6 +316,15 @@ def validate(cfg: RunConfig) -> None:
         _require(
             v.num_workers >= 1 and v.num_envs % v.num_workers == 0,
             f"vec.num_envs ({v.num_envs}) must be divisible by vec.num_workers ({v.num_workers})",
+        )
+    if v.env_batch_size is not None:
+        per_worker = v.num_envs // (v.num_workers or v.num_envs)
+        _require(
+            1 <= v.env_batch_size <= v.num_envs
+            and v.num_envs % v.env_batch_size == 0
+            and v.env_batch_size % per_worker == 0,
+            f"vec.env_batch_size ({v.env_batch_size}) must divide vec.num_envs ({v.num_envs}) "
+            f"and be a multiple of the envs per worker ({per_worker})",
         )
     _require(
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),

@@ -94,6 +94,8 @@ def test_parse_value_reads_python_literals() -> None:
         ({"train.batch_size": "abc"}, "train.batch_size must be int"),
         ({"train.gamma": "1.5"}, "train.gamma must be in [0, 1]"),
         ({"vec.num_workers": "3"}, "divisible by vec.num_workers"),
+        ({"vec.env_batch_size": "3"}, "vec.env_batch_size (3) must divide"),
+        ({"vec.env_batch_size": "2", "vec.num_workers": "2"}, "multiple of the envs per worker"),
         ({"train.device": "tpu"}, "train.device must be"),
     ],
 )

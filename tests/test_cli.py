@@ -1,0 +1,294 @@
+"""``demo.py`` end to end on cartpole: train, log, checkpoints, resume, eval, collapse, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pufferfiber import cli
+from pufferfiber.checkpoints import list_checkpoints, load_checkpoint, load_trainer_state
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--train.batch-size",
+    "512",
+    "--train.minibatch-size",
+    "128",
+    "--vec.num-envs",
+    "4",
+    "--train.checkpoint-interval",
+    "2",
+]
+
+
+def demo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "demo.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def run_dirs(data_dir: Path) -> list[Path]:
+    return sorted(p for p in data_dir.iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One real 3-epoch cartpole run through ``demo.py`` (stdout redirected, as in the guide)."""
+    data = tmp_path_factory.mktemp("exp")
+    proc = demo(
+        "--mode",
+        "train",
+        "--env",
+        "cartpole",
+        "--train.data-dir",
+        str(data),
+        "--train.total-timesteps",
+        "1536",
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return data, proc
+
+
+def test_train_writes_checkpoints_log_and_metrics(trained: tuple[Path, Any]) -> None:
+    data, proc = trained
+    (run,) = run_dirs(data)
+    assert run.name.startswith("cartpole-") and len(run.name) == len("cartpole-") + 8
+    assert [e for e, _ in list_checkpoints(run)] == [2, 3]
+    assert (run / "trainer_state.pt").is_file()
+    # stdout (the dashboard) has one complete block per epoch, no cursor codes
+    assert proc.stdout.count("Agent Steps") == 3 and "\033[" not in proc.stdout
+    for label in (
+        "Environment",
+        "SPS",
+        "Epoch",
+        "Uptime",
+        "Remaining",
+        "Evaluate",
+        "Learn",
+        "policy_loss",
+        "explained_variance",
+        "episode_return",
+        "episode_length",
+    ):
+        assert label in proc.stdout
+    assert (run / "log.out").read_text().count("Agent Steps") == 3
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert [m["global_step"] for m in metrics] == [512, 1024, 1536]
+    assert "run folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_continues_the_same_run(trained: tuple[Path, Any], capsys: Any) -> None:
+    data, _ = trained
+    code = cli.main(
+        [
+            "--env",
+            "cartpole",
+            "--resume",
+            "--train.data-dir",
+            str(data),
+            "--train.total-timesteps",
+            "2048",
+            *TINY,
+        ]
+    )
+    assert code == 0
+    (run,) = run_dirs(data)
+    assert [e for e, _ in list_checkpoints(run)] == [2, 3, 4]
+    assert load_checkpoint(run / "model_000004.pt").global_step == 2048
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    out = capsys.readouterr()
+    assert out.out.count("Agent Steps") == 1 and "resuming" in out.err
+
+
+def test_eval_prints_mean_and_std(trained: tuple[Path, Any], capsys: Any) -> None:
+    data, _ = trained
+    assert (
+        cli.main(
+            [
+                "--mode",
+                "eval",
+                "--env",
+                "cartpole",
+                "--train.data-dir",
+                str(data),
+                "--eval-episodes",
+                "3",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "return" in out and "±" in out and "over 3 episodes" in out
+
+
+def test_collapse_trains_the_collapsed_model_in_the_collapse_folder(
+    trained: tuple[Path, Any], capsys: Any
+) -> None:
+    pytest.importorskip("pufferfiber.pipeline")
+    data, _ = trained
+    (run,) = run_dirs(data)
+    code = cli.main(
+        [
+            "--env",
+            "cartpole",
+            "--train.data-dir",
+            str(data),
+            "--collapse",
+            "0.3",
+            "--collapse-epoch",
+            "1",
+            "--collapse-until",
+            "4",
+            *TINY,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    folder = run / "collapsed_model_thr_03_000002"  # closest checkpoint to epoch 1
+    assert (folder / "model_000002_collapsed.pt").is_file() and (folder / "fibers.pkl").is_file()
+    (child,) = [p for p in folder.iterdir() if p.is_dir()]
+    assert child.name.startswith("cartpole-")
+    assert [e for e, _ in list_checkpoints(child)] == [4]
+    assert (child / "log_collapsed.out").read_text().count("Agent Steps") == 2  # epochs 3, 4
+    ckpt = load_checkpoint(child / "model_000004.pt")
+    collapsed = load_checkpoint(folder / "model_000002_collapsed.pt")
+    assert ckpt.arch == collapsed.arch and ckpt.global_step == 2048
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--env", "cartpol"], "unknown env 'cartpol'; valid envs: cartpole"),
+        (["--env", "cartpole", "--vec", "gpu"], "invalid choice: 'gpu'"),
+        (["--env", "cartpole", "--train.batch-size", "1000"], "must be a multiple of"),
+        (["--env", "cartpole", "--train.learning-rat", "1"], "unknown config key"),
+        (["--env", "cartpole", "--colapse", "0.3"], "unrecognized argument '--colapse'"),
+        (["--env", "cartpole", "--collapse", "2.5"], "threshold must be between 0 and 2"),
+        (["--env", "cartpole", "--collapse", "-1"], "threshold must be between 0 and 2"),
+        (
+            ["--mode", "eval", "--env", "cartpole", "--eval-model-path", "nowhere.pt"],
+            "checkpoint not found",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: Any) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("demo.py: error:")
+
+
+def test_bad_files_and_dirs(tmp_path: Path, trained: tuple[Path, Any], capsys: Any) -> None:
+    corrupt = tmp_path / "model_000001.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    (run,) = run_dirs(trained[0])
+    cases = [
+        (["--mode", "eval", "--env", "cartpole", "--eval-model-path", str(corrupt)], "corrupt"),
+        (
+            ["--mode", "eval", "--env", "pong", "--eval-model-path", str(run / "model_000002.pt")],
+            "not 'pong'",
+        ),
+        (["--env", "cartpole", "--train.data-dir", str(blocked / "sub")], "cannot"),
+        (
+            ["--env", "cartpole", "--resume", "--train.data-dir", str(tmp_path / "none")],
+            "does not exist",
+        ),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+
+def test_process_errors_have_no_traceback(tmp_path: Path) -> None:
+    proc = demo("--env", "cartpole", "--train.bogus", "1")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "unknown config key" in proc.stderr
+
+
+def test_multiprocessing_with_two_workers(tmp_path: Path) -> None:
+    proc = demo(
+        "--env",
+        "cartpole",
+        "--vec",
+        "multiprocessing",
+        "--vec.num-envs",
+        "2",
+        "--vec.num-workers",
+        "2",
+        "--train.bptt-horizon",
+        "4",
+        "--train.batch-size",
+        "32",
+        "--train.minibatch-size",
+        "16",
+        "--train.total-timesteps",
+        "64",
+        "--train.data-dir",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(tmp_path)
+    assert [e for e, _ in list_checkpoints(run)] == [2]
+    assert proc.stdout.count("Agent Steps") == 2
+
+
+def test_ctrl_c_saves_a_checkpoint_and_explains_resume(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "demo.py"),
+            "--env",
+            "cartpole",
+            "--train.data-dir",
+            str(tmp_path),
+            "--train.total-timesteps",
+            "10000000",
+            "--train.checkpoint-interval",
+            "1000",
+            *TINY[:-2],
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.time() + 60
+        metrics = None
+        while time.time() < deadline:
+            runs = list(tmp_path.glob("cartpole-*/metrics.jsonl"))
+            if runs and runs[0].read_text().count("\n") >= 1:
+                metrics = runs[0]
+                break
+            time.sleep(0.2)
+        assert metrics is not None, "training never finished an epoch"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "resume with:" in err and "Traceback" not in err
+    run = metrics.parent
+    (epoch, path), *_ = list_checkpoints(run)
+    state = load_trainer_state(run)
+    assert epoch >= 1 and state is not None and state["epoch"] == epoch
+    assert load_checkpoint(path).epoch == epoch
