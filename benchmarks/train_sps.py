@@ -81,8 +81,9 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--raw-steps", type=int, default=16384)
     parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args()
-    overrides = {}
+    overrides = {"train.precision": args.precision}
     if args.torch_threads is not None:
         overrides["train.torch_threads"] = str(args.torch_threads)
 
@@ -90,7 +91,7 @@ def main() -> None:
     sps, phases = training_sps(args.env, args.num_envs, args.batch_size, args.epochs, overrides)
     print(
         f"env {args.env}, serial, {args.num_envs} envs, batch {args.batch_size}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}, precision {args.precision}"
     )
     print(f"raw env stepping      {raw:8.0f} SPS")
     print(f"pufferfiber training  {sps:8.0f} SPS")

@@ -28,6 +28,7 @@ from pufferfiber.envs import VEC_BACKENDS, check_env_name, is_atari
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 SECTIONS = ("train", "vec", "env")
+PRECISIONS = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,7 @@ class TrainConfig:
     torch_deterministic: bool
     device: str
     torch_threads: int
+    precision: str
     total_timesteps: int
     batch_size: int
     minibatch_size: int
@@ -111,6 +113,8 @@ OPTION_HELP: dict[str, str] = {
     "train.torch_deterministic": "ask torch for deterministic kernels (cuDNN)",
     "train.device": "auto (CUDA when present, else CPU), cpu, cuda or cuda:N",
     "train.torch_threads": "CPU threads for torch (0 = torch's default)",
+    "train.precision": "float32, or bfloat16: the PPO update runs the encoder (convs + Linear) "
+    "under bfloat16 autocast, ~1.6x faster on CPUs with AVX512-BF16/AMX",
     "train.total_timesteps": "agent steps of the whole schedule; last epoch = this / batch_size",
     "train.batch_size": "agent steps collected per epoch (a multiple of num_envs*bptt_horizon)",
     "train.minibatch_size": "agent steps per gradient step (divides batch_size)",
@@ -293,6 +297,10 @@ def validate(cfg: RunConfig) -> None:
     _require(0.0 <= t.gae_lambda <= 1.0, "train.gae_lambda must be in [0, 1]")
     _require(t.learning_rate > 0, "train.learning_rate must be positive")
     _require(t.torch_threads >= 0, "train.torch_threads must be >= 0")
+    _require(
+        t.precision in PRECISIONS,
+        f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}",
+    )
     segment = v.num_envs * t.bptt_horizon
     _require(
         t.batch_size % segment == 0,

@@ -212,14 +212,22 @@ def sample_actions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sequence_forward(
-    policy: Policy, obs: torch.Tensor, state: LSTMState, dones: torch.Tensor
+    policy: Policy,
+    obs: torch.Tensor,
+    state: LSTMState,
+    dones: torch.Tensor,
+    encoder_bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[B, T, A]`` and values ``[B, T]`` of sequences ``obs`` ``[B, T, *obs]``.
 
     The LSTM state is zeroed after every step whose ``done`` is set, as during the rollout.
+    ``encoder_bf16`` runs the encoder (convs + Linear) under bfloat16 autocast; the LSTM and
+    the heads stay float32.
     """
     b, t = obs.shape[:2]
-    hidden = policy.encode(obs.reshape(b * t, *obs.shape[2:])).reshape(b, t, -1)
+    with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=encoder_bf16):
+        hidden = policy.encode(obs.reshape(b * t, *obs.shape[2:]))
+    hidden = hidden.float().reshape(b, t, -1)
     hidden = hidden.transpose(0, 1)  # [T, B, H] for nn.LSTM
     h, c = state
     if not bool(dones[:, :-1].any()):
@@ -489,7 +497,9 @@ class Trainer:
         cfg, prof = self.cfg, self.profile
         with prof("train_forward"):
             state = (mb["h0"][None].contiguous(), mb["c0"][None].contiguous())
-            logits, newvalue = sequence_forward(self.policy, mb["obs"], state, mb["dones"])
+            logits, newvalue = sequence_forward(
+                self.policy, mb["obs"], state, mb["dones"], self.cfg.precision == "bfloat16"
+            )
             logp_all = torch.log_softmax(logits, dim=-1)
             newlogprob = logp_all.gather(-1, mb["actions"][..., None]).squeeze(-1).reshape(-1)
             entropy = -(logp_all.exp() * logp_all).sum(-1)

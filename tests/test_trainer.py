@@ -245,3 +245,16 @@ def test_cartpole_learns(tmp_path: Path) -> None:
     first = np.mean([x["episode_return"] for x in lines[:3]])
     last = np.mean([x["episode_return"] for x in lines[-5:]])
     assert first < 60 and last > 150, (first, last)
+
+
+def test_bfloat16_encoder_stays_close_to_float32() -> None:
+    torch.manual_seed(0)
+    policy = Policy(Architecture.atari(4, channels=(4, 8, 8), hidden=16, lstm=8))
+    obs = observation_batch(policy.arch, 6).reshape(3, 2, *policy.arch.obs_shape)
+    state = policy.initial_state(3)
+    with torch.no_grad():
+        ref, ref_v = sequence_forward(policy, obs, state, torch.zeros(3, 2))
+        low, low_v = sequence_forward(policy, obs, state, torch.zeros(3, 2), encoder_bf16=True)
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)  # really ran in bf16
+    torch.testing.assert_close(low, ref, rtol=0, atol=2e-2)
+    torch.testing.assert_close(low_v, ref_v, rtol=0, atol=2e-2)
