@@ -258,3 +258,57 @@ def test_bfloat16_encoder_stays_close_to_float32() -> None:
     assert low.dtype == torch.float32 and not torch.equal(low, ref)  # really ran in bf16
     torch.testing.assert_close(low, ref, rtol=0, atol=2e-2)
     torch.testing.assert_close(low_v, ref_v, rtol=0, atol=2e-2)
+
+
+def test_dashboard_formats_and_modes(tmp_path: Path) -> None:
+    from pufferfiber.dashboard import DashboardState, abbreviate, duration, render_text
+
+    assert [abbreviate(x) for x in (950, 30720, 1_700_000, 2e9)] == ["950", "30.7k", "1.7m", "2.0b"]
+    assert [duration(x) for x in (45, 153, 3915)] == ["45s", "2m 33s", "1h 5m 15s"]
+    state = DashboardState(
+        "beam_rider",
+        30720,
+        1,
+        383.0,
+        80.0,
+        4000.0,
+        losses={"approx_kl": 0.25, "old_approx_kl": 0.5},
+        user_stats={"episode_return": 368.5, "episode_length": 1350.375},
+        message="Model Size: 3.9m parameters",
+    )
+    text = render_text(state)
+    for label in (
+        "Summary",
+        "Environment",
+        "beam_rider",
+        "Agent Steps",
+        "30.7k",
+        "SPS",
+        "383",
+        "Epoch",
+        "Uptime",
+        "1m 20s",
+        "Remaining",
+        "1h 6m 40s",
+        "Evaluate",
+        "Forward",
+        "Env",
+        "Misc",
+        "Train",
+        "Learn",
+        "Losses",
+        "explained_variance",
+        "User Stats",
+        "368.500",
+        "1350.375",
+        "Message: Model Size: 3.9m parameters",
+    ):
+        assert label in text, label
+    kl_line = next(line for line in text.splitlines() if " approx_kl" in line)
+    assert "0.250" in kl_line and "old_approx_kl" not in kl_line
+    assert "\033" not in text
+    plain, live = io.StringIO(), io.StringIO()
+    Dashboard(plain, tmp_path / "copy.out", live=False).show(state)
+    Dashboard(live, None, live=True).show(state)
+    assert plain.getvalue().strip() == (tmp_path / "copy.out").read_text().strip() == text.strip()
+    assert "\033[0;0H" in live.getvalue()  # redrawn in place on a terminal
