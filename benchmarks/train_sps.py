@@ -62,7 +62,6 @@ def training_sps(
     with tempfile.TemporaryDirectory() as tmp:
         dashboard = Dashboard(stream=io.StringIO(), live=False)
         trainer = Trainer(cfg, vecenv, policy, Path(tmp), end_epoch=10**6, dashboard=dashboard)
-        torch.set_num_threads(cfg.train.torch_threads or torch.get_num_threads())
         trainer.train_epoch()  # warm-up: env reset, allocator, first-call overheads
         trainer.profile.seconds.clear()
         start = time.perf_counter()
@@ -91,7 +90,8 @@ def main() -> None:
     sps, phases = training_sps(args.env, args.num_envs, args.batch_size, args.epochs, overrides)
     print(
         f"env {args.env}, serial, {args.num_envs} envs, batch {args.batch_size}, "
-        f"torch threads {torch.get_num_threads()}, precision {args.precision}"
+        f"update threads {args.torch_threads or torch.get_num_threads()}, rollout threads 1, "
+        f"precision {args.precision}"
     )
     print(f"raw env stepping      {raw:8.0f} SPS")
     print(f"pufferfiber training  {sps:8.0f} SPS")

@@ -381,6 +381,7 @@ class Trainer:
         self.profile = Profile()
         self.message = f"Model Size: {abbreviate(policy.parameter_count())} parameters"
         self.checkpoints: list[Path] = []
+        self.update_threads = t.torch_threads or torch.get_num_threads()
         self._started = False
         self._start_time = time.time()
 
@@ -623,8 +624,12 @@ class Trainer:
     def train_epoch(self) -> None:
         """Collect, update, run hooks, report, and checkpoint when due."""
         start = time.perf_counter()
-        episode_stats = self.collect()
-        losses = self.update()
+        # Rollout batches (num_envs observations) are too small to split across threads, and
+        # env stepping is single-threaded anyway: one thread avoids contention on small CPUs.
+        with _torch_threads(1 if self.device.type == "cpu" else self.update_threads):
+            episode_stats = self.collect()
+        with _torch_threads(self.update_threads):
+            losses = self.update()
         self.epoch += 1
         user_stats = {**episode_stats, **self._run_hooks()}
         if self.epoch % self.cfg.checkpoint_interval == 0 or self.epoch >= self.end_epoch:
@@ -634,7 +639,6 @@ class Trainer:
     def train(self) -> TrainResult:
         """Train until ``end_epoch``; Ctrl-C saves a checkpoint and raises
         :class:`TrainingInterrupted`."""
-        torch.set_num_threads(self.cfg.torch_threads or torch.get_num_threads())
         seed_everything(self.cfg.seed + self.epoch, self.cfg.torch_deterministic)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.policy.train()
@@ -656,6 +660,19 @@ class Trainer:
             self.vecenv.close()
         except Exception as exc:  # closing dead workers must not hide the real outcome
             print(f"warning: closing the environments failed: {exc}", file=sys.stderr)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch CPU threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    if n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def _json_number(value: Any) -> Any:
