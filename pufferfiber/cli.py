@@ -20,6 +20,8 @@ warnings.filterwarnings("ignore", message=".*pynvml package is deprecated.*")
 import argparse  # noqa: E402
 import inspect  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
@@ -178,8 +180,23 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@contextmanager
+def opened_vecenv(cfg: RunConfig) -> Iterator[Any]:
+    """The run's vector env, closed afterwards whatever happens. Built before any folder is
+    created, so a bad vec setting (e.g. ray missing) leaves nothing behind."""
+    vecenv = build_vecenv(cfg)
+    try:
+        yield vecenv
+    finally:
+        try:
+            vecenv.close()
+        except Exception as exc:  # dead workers after Ctrl-C must not hide the real outcome
+            _say(f"warning: closing the environments failed: {_one_line(exc)}")
+
+
 def run_training(
     cfg: RunConfig,
+    vecenv: Any,
     policy: Any,
     run_dir: Path,
     *,
@@ -193,7 +210,6 @@ def run_training(
     """Train ``policy`` in ``run_dir`` (a new or resumed run); returns the exit code."""
     from pufferfiber.trainer import Trainer, TrainingInterrupted
 
-    vecenv = build_vecenv(cfg)
     trainer = Trainer(
         cfg,
         vecenv,
@@ -219,8 +235,6 @@ def run_training(
             f"--exp-id {run_dir.name} --train.data-dir {run_dir.parent}"
         )
         return EXIT_INTERRUPTED
-    finally:
-        trainer.close()
     last = result.checkpoints[-1] if result.checkpoints else None
     _say(f"done: epoch {result.epoch}, {result.global_step} agent steps; last checkpoint {last}")
     return 0
@@ -234,10 +248,11 @@ def train_new(cfg: RunConfig) -> int:
     from pufferfiber.envs import architecture_for
     from pufferfiber.policy import Policy
 
-    torch.manual_seed(cfg.train.seed)
-    policy = Policy(architecture_for(cfg.env_name))
-    run_dir = new_run_dir(Path(cfg.train.data_dir), cfg.env_name)
-    return run_training(cfg, policy, run_dir)
+    with opened_vecenv(cfg) as vecenv:
+        torch.manual_seed(cfg.train.seed)
+        policy = Policy(architecture_for(cfg.env_name, vecenv))
+        run_dir = new_run_dir(Path(cfg.train.data_dir), cfg.env_name)
+        return run_training(cfg, vecenv, policy, run_dir)
 
 
 def train_resume(
@@ -265,17 +280,19 @@ def train_resume(
         return 0
     log_name = "log_collapsed.out" if (run_dir / "log_collapsed.out").exists() else "log.out"
     _say(f"resuming {run_dir.name} from {path.name}")
-    return run_training(
-        cfg,
-        ckpt.policy,
-        run_dir,
-        start_epoch=ckpt.epoch,
-        start_global_step=ckpt.global_step,
-        end_epoch=end_epoch,
-        optimizer_state=optimizer_state,
-        log_name=log_name,
-        meta=ckpt.meta,
-    )
+    with opened_vecenv(cfg) as vecenv:
+        return run_training(
+            cfg,
+            vecenv,
+            ckpt.policy,
+            run_dir,
+            start_epoch=ckpt.epoch,
+            start_global_step=ckpt.global_step,
+            end_epoch=end_epoch,
+            optimizer_state=optimizer_state,
+            log_name=log_name,
+            meta=ckpt.meta,
+        )
 
 
 def train_collapsed(cfg: RunConfig, ns: argparse.Namespace) -> int:
@@ -283,7 +300,6 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace) -> int:
     train the collapsed policy (fresh optimizer, same hyperparameters) to ``--collapse-until``
     in a new run folder inside the collapse folder."""
     from pufferfiber.checkpoints import closest_checkpoint, find_run, load_checkpoint, new_run_dir
-    from pufferfiber.pipeline import collapse_folder_name, collapse_to_folder
 
     tau = _check_threshold(ns.collapse)
     run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, ns.exp_id)
@@ -291,17 +307,40 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace) -> int:
     until = cfg.train.end_epoch if ns.collapse_until is None else ns.collapse_until
     if until <= epoch:
         raise UsageError(f"--collapse-until ({until}) must be after the collapsed epoch ({epoch})")
-    _say(f"collapsing {run_dir.name}/{path.name} at threshold {tau}")
     ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
+    with opened_vecenv(cfg) as vecenv:
+        collapsed = collapse_checkpoint(ckpt, tau, run_dir, epoch, ns.flatten_colours, cfg)
+        child = new_run_dir(collapsed.path.parent, cfg.env_name)
+        return run_training(
+            cfg,
+            vecenv,
+            collapsed.policy,
+            child,
+            start_epoch=collapsed.epoch,
+            start_global_step=collapsed.global_step,
+            end_epoch=until,
+            log_name="log_collapsed.out",
+            meta=collapsed.meta,
+        )
+
+
+def collapse_checkpoint(
+    ckpt: Any, tau: float, run_dir: Path, epoch: int, flatten_colours: str, cfg: RunConfig
+) -> Any:
+    """Write ``run_dir/collapsed_model_thr_TT_EEEEEE/`` (model, fibers.pkl, fidelity.json) with
+    the fibers engineer's pipeline; returns the collapsed checkpoint."""
+    from pufferfiber.pipeline import collapse_folder_name, collapse_to_folder
+
     out_dir = run_dir / collapse_folder_name(tau, epoch)
+    _say(f"collapsing {run_dir.name}/{ckpt.path.name} at threshold {tau} into {out_dir.name}")
     try:
         result = collapse_to_folder(
             ckpt,
             tau,
             out_dir,
-            flatten_colours=ns.flatten_colours,
+            flatten_colours=flatten_colours,
             seed=cfg.train.seed,
-            overwrite=True,
+            overwrite=True,  # re-collapsing replaces the three files, keeps earlier runs inside
             echo=False,
         )
     except ValueError as exc:  # the pipeline's one-line input errors
@@ -311,17 +350,7 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace) -> int:
         f"collapsed model: {collapsed.path} ({collapsed.policy.parameter_count()} of "
         f"{ckpt.policy.parameter_count()} parameters)"
     )
-    child = new_run_dir(out_dir, cfg.env_name)
-    return run_training(
-        cfg,
-        collapsed.policy,
-        child,
-        start_epoch=collapsed.epoch,
-        start_global_step=collapsed.global_step,
-        end_epoch=until,
-        log_name="log_collapsed.out",
-        meta=collapsed.meta,
-    )
+    return collapsed
 
 
 def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:

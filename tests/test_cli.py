@@ -292,3 +292,16 @@ def test_ctrl_c_saves_a_checkpoint_and_explains_resume(tmp_path: Path) -> None:
     state = load_trainer_state(run)
     assert epoch >= 1 and state is not None and state["epoch"] == epoch
     assert load_checkpoint(path).epoch == epoch
+
+
+def test_ray_missing_is_a_clear_error_and_leaves_no_folder(tmp_path: Path, capsys: Any) -> None:
+    try:
+        import ray  # noqa: F401
+
+        pytest.skip("ray is installed")
+    except ImportError:
+        pass
+    assert cli.main(["--env", "cartpole", "--vec", "ray", "--train.data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "optional 'ray' extra" in err
+    assert list(tmp_path.iterdir()) == []
