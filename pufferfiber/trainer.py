@@ -250,16 +250,24 @@ def sequence_forward(
 
 @dataclass
 class EpochContext:
-    """What a per-epoch hook sees (after the update of ``epoch``)."""
+    """What a per-epoch hook sees (after the update of ``epoch``).
+
+    ``observations`` is a read-only view of this epoch's rollout: ``[num_envs, T, *obs]``
+    sequences (the first ``HOOK_STEPS`` steps of every env), e.g. for measuring activations.
+    """
 
     policy: Policy
     optimizer: torch.optim.Optimizer
     epoch: int
     global_step: int
     run_dir: Path
+    observations: torch.Tensor | None = None
 
 
 Hook = Callable[[EpochContext], "dict[str, float] | None"]
+
+
+HOOK_STEPS = 64  # rollout steps per env shown to hooks as EpochContext.observations
 
 
 class TrainingInterrupted(Exception):
@@ -576,7 +584,10 @@ class Trainer:
         return path
 
     def _run_hooks(self) -> dict[str, float]:
-        ctx = EpochContext(self.policy, self.optimizer, self.epoch, self.global_step, self.run_dir)
+        recent = self.buffer.obs[:, : min(self.buffer.steps, HOOK_STEPS)]
+        ctx = EpochContext(
+            self.policy, self.optimizer, self.epoch, self.global_step, self.run_dir, recent
+        )
         stats: dict[str, float] = {}
         for hook in self.hooks:
             stats.update({k: float(v) for k, v in (hook(ctx) or {}).items()})

@@ -167,6 +167,8 @@ def test_training_writes_checkpoints_metrics_log_and_runs_hooks(tmp_path: Path) 
     assert result.epoch == 3 and result.global_step == 3 * 512
     assert [e for e, _ in list_checkpoints(tmp_path)] == [2, 3]  # interval + the end
     assert [c.epoch for c in seen] == [1, 2, 3] and seen[-1].optimizer is trainer.optimizer
+    obs = seen[-1].observations
+    assert obs is not None and obs.shape == (4, 64, 4) and obs.abs().sum() > 0
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3]
     assert [x["my_stat"] for x in lines] == [10.0, 20.0, 30.0]
