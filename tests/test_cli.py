@@ -305,3 +305,25 @@ def test_ray_missing_is_a_clear_error_and_leaves_no_folder(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "optional 'ray' extra" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_upstream_pickle_needs_allow_pickle(
+    shared_run: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    upstream = str(shared_run / "model_000051.pt")
+    argv = ["--mode", "eval", "--env", "beam_rider", "--eval-model-path", upstream]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--allow-pickle" in err
+    played: list[Any] = []
+
+    def fake_play(policy: Any, env: str, episodes: int, **kw: Any) -> list[float]:
+        played.append((policy, env, episodes))  # isolate the CLI from 18 s of BeamRider play
+        return [1.0, 3.0]
+
+    monkeypatch.setattr("pufferfiber.evaluate.play_episodes", fake_play)
+    assert cli.main([*argv, "--allow-pickle", "--eval-episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "(epoch 51): return 2.00 ± 1.00 over 2 episodes" in out
+    ((policy, env, episodes),) = played
+    assert env == "beam_rider" and episodes == 2 and policy.parameter_count() == 3_948_202
