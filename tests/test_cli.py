@@ -232,6 +232,8 @@ def test_multiprocessing_with_two_workers(tmp_path: Path) -> None:
         "2",
         "--vec.num-workers",
         "2",
+        "--vec.env-batch-size",  # asynchronous: one env per step, in whatever order is ready
+        "1",
         "--train.bptt-horizon",
         "4",
         "--train.batch-size",
