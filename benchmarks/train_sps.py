@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--raw-steps", type=int, default=16384)
     parser.add_argument("--torch-threads", type=int, default=None)
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="auto")
     args = parser.parse_args()
     overrides = {"train.precision": args.precision}
     if args.torch_threads is not None:

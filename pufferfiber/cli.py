@@ -311,13 +311,15 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace) -> int:
     with opened_vecenv(cfg) as vecenv:
         collapsed = collapse_checkpoint(ckpt, tau, run_dir, epoch, ns.flatten_colours, cfg)
         child = new_run_dir(collapsed.path.parent, cfg.env_name)
+        # PufferLib's own checkpoints do not record agent steps: count whole epochs instead.
+        steps = collapsed.global_step or collapsed.epoch * cfg.train.batch_size
         return run_training(
             cfg,
             vecenv,
             collapsed.policy,
             child,
             start_epoch=collapsed.epoch,
-            start_global_step=collapsed.global_step,
+            start_global_step=steps,
             end_epoch=until,
             log_name="log_collapsed.out",
             meta=collapsed.meta,

@@ -28,7 +28,7 @@ from pufferfiber.envs import VEC_BACKENDS, check_env_name, is_atari
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 SECTIONS = ("train", "vec", "env")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 class ConfigError(ValueError):
@@ -113,8 +113,9 @@ OPTION_HELP: dict[str, str] = {
     "train.torch_deterministic": "ask torch for deterministic kernels (cuDNN)",
     "train.device": "auto (CUDA when present, else CPU), cpu, cuda or cuda:N",
     "train.torch_threads": "CPU threads for torch (0 = torch's default)",
-    "train.precision": "float32, or bfloat16: the PPO update runs the encoder (convs + Linear) "
-    "under bfloat16 autocast, ~1.6x faster on CPUs with AVX512-BF16/AMX",
+    "train.precision": "float32; bfloat16 (the PPO update runs the encoder, convs + Linear, "
+    "under bfloat16 autocast: ~1.6x faster on CPUs with AVX512-BF16/AMX); auto = bfloat16 "
+    "where the CPU/GPU has native bfloat16, else float32",
     "train.total_timesteps": "agent steps of the whole schedule; last epoch = this / batch_size",
     "train.batch_size": "agent steps collected per epoch (a multiple of num_envs*bptt_horizon)",
     "train.minibatch_size": "agent steps per gradient step (divides batch_size)",

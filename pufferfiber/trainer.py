@@ -307,6 +307,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (emulated bf16 would be slower)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """``train.precision``: float32, bfloat16, or auto (bfloat16 where the hardware has it)."""
+    return precision == "bfloat16" or (precision == "auto" and native_bf16(device))
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -390,6 +406,7 @@ class Trainer:
         self.message = f"Model Size: {abbreviate(policy.parameter_count())} parameters"
         self.checkpoints: list[Path] = []
         self.update_threads = t.torch_threads or torch.get_num_threads()
+        self.encoder_bf16 = use_bf16(t.precision, self.device)
         self._started = False
         self._start_time = time.time()
 
@@ -507,7 +524,7 @@ class Trainer:
         with prof("train_forward"):
             state = (mb["h0"][None].contiguous(), mb["c0"][None].contiguous())
             logits, newvalue = sequence_forward(
-                self.policy, mb["obs"], state, mb["dones"], self.cfg.precision == "bfloat16"
+                self.policy, mb["obs"], state, mb["dones"], self.encoder_bf16
             )
             logp_all = torch.log_softmax(logits, dim=-1)
             newlogprob = logp_all.gather(-1, mb["actions"][..., None]).squeeze(-1).reshape(-1)

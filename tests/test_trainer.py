@@ -314,3 +314,15 @@ def test_dashboard_formats_and_modes(tmp_path: Path) -> None:
     Dashboard(live, None, live=True).show(state)
     assert plain.getvalue().strip() == (tmp_path / "copy.out").read_text().strip() == text.strip()
     assert "\033[0;0H" in live.getvalue()  # redrawn in place on a terminal
+
+
+def test_precision_setting(monkeypatch: Any) -> None:
+    from pufferfiber import trainer as trainer_mod
+
+    cpu = torch.device("cpu")
+    assert trainer_mod.use_bf16("bfloat16", cpu) and not trainer_mod.use_bf16("float32", cpu)
+    for native in (True, False):
+        monkeypatch.setattr(trainer_mod, "native_bf16", lambda device, n=native: n)
+        assert trainer_mod.use_bf16("auto", cpu) is native
+    assert load_config("beam_rider").train.precision == "auto"
+    assert load_config("cartpole").train.precision == "float32"
