@@ -155,6 +155,34 @@ class RolloutBuffer:
             self.c0[e[starts], seq] = state[1][0, starts].cpu()
         self.ptr[env_ids] += 1
 
+    def store_where(
+        self,
+        room: np.ndarray,
+        env_ids: np.ndarray,
+        obs: torch.Tensor,
+        rewards: torch.Tensor,
+        dones: torch.Tensor,
+        actions: torch.Tensor,
+        logprobs: torch.Tensor,
+        values: torch.Tensor,
+        state: LSTMState,
+    ) -> None:
+        """:meth:`store` for the envs where ``room`` is set; the others' steps are dropped."""
+        if room.all():
+            self.store(env_ids, obs, rewards, dones, actions, logprobs, values, state)
+            return
+        r = torch.from_numpy(room)
+        self.store(
+            env_ids[room],
+            obs[r],
+            rewards[r],
+            dones[r],
+            actions[r],
+            logprobs[r],
+            values[r],
+            (state[0][:, r], state[1][:, r]),
+        )
+
     def _store_all(
         self,
         slot: int,
@@ -429,51 +457,48 @@ class Trainer:
                 ids = np.asarray(env_ids, dtype=np.int64)
                 obs_t = torch.from_numpy(obs)
                 done = torch.from_numpy(np.logical_or(terms, truncs).astype(np.float32))
-                everyone = len(ids) == self.num_envs and bool((ids == self._all_ids).all())
-                if everyone:  # synchronous envs: no gather/scatter of the LSTM state
-                    state = self.lstm_state
-                else:
-                    state = (self.lstm_state[0][:, ids], self.lstm_state[1][:, ids])
+                state = self._env_state(ids)
             with prof("eval_forward"):
                 logits, value, new_state = self.policy(obs_t.to(self.device), state)
                 actions, logprob = sample_actions(logits)
             with prof("eval_misc"):
-                keep = 1.0 - done.to(self.device)[None, :, None]  # fresh state after a done
-                if everyone:
-                    self.lstm_state = (new_state[0] * keep, new_state[1] * keep)
-                else:
-                    self.lstm_state[0][:, ids] = new_state[0] * keep
-                    self.lstm_state[1][:, ids] = new_state[1] * keep
+                self._set_env_state(ids, new_state, done)
                 room = buf.free_rows(ids) & np.asarray(mask, dtype=bool)
-                if room.all():
-                    buf.store(
-                        ids,
-                        obs_t,
-                        torch.from_numpy(rewards),
-                        done,
-                        actions.cpu(),
-                        logprob.cpu(),
-                        value.cpu(),
-                        state,
-                    )
-                else:
-                    r = torch.from_numpy(room)
-                    buf.store(
-                        ids[room],
-                        obs_t[r],
-                        torch.from_numpy(rewards)[r],
-                        done[r],
-                        actions.cpu()[r],
-                        logprob.cpu()[r],
-                        value.cpu()[r],
-                        (state[0][:, r], state[1][:, r]),
-                    )
+                buf.store_where(
+                    room,
+                    ids,
+                    obs_t,
+                    torch.from_numpy(rewards),
+                    done,
+                    actions.cpu(),
+                    logprob.cpu(),
+                    value.cpu(),
+                    state,
+                )
                 for key, value_ in _numeric_infos(infos):
                     episode_stats[key].append(value_)
             with prof("env"):
                 self.vecenv.send(actions.cpu().numpy())
         self.global_step += self.cfg.batch_size
         return {k: float(np.mean(v)) for k, v in episode_stats.items() if v}
+
+    def _everyone(self, ids: np.ndarray) -> bool:
+        return len(ids) == self.num_envs and bool((ids == self._all_ids).all())
+
+    def _env_state(self, ids: np.ndarray) -> LSTMState:
+        """LSTM state of the envs ``ids`` (no gather when every env steps, in order)."""
+        if self._everyone(ids):
+            return self.lstm_state
+        return self.lstm_state[0][:, ids], self.lstm_state[1][:, ids]
+
+    def _set_env_state(self, ids: np.ndarray, new: LSTMState, done: torch.Tensor) -> None:
+        """Store the envs' new LSTM state, zeroed where an episode just ended."""
+        keep = 1.0 - done.to(self.device)[None, :, None]
+        if self._everyone(ids):
+            self.lstm_state = (new[0] * keep, new[1] * keep)
+        else:
+            self.lstm_state[0][:, ids] = new[0] * keep
+            self.lstm_state[1][:, ids] = new[1] * keep
 
     # -- update --------------------------------------------------------------------------------
 
