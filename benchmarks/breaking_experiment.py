@@ -61,7 +61,6 @@ from pufferfiber.trainer import Trainer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("none", "break", "redo")
-MONITOR_TAU = 0.3  # fiber threshold of the monitor (the guide's example --collapse 0.3)
 DORMANT_TAU = 0.1  # ReDo's dormancy threshold, used both by the reset and the monitor
 
 
@@ -85,7 +84,11 @@ PLANS = {
     "cartpole": EnvPlan(
         env="cartpole",
         # config/classic_control/cartpole.ini: 40 epochs of 1,024 steps.
-        overrides={"train.device": "cpu", "train.checkpoint_interval": "1000"},
+        overrides={
+            "train.device": "cpu",
+            "train.precision": "float32",
+            "train.checkpoint_interval": "1000",
+        },
         monitor_interval=2,
         breaker={"interval": 4, "fiber_threshold": 0.3, "maturity": 8, "fraction": 0.25},
         redo={"interval": 4, "tau": DORMANT_TAU},
@@ -102,6 +105,7 @@ PLANS = {
         overrides={
             "train.device": "cpu",
             "train.torch_threads": "1",
+            "train.precision": "float32",
             "train.batch_size": "4096",
             "train.checkpoint_interval": "1000",
             "vec.num_envs": "16",
@@ -122,10 +126,14 @@ PLANS = {
 
 
 class Monitor:
-    """Per-epoch hook recording fibers per layer and dormant fractions every few epochs."""
+    """Per-epoch hook recording fibers per layer (at the breaker's threshold, so every arm is
+    measured on the scale symmetry breaking acts on) and dormant fractions every few epochs."""
 
-    def __init__(self, interval: int, observations: Callable[[], torch.Tensor]) -> None:
+    def __init__(
+        self, interval: int, threshold: float, observations: Callable[[], torch.Tensor]
+    ) -> None:
         self.interval = interval
+        self.threshold = threshold
         self.observations = observations
         self.records: list[dict[str, Any]] = []
 
@@ -133,7 +141,7 @@ class Monitor:
         if self.records and ctx.epoch % self.interval:
             return None  # always record the first epoch, then every ``interval``
         policy = ctx.policy
-        fibration = compute_fibers(policy, MONITOR_TAU)
+        fibration = compute_fibers(policy, self.threshold)
         obs = self.observations()
         with torch.no_grad():
             dormant = dormant_fraction(policy, obs, DORMANT_TAU)
@@ -142,6 +150,7 @@ class Monitor:
         self.records.append(
             {
                 "epoch": ctx.epoch,
+                "fiber_threshold": self.threshold,
                 "fibers": fibration.counts,
                 "sizes": sizes,
                 "dormant": dormant,
@@ -183,7 +192,7 @@ def run_one(plan: EnvPlan, arm: str, seed: int) -> dict[str, Any]:
     def recent_obs() -> torch.Tensor:
         return holder["trainer"].buffer.obs[:, : plan.obs_steps]
 
-    monitor = Monitor(plan.monitor_interval, recent_obs)
+    monitor = Monitor(plan.monitor_interval, plan.breaker["fiber_threshold"], recent_obs)
     hook = intervention(arm, plan, seed, recent_obs)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="breaking_experiment_") as tmp:
@@ -357,7 +366,7 @@ def plot(runs: list[dict[str, Any]], path: Path, references: dict[str, Any] | No
             ylabel="episode return",
         )
         row[1].set(
-            title=f"{env}: fibers / units at τ={MONITOR_TAU}",
+            title=f"{env}: fibers / units at τ={PLANS[env].breaker['fiber_threshold']}",
             xlabel="epoch",
             ylabel="fibers per unit (1 = no redundancy)",
         )
@@ -455,7 +464,7 @@ def save(results_path: Path, runs: list[dict[str, Any]], references: dict[str, A
             "overrides": p.overrides,
             "breaker": p.breaker,
             "redo": p.redo,
-            "monitor_tau": MONITOR_TAU,
+            "monitor_tau": p.breaker["fiber_threshold"],
             "dormant_tau": DORMANT_TAU,
             "start_checkpoint": p.start_checkpoint,
             "epochs": p.epochs,
