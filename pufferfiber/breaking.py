@@ -396,6 +396,11 @@ class SymmetryBreaker:
 
     # -- breaking ------------------------------------------------------------------------------
 
+    def check(self, policy: Policy) -> None:
+        """Raise ``ValueError`` now (not at the first break) if ``layers`` names no hidden layer
+        of ``policy``; call it when training starts."""
+        selected_labels(build_graph(policy), self.layers)
+
     def due(self, epoch: int) -> bool:
         return epoch > 0 and epoch % self.interval == 0
 

@@ -365,6 +365,9 @@ def test_state_dict_round_trip_keeps_ages() -> None:
 
 
 def test_unknown_layer_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="no layer 'conv1'; choose from linear1, linear2, lstm"):
+        SymmetryBreaker(layers=["conv1"]).check(make_policy(TINY_MLP))
+    SymmetryBreaker(layers=["conv", "lstm"]).check(make_policy(TINY_CNN))
     with pytest.raises(ValueError, match="no layer 'linear7'"):
         SymmetryBreaker(layers=["linear7"]).step(make_policy(TINY_MLP), None, 1)
     with pytest.raises(ValueError, match="head"):
