@@ -19,6 +19,7 @@ warnings.filterwarnings("ignore", message=".*pynvml package is deprecated.*")
 
 import argparse  # noqa: E402
 import inspect  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -163,12 +164,17 @@ def build_vecenv(cfg: RunConfig) -> Any:
             "(make_vecenv has no env_kwargs)"
         )
     v = cfg.vec
+    # Worker processes inherit "ignore SIGINT": Ctrl-C then reaches only the trainer, which
+    # saves a checkpoint and closes the workers (instead of each printing a traceback).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return make_vecenv(
             cfg.env_name, v.backend, v.num_envs, v.num_workers, v.env_batch_size, **kwargs
         )
     except APIUsageError as exc:  # PufferLib's own consistency checks on the vec settings
         raise EnvError(f"vectorisation settings rejected by PufferLib: {exc}") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _family_env_defaults(env_name: str) -> dict[str, Any]:

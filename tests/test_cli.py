@@ -252,25 +252,31 @@ def test_multiprocessing_with_two_workers(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_saves_a_checkpoint_and_explains_resume(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole process group: trainer and env workers."""
+    argv = [
+        "--env",
+        "cartpole",
+        "--vec",
+        "multiprocessing",
+        "--vec.num-envs",
+        "4",
+        "--vec.num-workers",
+        "2",
+        "--train.batch-size",
+        "256",
+        "--train.minibatch-size",
+        "64",
+        "--train.data-dir",
+        str(tmp_path),
+    ]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "demo.py"),
-            "--env",
-            "cartpole",
-            "--train.data-dir",
-            str(tmp_path),
-            "--train.total-timesteps",
-            "10000000",
-            "--train.checkpoint-interval",
-            "1000",
-            *TINY[:-2],
-        ],
+        [sys.executable, str(REPO / "demo.py"), *argv],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 60
@@ -282,11 +288,11 @@ def test_ctrl_c_saves_a_checkpoint_and_explains_resume(tmp_path: Path) -> None:
                 break
             time.sleep(0.2)
         assert metrics is not None, "training never finished an epoch"
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert "resume with:" in err and "Traceback" not in err
     run = metrics.parent
