@@ -61,8 +61,10 @@ def collapse_policy(policy: Policy, fibration: Fibration, *, scale_aware: bool =
         fib = fibration.get(node) if node.hidden else None
         own = Colouring.of(fib.labels) if fib is not None else Colouring.discrete(node.size)
         if node.activation == "relu" and scale_aware:
-            rows = node_rows(node, params, inputs)
-            own = Colouring(own.labels, own.count, fold_scales(rows, own))
+            scales = fib.scales if fib is not None else None
+            if scales is None:  # fibers made elsewhere: fold factors from the quotient's rows
+                scales = fold_scales(node_rows(node, params, inputs), own)
+            own = Colouring(own.labels, own.count, scales)
         colourings[node.name] = own
         new.update(_quotient_node(node, params, inputs, own))
     arch = policy.arch.replace(
@@ -70,7 +72,11 @@ def collapse_policy(policy: Policy, fibration: Fibration, *, scale_aware: bool =
         hidden=tuple(colourings[n.name].count for n in graph.hidden if n.kind == "linear"),
         lstm=next(colourings[n.name].count for n in graph.hidden if n.kind == "lstm"),
     )
-    quotient = Policy(arch)
+    # Built on the meta device: every weight is overwritten, so skip the orthogonal init (QR of
+    # each matrix, most of the collapse time otherwise).
+    with torch.device("meta"):
+        quotient = Policy(arch)
+    quotient = quotient.to_empty(device="cpu")
     dtype = next(policy.parameters()).dtype
     quotient.load_state_dict({k: v.to(dtype) for k, v in new.items()}, strict=True)
     return quotient.to(next(policy.parameters()).device)

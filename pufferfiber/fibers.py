@@ -67,6 +67,8 @@ EXACT_RTOL = 1e-5  # relative Euclidean tolerance for "equal" rows (float32 weig
 # 68, 68, 69 LSTM fibers (no fixed point). One round is the faithful default; more is opt-in.
 DEFAULT_LSTM_ROUNDS = 1
 _BLOCK = 1024  # rows per block of pairwise products (bounds peak memory to ~n·block floats)
+_SLACK = 1e-5  # float32 products: keep every edge that float64 could put at distance <= τ
+_MAX_EDGES_PER_ROW = 64  # denser "close" graphs are clustered whole (one big component anyway)
 
 
 # --------------------------------------------------------------------------- results
@@ -85,6 +87,7 @@ class LayerFibers:
     labels: np.ndarray
     collapsed: bool = True
     rounds: int = 0
+    scales: torch.Tensor | None = None  # ReLU fold factors (see fold_scales); None = all 1
 
     @property
     def n_fibers(self) -> int:
@@ -183,18 +186,60 @@ def exact_partition(rows: np.ndarray, *, scale_free: bool) -> np.ndarray:
     if scale_free:
         x = x / np.sqrt(np.where(sq == 0, 1.0, sq))[:, None]
         sq = (sq > 0).astype(np.float64)
+    # Candidates from float32 products (loose bound), then the exact test in float64 on those
+    # pairs only: the float32 cancellation error (~1e-7·|a|²) is far above EXACT_RTOL².
+    x32, sq32 = x.astype(np.float32), sq.astype(np.float32)
     src, dst = [], []
     for i0 in range(0, n, _BLOCK):
         i1 = min(n, i0 + _BLOCK)
-        dist2 = sq[i0:i1, None] + sq[None, :] - 2.0 * (x[i0:i1] @ x.T)
-        close = dist2 <= EXACT_RTOL**2 * np.maximum(sq[i0:i1, None], sq[None, :])
-        i, j = np.nonzero(close)
+        dist2 = sq32[i0:i1, None] + sq32[None, i0:] - 2.0 * (x32[i0:i1] @ x32[i0:].T)
+        i, j = np.nonzero(dist2 <= 1e-4 * np.maximum(sq32[i0:i1, None], sq32[None, i0:]))
         src.append(i + i0)
-        dst.append(j)
+        dst.append(j + i0)
     s, d = np.concatenate(src), np.concatenate(dst)
+    diff2 = np.einsum("ij,ij->i", x[s] - x[d], x[s] - x[d])
+    keep = diff2 <= EXACT_RTOL**2 * np.maximum(sq[s], sq[d])
+    s, d = s[keep], d[keep]
     graph = coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return relabel_first_occurrence(labels)
+
+
+def average_linkage_labels(rows: np.ndarray, threshold: float) -> np.ndarray:
+    """Average-linkage clusters of all ``rows`` at once (merge while distance ``<= threshold``)."""
+    if len(rows) <= 1:
+        return np.zeros(len(rows), dtype=np.int64)
+    tree = linkage(cosine_distances_condensed(rows), method="average")
+    return relabel_first_occurrence(fcluster(tree, t=threshold, criterion="distance"))
+
+
+def close_components(rows: np.ndarray, threshold: float) -> np.ndarray | None:
+    """Connected components of the graph "cosine distance <= threshold" (``None``: too dense).
+
+    Average-linkage clusters never span two components: merging clusters A and B needs an
+    average distance <= τ, hence some pair (a, b) at distance <= τ, hence an edge. So each
+    component can be clustered on its own, which avoids the ``n²`` condensed matrix. Products
+    are float32 with a small slack: an extra edge only joins components, never changes a result.
+    """
+    x = np.asarray(rows, dtype=np.float64)
+    n = len(x)
+    norms = np.linalg.norm(x, axis=1)
+    zero = norms == 0
+    unit = (x / np.where(zero, 1.0, norms)[:, None]).astype(np.float32)
+    src, dst, edges = [], [], 0
+    for i0 in range(0, n, _BLOCK):
+        i1 = min(n, i0 + _BLOCK)
+        close = unit[i0:i1] @ unit[i0:].T >= np.float32(1.0 - threshold - _SLACK)
+        close[zero[i0:i1, None] & zero[None, i0:]] = True
+        i, j = np.nonzero(close)
+        edges += i.size
+        if edges > _MAX_EDGES_PER_ROW * n:
+            return None
+        src.append(i + i0)
+        dst.append(j + i0)
+    s, d = np.concatenate(src), np.concatenate(dst)
+    graph = coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 def cluster_rows(rows: np.ndarray, threshold: float, *, scale_free: bool = True) -> np.ndarray:
@@ -202,13 +247,22 @@ def cluster_rows(rows: np.ndarray, threshold: float, *, scale_free: bool = True)
 
     For ``threshold > 0`` clusters merge while their average cosine distance is ``<=
     threshold`` (scipy semantics; scikit-learn's ``distance_threshold`` merges on ``<``, which
-    differs only on exact ties).
+    differs only on exact ties). Each component of the "distance <= τ" graph is clustered on
+    its own (same result, see :func:`close_components`); singletons and pairs need no linkage.
     """
     n = len(rows)
     if threshold == 0 or n <= 1:
         return exact_partition(rows, scale_free=scale_free)
-    tree = linkage(cosine_distances_condensed(rows), method="average")
-    return relabel_first_occurrence(fcluster(tree, t=threshold, criterion="distance"))
+    components = close_components(rows, threshold)
+    if components is None:
+        return average_linkage_labels(rows, threshold)
+    order = np.argsort(components, kind="stable")
+    sizes = np.bincount(components)
+    labels = components.astype(np.int64) * n  # room for sub-cluster ids inside a component
+    groups = np.split(order, np.cumsum(sizes)[:-1])
+    for members in (g for g in groups if len(g) > 2):  # loop over components, not units
+        labels[members] += average_linkage_labels(rows[members], threshold)
+    return relabel_first_occurrence(labels)
 
 
 # --------------------------------------------------------------------------- rows
@@ -232,15 +286,41 @@ class Colouring:
         ones = torch.ones(len(lab), dtype=torch.float64)
         return cls(lab, int(lab.max()) + 1 if len(lab) else 0, ones if scales is None else scales)
 
+    @property
+    def is_trivial(self) -> bool:
+        """Every unit its own colour, in order, unscaled (summing over it changes nothing)."""
+        n = len(self.labels)
+        return (
+            self.count == n
+            and bool(torch.equal(self.labels, torch.arange(n)))
+            and bool((self.scales == 1).all())
+        )
+
+    def matrix(self) -> torch.Tensor:
+        """``[units, colours]`` float64: the fold factor of unit u in column labels[u]."""
+        m = torch.zeros(len(self.labels), self.count, dtype=torch.float64)
+        m[torch.arange(len(self.labels)), self.labels] = self.scales
+        return m
+
 
 def sum_over_colours(view: torch.Tensor, colouring: Colouring, axis: int = 2) -> torch.Tensor:
-    """Sum a unit view over the colour classes of ``axis`` (scaled by the fold factors)."""
-    shape = [1] * view.dim()
-    shape[axis] = -1
-    out_shape = list(view.shape)
-    out_shape[axis] = colouring.count
-    out = torch.zeros(out_shape, dtype=torch.float64)
-    return out.index_add_(axis, colouring.labels, view.double() * colouring.scales.view(shape))
+    """Sum a unit view over the colour classes of ``axis`` (scaled by the fold factors).
+
+    Columns are sorted by colour and summed in contiguous runs (``np.add.reduceat``): one
+    pass over the tensor, much faster than a scatter-add along an inner axis or a product
+    with the indicator matrix. A trivial colouring is a plain copy.
+    """
+    if colouring.is_trivial:
+        return view.double().clone()
+    moved = view.double().movedim(axis, 0)  # colour axis first: rows gathered contiguously
+    counts = np.bincount(colouring.labels.numpy(), minlength=colouring.count)
+    if counts.min() == 0:  # an empty colour (hand-made labels): reduceat cannot express it
+        return (moved.movedim(0, -1) @ colouring.matrix()).movedim(-1, axis)
+    order = np.argsort(colouring.labels.numpy(), kind="stable")
+    flat = moved.reshape(moved.shape[0], -1).numpy()[order] * colouring.scales.numpy()[order, None]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    summed = np.add.reduceat(flat, starts, axis=0)
+    return torch.from_numpy(summed).reshape(colouring.count, *moved.shape[1:]).movedim(0, axis)
 
 
 def node_rows(
@@ -256,18 +336,30 @@ def node_rows(
     ``hidden`` is the current colouring of the LSTM's own units (its ``W_hh`` columns);
     ``pooled`` also sums over positions after a flatten (the published reference).
     """
-    w = sum_over_colours(weight_view(node, params[node.weight_key]), inputs)
-    if pooled and node.mapping == "flatten":
-        w = w.sum(dim=3, keepdim=True)
-    parts = [w.flatten(2)]
+    parts = [input_part(node, params, inputs, pooled=pooled)]
     if node.recurrent_key is not None:
         if hidden is None:
             raise ValueError("the LSTM rows need the hidden colouring")
         hh = sum_over_colours(recurrent_view(node, params[node.recurrent_key]), hidden)
         parts.append(hh.flatten(2))
-    bias = sum(bias_view(node, params[k]).double() for k in node.bias_keys)
-    parts.append(torch.as_tensor(bias).unsqueeze(-1))
+    parts.append(bias_part(node, params))
     return torch.cat(parts, dim=2).flatten(1)
+
+
+def input_part(
+    node: LayerNode, params: dict[str, torch.Tensor], inputs: Colouring, *, pooled: bool = False
+) -> torch.Tensor:
+    """``[units, gates, colours·extent]``: incoming weights summed over input colours."""
+    w = sum_over_colours(weight_view(node, params[node.weight_key]), inputs)
+    if pooled and node.mapping == "flatten":
+        w = w.sum(dim=3, keepdim=True)
+    return w.flatten(2)
+
+
+def bias_part(node: LayerNode, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[units, gates, 1]``: the summed biases (only ``b_ih + b_hh`` matters for the LSTM)."""
+    bias = sum(bias_view(node, params[k]).double() for k in node.bias_keys)
+    return torch.as_tensor(bias).unsqueeze(-1)
 
 
 def fold_scales(rows: torch.Tensor, colouring: Colouring) -> torch.Tensor:
@@ -285,15 +377,11 @@ def fold_scales(rows: torch.Tensor, colouring: Colouring) -> torch.Tensor:
 
 def mean_over_fibers(x: torch.Tensor, colouring: Colouring, axis: int = 0) -> torch.Tensor:
     """Mean of ``x`` over each fiber along ``axis`` (fibers in label order)."""
-    out_shape = list(x.shape)
-    out_shape[axis] = colouring.count
-    total = torch.zeros(out_shape, dtype=torch.float64).index_add_(
-        axis, colouring.labels, x.double()
-    )
+    if colouring.count == len(colouring.labels) and colouring.is_trivial:
+        return x.double().clone()
     counts = torch.bincount(colouring.labels, minlength=colouring.count).double()
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return total / counts.view(shape)
+    plain = Colouring(colouring.labels, colouring.count, 1.0 / counts[colouring.labels])
+    return sum_over_colours(x, plain, axis)
 
 
 # --------------------------------------------------------------------------- fibers
@@ -363,8 +451,11 @@ def compute_fibers(
             rows = node_rows(node, params, inputs, pooled=pooled)
             fib = LayerFibers(node, cluster_rows(rows.numpy(), threshold, scale_free=True))
             colour = Colouring.of(fib.labels)
+            if pooled and node.mapping == "flatten":  # fold factors of the quotient's rows
+                rows = node_rows(node, params, inputs)
             # ReLU: positive multiples are one signal up to a factor the consumer absorbs.
-            colour = Colouring(colour.labels, colour.count, fold_scales(rows, colour))
+            fib.scales = fold_scales(rows, colour)
+            colour = Colouring(colour.labels, colour.count, fib.scales)
         colourings[node.name] = colour
         result.append(fib)
     return Fibration(threshold, flatten_colours, result, "in", max_lstm_rounds)
@@ -378,18 +469,28 @@ def _lstm_fibers(
     max_rounds: int,
 ) -> LayerFibers:
     """Exact fixed point from one colour, then (approximate case) bounded re-clustering."""
+    fixed = torch.cat([input_part(node, params, inputs), bias_part(node, params)], dim=2)
+    w_hh = recurrent_view(node, params[node.recurrent_key or ""])
+
+    def rows_for(labels: np.ndarray) -> np.ndarray:
+        hh = sum_over_colours(w_hh, Colouring.of(labels)).flatten(2)
+        return torch.cat([fixed, hh], dim=2).flatten(1).numpy()
+
     labels = np.zeros(node.size, dtype=np.int64)
     rounds = 0
     for rounds in range(1, node.size + 1):  # noqa: B007 - rounds is reported
-        rows = node_rows(node, params, inputs, Colouring.of(labels)).numpy()
+        rows, rows_labels = rows_for(labels), labels
         refined = meet(labels, exact_partition(rows, scale_free=False))
         if refined.max() == labels.max():
             break
         labels = refined
+        if labels.max() + 1 == node.size:  # discrete: nothing finer exists, a fixed point
+            break
     if threshold == 0:
         return LayerFibers(node, labels, rounds=rounds)
-    for rounds in range(1, max_rounds + 1):  # noqa: B007
-        rows = node_rows(node, params, inputs, Colouring.of(labels)).numpy()
+    for rounds in range(1, max_rounds + 1):
+        # Round 1 reuses the fixed point's rows when they were computed for its labels.
+        rows = rows if rounds == 1 and rows_labels is labels else rows_for(labels)
         new = cluster_rows(rows, threshold, scale_free=True)
         if np.array_equal(new, labels):
             break
@@ -460,6 +561,8 @@ def _lstm_opfibers(
         if refined.max() == labels.max():
             break
         labels = refined
+        if labels.max() + 1 == node.size:  # discrete: a fixed point
+            break
     if threshold > 0:
         for rounds in range(1, max_rounds + 1):  # noqa: B007
             new = cluster_rows(rows_for(Colouring.of(labels)), threshold)
