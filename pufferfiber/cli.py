@@ -21,7 +21,7 @@ import argparse  # noqa: E402
 import inspect  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -212,8 +212,11 @@ def run_training(
     optimizer_state: dict[str, Any] | None = None,
     log_name: str = "log.out",
     meta: dict[str, Any] | None = None,
+    hooks: Sequence[Any] = (),
 ) -> int:
-    """Train ``policy`` in ``run_dir`` (a new or resumed run); returns the exit code."""
+    """Train ``policy`` in ``run_dir`` (a new or resumed run); returns the exit code.
+
+    ``hooks`` are per-epoch trainer hooks (e.g. symmetry breaking), see ``Trainer``."""
     from pufferfiber.trainer import Trainer, TrainingInterrupted
 
     trainer = Trainer(
@@ -227,6 +230,7 @@ def run_training(
         optimizer_state=optimizer_state,
         log_name=log_name,
         meta=meta,
+        hooks=hooks,
     )
     _say(
         f"run folder: {run_dir} (epochs {start_epoch + 1}..{trainer.end_epoch}, "
