@@ -272,6 +272,19 @@ def sequence_forward(
     return policy.actor(out), policy.value_fn(out).squeeze(-1)
 
 
+def step_forward(
+    policy: Policy, obs: torch.Tensor, state: LSTMState, encoder_bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
+    """One rollout step: ``(logits [B, A], values [B], new state)`` of observations ``[B, *obs]``,
+    with the encoder in the same precision as :func:`sequence_forward` uses for the update."""
+    if not encoder_bf16:
+        return policy(obs, state)
+    with torch.autocast(obs.device.type, dtype=torch.bfloat16):
+        hidden = policy.encode(obs)
+    out, (h, c) = policy.lstm(hidden.float()[None], state)
+    return policy.actor(out[0]), policy.value_fn(out[0]).squeeze(-1), (h, c)
+
+
 # ----------------------------------------------------------------------------------------------
 # Trainer
 
@@ -459,7 +472,9 @@ class Trainer:
                 done = torch.from_numpy(np.logical_or(terms, truncs).astype(np.float32))
                 state = self._env_state(ids)
             with prof("eval_forward"):
-                logits, value, new_state = self.policy(obs_t.to(self.device), state)
+                logits, value, new_state = step_forward(
+                    self.policy, obs_t.to(self.device), state, self.encoder_bf16
+                )
                 actions, logprob = sample_actions(logits)
             with prof("eval_misc"):
                 self._set_env_state(ids, new_state, done)

@@ -23,6 +23,7 @@ from pufferfiber.trainer import (
     compute_gae,
     explained_variance,
     sequence_forward,
+    step_forward,
 )
 
 
@@ -258,6 +259,14 @@ def test_bfloat16_encoder_stays_close_to_float32() -> None:
         ref, ref_v = sequence_forward(policy, obs, state, torch.zeros(3, 2))
         low, low_v = sequence_forward(policy, obs, state, torch.zeros(3, 2), encoder_bf16=True)
     assert low.dtype == torch.float32 and not torch.equal(low, ref)  # really ran in bf16
+    with torch.no_grad():  # the rollout's single steps agree with the update's sequences
+        step_logits, step_value, _ = step_forward(policy, obs[:, 0], state, encoder_bf16=True)
+        f32_logits, _, f32_state = step_forward(policy, obs[:, 0], state)
+        ref_step, _, ref_state = policy(obs[:, 0], state)
+    torch.testing.assert_close(step_logits, low[:, 0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(step_value, low_v[:, 0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(f32_logits, ref_step)
+    torch.testing.assert_close(f32_state[0], ref_state[0])
     torch.testing.assert_close(low, ref, rtol=0, atol=2e-2)
     torch.testing.assert_close(low_v, ref_v, rtol=0, atol=2e-2)
 
