@@ -387,7 +387,9 @@ def mean_over_fibers(x: torch.Tensor, colouring: Colouring, axis: int = 0) -> to
 # --------------------------------------------------------------------------- fibers
 
 
-def _check(threshold: float, flatten_colours: str) -> None:
+def _check(threshold: float, flatten_colours: str, max_lstm_rounds: int = 1) -> None:
+    if max_lstm_rounds < 1:
+        raise ValueError(f"max_lstm_rounds must be at least 1, got {max_lstm_rounds}")
     if not 0.0 <= threshold <= 2.0:
         raise ValueError(f"threshold must be in [0, 2], got {threshold}")
     if flatten_colours not in FLATTEN_COLOURS:
@@ -431,7 +433,7 @@ def compute_fibers(
     ``layers`` selects the layers to collapse (names, labels or kinds); the others keep every
     unit as its own fiber and colour their consumers' inputs discretely.
     """
-    _check(threshold, flatten_colours)
+    _check(threshold, flatten_colours, max_lstm_rounds)
     graph = build_graph(policy)
     params = _policy_params(policy)
     chosen = selected_layers(graph, layers)
@@ -511,7 +513,7 @@ def compute_opfibers(
     consumer's opfiber colours (head outputs are discrete); the LSTM adds its ``W_hh`` columns
     over its own colouring (iterated as for fibers). Flatten positions stay separate.
     """
-    _check(threshold, "positions")
+    _check(threshold, "positions", max_lstm_rounds)
     graph = build_graph(policy)
     params = _policy_params(policy)
     chosen = selected_layers(graph, layers)

@@ -30,6 +30,7 @@ breaking needs to reset exactly the entries it edited.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -235,7 +236,7 @@ def build_graph(policy: Policy) -> LayerGraph:
 
 
 def _with_activation(node: LayerNode, activation: str) -> LayerNode:
-    return LayerNode(**{**node.__dict__, "activation": activation})
+    return dataclasses.replace(node, activation=activation)
 
 
 def _linear_node(
