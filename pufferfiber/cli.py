@@ -18,7 +18,6 @@ import warnings
 warnings.filterwarnings("ignore", message=".*pynvml package is deprecated.*")
 
 import argparse  # noqa: E402
-import inspect  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
@@ -150,36 +149,23 @@ def parse_args(argv: list[str]) -> Args:
 
 
 def build_vecenv(cfg: RunConfig) -> Any:
-    """The vector env of ``cfg``; ``[env]`` settings are forwarded when ``make_vecenv`` can."""
+    """The vector env of ``cfg``; its ``[env]`` settings go to the environment's constructor."""
     from pufferlib.exceptions import APIUsageError
 
     from pufferfiber.envs import make_vecenv
 
-    kwargs: dict[str, Any] = {}
-    if cfg.env and "env_kwargs" in inspect.signature(make_vecenv).parameters:
-        kwargs["env_kwargs"] = dict(cfg.env)
-    elif cfg.env != _family_env_defaults(cfg.env_name):
-        raise ConfigError(
-            "--env.* overrides are not supported by this pufferfiber.envs "
-            "(make_vecenv has no env_kwargs)"
-        )
     v = cfg.vec
     # Worker processes inherit "ignore SIGINT": Ctrl-C then reaches only the trainer, which
     # saves a checkpoint and closes the workers (instead of each printing a traceback).
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return make_vecenv(
-            cfg.env_name, v.backend, v.num_envs, v.num_workers, v.env_batch_size, **kwargs
+            cfg.env_name, v.backend, v.num_envs, v.num_workers, v.env_batch_size, dict(cfg.env)
         )
     except APIUsageError as exc:  # PufferLib's own consistency checks on the vec settings
         raise EnvError(f"vectorisation settings rejected by PufferLib: {exc}") from None
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _family_env_defaults(env_name: str) -> dict[str, Any]:
-    """The ``[env]`` values of the config files alone (what the env's constructor defaults to)."""
-    return dict(load_config(env_name).env)
 
 
 def _say(message: str) -> None:

@@ -72,9 +72,9 @@ def make_env(name: str, **kwargs: Any) -> Any:
         return atari.make(name, **kwargs)
 
 
-def env_creator(name: str) -> Callable[..., Any]:
+def env_creator(name: str, **env_kwargs: Any) -> Callable[..., Any]:
     check_env_name(name)
-    return functools.partial(make_env, name)
+    return functools.partial(make_env, name, **env_kwargs)
 
 
 def make_vecenv(
@@ -83,8 +83,11 @@ def make_vecenv(
     num_envs: int = 8,
     num_workers: int | None = None,
     env_batch_size: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """A PufferLib vector environment of ``num_envs`` copies of ``name``.
+
+    ``env_kwargs`` go to the environment's constructor (e.g. Atari ``frameskip``).
 
     ``num_workers`` / ``env_batch_size`` only matter for multiprocessing and ray (defaults:
     one worker per 2 envs capped at ``num_envs``, and a batch of every env).
@@ -94,7 +97,7 @@ def make_vecenv(
         raise EnvError(f"unknown --vec {backend!r}; choose one of {', '.join(VEC_BACKENDS)}")
     with _quiet_imports():
         import pufferlib.vector as pv
-    creator = env_creator(name)
+    creator = env_creator(name, **(env_kwargs or {}))
     if backend == "serial":
         return pv.make(creator, backend=pv.Serial, num_envs=num_envs)
     workers = num_workers or num_envs
