@@ -260,9 +260,35 @@ def cluster_rows(rows: np.ndarray, threshold: float, *, scale_free: bool = True)
     sizes = np.bincount(components)
     labels = components.astype(np.int64) * n  # room for sub-cluster ids inside a component
     groups = np.split(order, np.cumsum(sizes)[:-1])
-    for members in (g for g in groups if len(g) > 2):  # loop over components, not units
+    triples = np.array([g for g in groups if len(g) == 3], dtype=np.int64).reshape(-1, 3)
+    labels[triples] += _triple_labels(np.asarray(rows, dtype=np.float64)[triples], threshold)
+    for members in (g for g in groups if len(g) > 3):  # loop over components, not units
         labels[members] += average_linkage_labels(rows[members], threshold)
     return relabel_first_occurrence(labels)
+
+
+def _triple_labels(rows: np.ndarray, threshold: float) -> np.ndarray:
+    """Average linkage of many 3-point components at once (``rows``: ``[m, 3, d]``).
+
+    The closest pair merges when its distance is <= τ; the third point joins when its mean
+    distance to that pair is <= τ (the linkage tree of three points, vectorised).
+    """
+    norms = np.linalg.norm(rows, axis=2, keepdims=True)
+    unit = rows / np.where(norms == 0, 1.0, norms)
+    zero = norms[..., 0] == 0
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    d = 1.0 - np.einsum("mpd,mpd->mp", unit[:, pairs[:, 0]], unit[:, pairs[:, 1]])
+    d[zero[:, pairs[:, 0]] & zero[:, pairs[:, 1]]] = 0.0
+    d = np.clip(d, 0.0, 2.0)
+    first = d.argmin(axis=1)  # pair (0,1), (0,2) or (1,2); the third point is 2, 1 or 0
+    d_first = d[np.arange(len(d)), first]
+    d_third = (d.sum(axis=1) - d_first) / 2.0
+    merge_pair = d_first <= threshold
+    merge_all = merge_pair & (d_third <= threshold)
+    out = np.tile(np.arange(3), (len(d), 1))
+    lone = 2 - first  # index of the point outside the closest pair
+    paired = np.where(merge_pair[:, None], np.where(np.arange(3) == lone[:, None], 1, 0), out)
+    return np.where(merge_all[:, None], 0, paired)
 
 
 # --------------------------------------------------------------------------- rows

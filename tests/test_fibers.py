@@ -14,6 +14,7 @@ from sklearn.cluster import AgglomerativeClustering
 from pufferfiber.fibers import (
     Colouring,
     FibersFileError,
+    average_linkage_labels,
     cluster_rows,
     compute_fibers,
     compute_opfibers,
@@ -97,6 +98,19 @@ def test_clustering_equals_sklearn_on_trained_layers(shared_run: Path, tau: floa
     lstm = g["lstm"]
     rows = node_rows(lstm, params, Colouring.discrete(512), Colouring.discrete(512)).numpy()
     assert np.array_equal(cluster_rows(rows, tau), sklearn_labels(rows, tau))
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.15, 0.3])
+def test_component_shortcuts_equal_one_full_linkage(tau: float) -> None:
+    """Small components (pairs, vectorised triples) give the full linkage's partition."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(60, 12))
+    rows = np.repeat(centres, 3, axis=0) + rng.normal(scale=0.12, size=(180, 12))
+    rows = np.concatenate([rows, np.zeros((3, 12))])  # a triple of zero rows: one fiber
+    expected = average_linkage_labels(rows, tau)
+    assert np.array_equal(cluster_rows(rows, tau), expected)
+    assert np.array_equal(expected, sklearn_labels(rows, tau))
+    assert cluster_rows(rows, tau)[-1] == cluster_rows(rows, tau)[-3]
 
 
 def test_larger_threshold_never_gives_more_fibers_on_a_layer() -> None:
