@@ -15,8 +15,18 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 setup: $(BIN)/.installed
 
+# The guide's three steps on the fast `cartpole` env (about a minute here): train, collapse at
+# tau = 0.3 and resume, then the report. Runs and figures land in $(DEMO)/; the dashboards
+# are also captured in ./log.out and ./log_collapsed.out, as in the guide.
+DEMO := experiments/demo
 demo: setup
-	$(BIN)/python demo.py --mode demo
+	$(BIN)/python demo.py --mode train --env cartpole --train.data-dir $(DEMO) \
+		2> log.err | tee log.out
+	$(BIN)/python demo.py --mode train --env cartpole --train.data-dir $(DEMO) \
+		--collapse 0.3 --collapse-epoch 20 2> log_collapsed.err | tee log_collapsed.out
+	$(BIN)/python -m pufferfiber report $(DEMO) -o $(DEMO)/report.html
+	$(BIN)/python -m pufferfiber report $(DEMO) -o $(DEMO)/report.png -q
+	@echo "demo done: $(DEMO)/report.html, $(DEMO)/report.png, run folders in $(DEMO)/"
 
 lint: setup
 	$(BIN)/ruff check .
