@@ -79,9 +79,29 @@ def _describe_os_error(path: Path, exc: OSError) -> str:
     return f"cannot write {path}: {exc.strerror or exc}"
 
 
+def folder_writable(path: Path) -> bool:
+    """Whether ``path`` (or its nearest existing ancestor) may be written into.
+
+    A folder without any write permission bit counts as read-only even for root, who would
+    otherwise write anywhere (shared data folders are marked read-only this way).
+    """
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    mode = existing.stat().st_mode
+    return bool(mode & 0o222) and os.access(existing, os.W_OK | os.X_OK)
+
+
+def check_writable(folder: Path) -> None:
+    """Raise :class:`CheckpointError` unless files can be created in ``folder``."""
+    if not folder_writable(folder):
+        raise CheckpointError(f"cannot write {folder}: permission denied (read-only folder?)")
+
+
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     path = Path(path)
     tmp: str | None = None
+    check_writable(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -123,9 +143,11 @@ def atomic_dir(final_dir: Path) -> Iterator[Path]:
     An existing ``final_dir`` is replaced only after the new one is complete.
     """
     final_dir = Path(final_dir)
+    check_writable(final_dir.parent)
     try:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+        tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; give the usual folder mode
     except OSError as exc:
         raise CheckpointError(_describe_os_error(final_dir, exc)) from exc
     try:
@@ -382,6 +404,7 @@ def closest_checkpoint(run_dir: Path, epoch: int) -> tuple[int, Path]:
 def new_run_dir(parent: Path, env: str) -> Path:
     """Create ``parent/<env>-<id8>`` (a fresh random id) and return it."""
     parent = Path(parent)
+    check_writable(parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):

@@ -33,6 +33,7 @@ from pufferfiber.checkpoints import (
     CheckpointError,
     atomic_dir,
     atomic_write_text,
+    check_writable,
     load_checkpoint,
     save_checkpoint,
 )
@@ -131,7 +132,7 @@ def collapse_to_folder(
             f"output folder {out_dir} already exists and is not empty "
             "(pass --force to replace its collapsed model)"
         )
-    _check_writable(out_dir)
+    check_writable(out_dir)  # fail before the slow fibers and fidelity work
     policy = ckpt.policy.cpu().eval()
     fibration = compute_fibers(
         policy,
@@ -190,25 +191,6 @@ def collapse_to_folder(
         meta=meta,
     )
     return CollapseResult(collapsed, out_dir, fibers, fidelity, fibration)
-
-
-def folder_writable(path: Path) -> bool:
-    """Whether ``path`` (or its nearest existing ancestor) may be written into.
-
-    A folder without any write permission bit counts as read-only even for root, who would
-    otherwise write anywhere (shared data folders are marked read-only this way).
-    """
-    existing = Path(path)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    mode = existing.stat().st_mode
-    return bool(mode & 0o222) and os.access(existing, os.W_OK | os.X_OK)
-
-
-def _check_writable(out_dir: Path) -> None:
-    """Fail before the (slow) fibers and fidelity work when the output cannot be written."""
-    if not folder_writable(out_dir):
-        raise CheckpointError(f"cannot write {out_dir}: permission denied (read-only folder?)")
 
 
 def _collapse_meta(ckpt: Checkpoint, fibration: Fibration, fidelity: dict) -> dict[str, Any]:

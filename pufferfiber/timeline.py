@@ -18,12 +18,13 @@ from typing import Any
 from pufferfiber.checkpoints import (
     CheckpointError,
     atomic_write_text,
+    folder_writable,
     list_checkpoints,
     load_checkpoint,
 )
 from pufferfiber.fibers import DEFAULT_LSTM_ROUNDS, compute_fibers
 from pufferfiber.graph import build_graph
-from pufferfiber.pipeline import folder_writable, validate_threshold
+from pufferfiber.pipeline import validate_threshold
 
 CACHE_NAME = "fibers_timeline.json"
 CACHE_FORMAT = "pufferfiber.timeline/1"

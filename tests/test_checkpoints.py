@@ -140,14 +140,28 @@ def test_atomic_dir_commits_or_vanishes(tmp_path: Path) -> None:
     assert [p.name for p in final.iterdir()] == ["done.pt"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-def test_unwritable_data_dir(tmp_path: Path) -> None:
-    tmp_path.chmod(0o500)
+def test_read_only_folders_are_respected_even_by_root(tmp_path: Path) -> None:
+    tmp_path.chmod(0o555)  # no write bit: read-only for everyone, root included
     try:
         with pytest.raises(ck.CheckpointError, match="permission"):
             ck.new_run_dir(tmp_path / "experiments", "cartpole")
+        with pytest.raises(ck.CheckpointError, match="permission"):
+            ck.atomic_write_text(tmp_path / "a.txt", "x")
+        with pytest.raises(ck.CheckpointError, match="permission"), ck.atomic_dir(tmp_path / "d"):
+            pass
+        assert list(tmp_path.iterdir()) == []
     finally:
-        tmp_path.chmod(0o700)
+        tmp_path.chmod(0o755)
+
+
+def test_written_files_have_the_usual_modes(tmp_path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    ck.atomic_write_text(tmp_path / "a.txt", "x")
+    with ck.atomic_dir(tmp_path / "d"):
+        pass
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_new_run_dir_on_a_file_is_a_clear_error(tmp_path: Path) -> None:
