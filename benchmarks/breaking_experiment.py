@@ -360,6 +360,10 @@ def plot(runs: list[dict[str, Any]], path: Path, references: dict[str, Any] | No
                 color=c,
                 alpha=0.15,
             )
+            x = ARMS.index(arm)
+            evals = np.array([r["eval_return"] for r in rs], dtype=float)
+            row[3].bar(x, np.nanmean(evals), yerr=np.nanstd(evals), color=c, alpha=0.6, capsize=4)
+            row[3].plot(np.full(len(evals), x), evals, "k.", ms=6)
         row[0].set(
             title=f"{env}: episode return (mean ± std over seeds)",
             xlabel="agent steps",
