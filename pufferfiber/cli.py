@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="conv->Linear colours: positions (a true fibration, default) or "
         "pooled (the published reference's criterion)",
     )
+    from pufferfiber.breaking import add_break_arguments
+
+    add_break_arguments(parser)
     return parser
 
 
@@ -236,7 +239,7 @@ def run_training(
     return 0
 
 
-def train_new(cfg: RunConfig) -> int:
+def train_new(cfg: RunConfig, hooks: Sequence[Any] = ()) -> int:
     """``--mode train``: a fresh run folder ``<data_dir>/<env>-<id8>``."""
     import torch
 
@@ -247,12 +250,17 @@ def train_new(cfg: RunConfig) -> int:
     with opened_vecenv(cfg) as vecenv:
         torch.manual_seed(cfg.train.seed)
         policy = Policy(architecture_for(cfg.env_name, vecenv))
+        check_hooks(hooks, policy)
         run_dir = new_run_dir(Path(cfg.train.data_dir), cfg.env_name)
-        return run_training(cfg, vecenv, policy, run_dir)
+        return run_training(cfg, vecenv, policy, run_dir, hooks=hooks)
 
 
 def train_resume(
-    cfg: RunConfig, exp_id: str | None, allow_pickle: bool, new_schedule: bool = False
+    cfg: RunConfig,
+    exp_id: str | None,
+    allow_pickle: bool,
+    new_schedule: bool = False,
+    hooks: Sequence[Any] = (),
 ) -> int:
     """``--resume``: the latest checkpoint + optimizer state of the chosen run, same folder.
 
@@ -268,6 +276,7 @@ def train_resume(
     if optimizer_state is None:
         _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
     ckpt = load_checkpoint(path, allow_pickle=allow_pickle, expect_env=cfg.env_name)
+    check_hooks(hooks, ckpt.policy)
     end_epoch = cfg.train.end_epoch
     if not new_schedule and "end_epoch" in state:
         end_epoch = int(state["end_epoch"])
@@ -288,10 +297,11 @@ def train_resume(
             optimizer_state=optimizer_state,
             log_name=log_name,
             meta=ckpt.meta,
+            hooks=hooks,
         )
 
 
-def train_collapsed(cfg: RunConfig, ns: argparse.Namespace) -> int:
+def train_collapsed(cfg: RunConfig, ns: argparse.Namespace, hooks: Sequence[Any] = ()) -> int:
     """``--collapse τ``: collapse the checkpoint closest to ``--collapse-epoch`` of the run, then
     train the collapsed policy (fresh optimizer, same hyperparameters) to ``--collapse-until``
     in a new run folder inside the collapse folder."""
@@ -304,6 +314,7 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace) -> int:
     if until <= epoch:
         raise UsageError(f"--collapse-until ({until}) must be after the collapsed epoch ({epoch})")
     ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
+    check_hooks(hooks, ckpt.policy)  # layer names survive the collapse
     with opened_vecenv(cfg) as vecenv:
         collapsed = collapse_checkpoint(ckpt, tau, run_dir, epoch, ns.flatten_colours, cfg)
         child = new_run_dir(collapsed.path.parent, cfg.env_name)
@@ -319,6 +330,7 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace) -> int:
             end_epoch=until,
             log_name="log_collapsed.out",
             meta=collapsed.meta,
+            hooks=hooks,
         )
 
 
@@ -413,12 +425,34 @@ def dispatch(args: Args) -> int:
     cfg = load_config(ns.env, args.overrides, backend=ns.vec)
     if ns.mode == "eval":
         return evaluate(cfg, ns)
+    hooks = training_hooks(ns, cfg)
     if ns.collapse:
-        return train_collapsed(cfg, ns)
+        return train_collapsed(cfg, ns, hooks)
     if ns.resume:
         new_schedule = "train.total_timesteps" in args.overrides
-        return train_resume(cfg, ns.exp_id, ns.allow_pickle, new_schedule)
-    return train_new(cfg)
+        return train_resume(cfg, ns.exp_id, ns.allow_pickle, new_schedule, hooks)
+    return train_new(cfg, hooks)
+
+
+def check_hooks(hooks: Sequence[Any], policy: Any) -> None:
+    """Let hooks with a ``check(policy)`` method validate their settings before any training."""
+    for hook in hooks:
+        if hasattr(hook, "check"):
+            try:
+                hook.check(policy)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+
+
+def training_hooks(ns: argparse.Namespace, cfg: RunConfig) -> list[Any]:
+    """Per-epoch hooks asked for on the command line (``--break-symmetry``)."""
+    from pufferfiber.breaking import breaker_from_args
+
+    try:
+        breaker = breaker_from_args(ns, seed=cfg.train.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return [breaker] if breaker is not None else []
 
 
 def main(argv: list[str] | None = None) -> int:

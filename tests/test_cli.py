@@ -335,3 +335,36 @@ def test_upstream_pickle_needs_allow_pickle(
     assert "(epoch 51): return 2.00 ± 1.00 over 2 episodes" in out
     ((policy, env, episodes),) = played
     assert env == "beam_rider" and episodes == 2 and policy.parameter_count() == 3_948_202
+
+
+def test_break_symmetry_runs_from_the_command_line(tmp_path: Path) -> None:
+    """``--break-symmetry`` reaches the trainer: breaks are logged and shown on the dashboard."""
+    proc = demo(
+        "--mode", "train", "--env", "cartpole", "--train.data-dir", str(tmp_path),
+        "--train.total-timesteps", "3072", *TINY,
+        "--break-symmetry", "--break.interval", "2", "--break.maturity", "0",
+        "--break.fiber-threshold", "1.0", "--break.fraction", "1.0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(tmp_path)
+    log = [json.loads(line) for line in (run / "breaking.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [2, 4, 6]
+    assert sum(sum(r["broken"].values()) for r in log) > 0  # τ = 1 finds redundancy
+    assert "broken_" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--break-symmetry", "--break.fraction", "1.5"], "fraction"),
+        (["--break-symmetry", "--break.layers", "conv9"], "conv9"),
+    ],
+)
+def test_bad_break_settings_are_one_line_errors(
+    tmp_path: Path, argv: list[str], message: str
+) -> None:
+    proc = demo("--env", "cartpole", "--train.data-dir", str(tmp_path), *TINY, *argv)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []  # no run folder left
