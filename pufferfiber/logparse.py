@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pufferfiber.dashboard import LOSS_NAMES
+
 # CSI (colours, cursor moves) and OSC (titles, links) escape sequences.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _BLOCK_TOP = "╭"
@@ -42,15 +44,7 @@ _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
 _CONTINUATION_INDENT = 5
 
 SUMMARY_FIELDS = ("environment", "agent_steps", "sps", "epoch", "uptime", "remaining")
-LOSS_FIELDS = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "old_approx_kl",
-    "approx_kl",
-    "clipfrac",
-    "explained_variance",
-)
+LOSS_FIELDS = LOSS_NAMES  # the dashboard's Losses column, in its order
 _DURATION_FIELDS = frozenset({"uptime", "remaining"})
 _STRING_FIELDS = frozenset({"environment"})
 _PERF_PARTS = ("evaluate", "train", "forward", "env", "misc", "learn")
