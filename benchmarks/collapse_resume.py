@@ -9,7 +9,7 @@ Usage::
 
     .venv/bin/python benchmarks/collapse_resume.py [--seeds 1,2,3] [--thresholds 0.3,0.5]
 
-Prints a table and writes ``benchmarks/results/collapse_resume.json``.
+Prints a table and writes ``benchmarks/results/collapse_resume.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thresholds", default="0.3,0.5", help="comma-separated collapse thresholds")
     p.add_argument("--collapse-epoch", type=int, default=20, help="epoch to collapse (of 40)")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy")
+    p.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     thresholds = [float(t) for t in args.thresholds.split(",")]
@@ -99,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             f" | {_mean_std([c['return_at_collapse'] for c in cells]):>18}"
             f" | {_mean_std([c['final_return'] for c in cells])}"
         )
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    print(f"written {RESULTS}")
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)}, "rows": rows}))
+    print(f"written {args.out}")
     return 0
 
 
