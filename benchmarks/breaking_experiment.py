@@ -482,10 +482,16 @@ def save(results_path: Path, runs: list[dict[str, Any]], references: dict[str, A
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", nargs="+", default=list(PLANS), choices=list(PLANS))
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--envs", nargs="+", default=list(PLANS), choices=list(PLANS), help="environments to run"
+    )
+    parser.add_argument(
+        "--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to run"
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds per arm (default: 1 2 3)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (resumable)")
     parser.add_argument(
         "--epochs",
         type=int,

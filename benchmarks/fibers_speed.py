@@ -296,13 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         help="BeamRider checkpoint (PufferLib pickle or ours; default: the shared "
         "upstream epoch-51 one, else a random network)",
     )
-    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--threshold", type=float, default=0.3, help="τ (default: 0.3)")
     p.add_argument(
         "--sizes",
         default="512,1024,2048,4096,8192",
         help="comma-separated widths of the wide-layer test",
     )
-    p.add_argument("--skip-network", action="store_true")
+    p.add_argument("--skip-network", action="store_true", help="only the wide-layer cases")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per case (best is shown)")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))

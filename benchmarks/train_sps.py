@@ -77,13 +77,31 @@ def training_sps(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="beam_rider")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=8192)
-    parser.add_argument("--num-envs", type=int, default=16)
-    parser.add_argument("--raw-steps", type=int, default=16384)
-    parser.add_argument("--torch-threads", type=int, default=None)
-    parser.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="auto")
+    parser.add_argument("--env", default="beam_rider", help="environment (default: beam_rider)")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="training epochs; the first is a warm-up (default: 3)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8192, help="agent steps per epoch (default: 8192)"
+    )
+    parser.add_argument(
+        "--num-envs", type=int, default=16, help="serial environments (default: 16)"
+    )
+    parser.add_argument(
+        "--raw-steps",
+        type=int,
+        default=16384,
+        help="agent steps of raw env stepping (default: 16384)",
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch threads (default: the config's)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "auto"),
+        default="auto",
+        help="encoder precision of the update (default: auto = bfloat16 where native)",
+    )
     args = parser.parse_args()
     overrides = {"train.precision": args.precision}
     if args.torch_threads is not None:
