@@ -111,7 +111,8 @@ def main() -> None:
     sps, phases = training_sps(args.env, args.num_envs, args.batch_size, args.epochs, overrides)
     print(
         f"env {args.env}, serial, {args.num_envs} envs, batch {args.batch_size}, "
-        f"update threads {args.torch_threads or torch.get_num_threads()}, rollout threads 1, "
+        f"update threads {load_config(args.env, overrides).train.torch_threads or 'all'}, "
+        "rollout threads 1, "
         f"precision {args.precision}"
     )
     print(f"raw env stepping      {raw:8.0f} SPS")
