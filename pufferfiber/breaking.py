@@ -460,26 +460,10 @@ class SymmetryBreaker:
 
 def selected_labels(graph: LayerGraph, layers: Sequence[str] | None) -> list[str]:
     """Labels of the selected hidden layers in forward order (clear error for unknown ones)."""
-    if layers is None:
-        return [n.label for n in graph.hidden]
-    chosen: set[str] = set()
-    for key in layers:
-        by_kind = [n.label for n in graph.hidden if n.kind == key]
-        if by_kind:
-            chosen.update(by_kind)
-            continue
-        try:
-            node = graph[key]
-        except KeyError:
-            valid = ", ".join(n.label for n in graph.hidden)
-            raise ValueError(
-                f"--break.layers: no layer {key!r}; choose from {valid}, "
-                "or the kinds conv, linear, lstm"
-            ) from None
-        if not node.hidden:
-            raise ValueError(f"--break.layers: {key!r} is a head; only hidden layers break")
-        chosen.add(node.label)
-    return [n.label for n in graph.hidden if n.label in chosen]
+    try:
+        return [n.label for n in graph.select_hidden(layers)]
+    except ValueError as exc:
+        raise ValueError(f"--break.layers: {exc}") from None
 
 
 def _check_settings(

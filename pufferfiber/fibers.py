@@ -425,21 +425,8 @@ def _check(threshold: float, flatten_colours: str, max_lstm_rounds: int = 1) -> 
 
 
 def selected_layers(graph: LayerGraph, layers: list[str] | None) -> set[str]:
-    """Names of the nodes to collapse; ``None`` = every hidden layer. Accepts names or labels,
-    and the kinds ``conv``, ``linear``, ``lstm``."""
-    if layers is None:
-        return {n.name for n in graph.hidden}
-    chosen: set[str] = set()
-    for key in layers:
-        kind_match = [n.name for n in graph.hidden if n.kind == key]
-        if kind_match:
-            chosen.update(kind_match)
-            continue
-        node = graph[key]
-        if not node.hidden:
-            raise KeyError(f"layer {key!r} is a head and cannot be collapsed")
-        chosen.add(node.name)
-    return chosen
+    """Names of the nodes to collapse (see :meth:`LayerGraph.select_hidden`)."""
+    return {n.name for n in graph.select_hidden(layers)}
 
 
 def _policy_params(policy: Policy) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ breaking needs to reset exactly the entries it edited.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +40,7 @@ from torch import nn
 from pufferfiber.policy import Policy
 
 HIDDEN_KINDS = ("conv", "linear", "lstm")
+KINDS = ", ".join(HIDDEN_KINDS)
 LSTM_GATES = 4
 
 
@@ -131,6 +132,26 @@ class LayerGraph:
     @property
     def heads(self) -> list[LayerNode]:
         return [n for n in self.nodes if n.kind == "head"]
+
+    def select_hidden(self, layers: Sequence[str] | None) -> list[LayerNode]:
+        """Hidden nodes named by ``layers`` (names, labels or the kinds ``conv``, ``linear``,
+        ``lstm``), in forward order; ``None`` = all. Unknown names and heads are a ValueError."""
+        if layers is None:
+            return self.hidden
+        chosen: set[str] = set()
+        for key in layers:
+            by_kind = [n.name for n in self.hidden if n.kind == key]
+            node = self._by_name.get(key) or self._by_label.get(key)
+            if by_kind:
+                chosen.update(by_kind)
+            elif node is None:
+                valid = ", ".join(n.label for n in self.hidden)
+                raise ValueError(f"no layer {key!r}; choose from {valid}, or the kinds {KINDS}")
+            elif not node.hidden:
+                raise ValueError(f"layer {key!r} is a head; only hidden layers can be chosen")
+            else:
+                chosen.add(node.name)
+        return [n for n in self.hidden if n.name in chosen]
 
     def producer(self, node: LayerNode) -> LayerNode | None:
         return None if node.producer is None else self._by_name[node.producer]

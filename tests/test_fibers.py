@@ -136,8 +136,10 @@ def test_bad_settings_are_rejected() -> None:
         compute_fibers(policy, 2.5)
     with pytest.raises(ValueError, match="flatten_colours"):
         compute_fibers(policy, 0.3, flatten_colours="channels")
-    with pytest.raises(KeyError, match="head"):
+    with pytest.raises(ValueError, match="head"):
         compute_fibers(policy, 0.3, layers=["actor"])
+    with pytest.raises(ValueError, match="no layer 'conv9'"):
+        compute_fibers(policy, 0.3, layers=["conv9"])
 
 
 def test_pooled_colours_merge_at_least_as_much_as_positions() -> None:
