@@ -277,6 +277,9 @@ def train_resume(
         _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
     ckpt = load_checkpoint(path, allow_pickle=allow_pickle, expect_env=cfg.env_name)
     check_hooks(hooks, ckpt.policy)
+    for hook, hook_state in zip(hooks, state.get("hooks") or [], strict=False):
+        if hook_state is not None and hasattr(hook, "load_state_dict"):
+            hook.load_state_dict(hook_state)  # e.g. symmetry breaking's unit ages
     end_epoch = cfg.train.end_epoch
     if not new_schedule and "end_epoch" in state:
         end_epoch = int(state["end_epoch"])

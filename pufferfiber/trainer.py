@@ -633,6 +633,8 @@ class Trainer:
                 "global_step": self.global_step,
                 "checkpoint": path.name,
                 "end_epoch": self.end_epoch,
+                # e.g. symmetry breaking's unit ages, so --resume continues them
+                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
             },
         )
         if path not in self.checkpoints:

@@ -368,3 +368,27 @@ def test_bad_break_settings_are_one_line_errors(
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not tmp_path.exists() or list(tmp_path.iterdir()) == []  # no run folder left
+
+
+def test_resume_keeps_symmetry_breaking_state(tmp_path: Path) -> None:
+    """Unit ages of ``--break-symmetry`` survive ``--resume`` (saved in trainer_state.pt)."""
+    common = ["--mode", "train", "--env", "cartpole", "--train.data-dir", str(tmp_path), *TINY]
+    breaking = ["--break-symmetry", "--break.interval", "1", "--break.maturity", "0",
+                "--break.fiber-threshold", "1.0"]  # fmt: skip
+    first = demo(*common, "--train.total-timesteps", "1024", *breaking)
+    assert first.returncode == 0, first.stderr
+    (run,) = run_dirs(tmp_path)
+    saved = load_trainer_state(run)
+    assert saved is not None
+    (breaker_state,) = saved["hooks"]
+    assert breaker_state["born"] and sum(breaker_state["total_broken"].values()) > 0
+    resumed = demo(*common, "--train.total-timesteps", "2048", "--resume", *breaking)
+    assert resumed.returncode == 0, resumed.stderr
+    after = load_trainer_state(run)
+    assert after is not None and after["epoch"] == 4
+    totals = after["hooks"][0]["total_broken"]
+    log = [json.loads(line) for line in (run / "breaking.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    # totals continue from the first run's (epochs 1-2 broke units) instead of restarting at zero
+    for layer, total in totals.items():
+        assert total == sum(r["broken"].get(layer, 0) for r in log)
