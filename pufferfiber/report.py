@@ -440,7 +440,8 @@ def report_panels(data: ReportData) -> list[Panel]:
             fig, returns, sizes, params_full=data.params_full,
             collapse_epochs=_collapse_marks(exp),
             smooth_window=data.smooth_window, note="; ".join(notes),
-            title=f"{exp.env} ({exp.run_dir.name}): episode return, original vs collapsed",
+            title=f"{exp.env} ({exp.run_dir.name}): episode return"
+            + (", original vs collapsed" if exp.collapses else ""),
         )  # fmt: skip
 
     panels: list[Panel] = [("comparison", 6.0, comparison)]
