@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -491,26 +492,44 @@ def _lstm_fibers(
         hh = sum_over_colours(w_hh, Colouring.of(labels)).flatten(2)
         return torch.cat([fixed, hh], dim=2).flatten(1).numpy()
 
-    labels = np.zeros(node.size, dtype=np.int64)
+    labels, rounds = recurrent_partition(node.size, rows_for, threshold, max_rounds)
+    return LayerFibers(node, labels, rounds=rounds)
+
+
+def recurrent_partition(
+    size: int,
+    rows_for: Callable[[np.ndarray], np.ndarray],
+    threshold: float,
+    max_rounds: int,
+) -> tuple[np.ndarray, int]:
+    """Partition of a recurrent layer whose rows depend on its own partition (``rows_for``).
+
+    Starts from one colour and refines with exact equality to a true fixed point (at most
+    ``size`` rounds); for ``threshold > 0`` then re-clusters at most ``max_rounds`` times,
+    since approximate rounds can cascade (SPEC §6). Returns the labels and the rounds taken.
+    """
+    labels = np.zeros(size, dtype=np.int64)
+    rows, rows_labels = None, None
     rounds = 0
-    for rounds in range(1, node.size + 1):  # noqa: B007 - rounds is reported
+    for rounds in range(1, size + 1):  # noqa: B007 - rounds is reported
         rows, rows_labels = rows_for(labels), labels
         refined = meet(labels, exact_partition(rows, scale_free=False))
         if refined.max() == labels.max():
             break
         labels = refined
-        if labels.max() + 1 == node.size:  # discrete: nothing finer exists, a fixed point
+        if labels.max() + 1 == size:  # discrete: nothing finer exists, a fixed point
             break
     if threshold == 0:
-        return LayerFibers(node, labels, rounds=rounds)
+        return labels, rounds
     for rounds in range(1, max_rounds + 1):
         # Round 1 reuses the fixed point's rows when they were computed for its labels.
-        rows = rows if rounds == 1 and rows_labels is labels else rows_for(labels)
+        if not (rounds == 1 and rows_labels is labels and rows is not None):
+            rows = rows_for(labels)
         new = cluster_rows(rows, threshold, scale_free=True)
         if np.array_equal(new, labels):
             break
         labels = new
-    return LayerFibers(node, labels, rounds=rounds)
+    return labels, rounds
 
 
 def compute_opfibers(
@@ -569,21 +588,9 @@ def _out_columns_view(view: torch.Tensor, colouring: Colouring) -> torch.Tensor:
 def _lstm_opfibers(
     node: LayerNode, rows_for: Any, threshold: float, max_rounds: int
 ) -> LayerFibers:
-    labels = np.zeros(node.size, dtype=np.int64)
-    rounds = 0
-    for rounds in range(1, node.size + 1):  # noqa: B007
-        refined = meet(labels, exact_partition(rows_for(Colouring.of(labels)), scale_free=False))
-        if refined.max() == labels.max():
-            break
-        labels = refined
-        if labels.max() + 1 == node.size:  # discrete: a fixed point
-            break
-    if threshold > 0:
-        for rounds in range(1, max_rounds + 1):  # noqa: B007
-            new = cluster_rows(rows_for(Colouring.of(labels)), threshold)
-            if np.array_equal(new, labels):
-                break
-            labels = new
+    labels, rounds = recurrent_partition(
+        node.size, lambda labels: rows_for(Colouring.of(labels)), threshold, max_rounds
+    )
     return LayerFibers(node, labels, rounds=rounds)
 
 
