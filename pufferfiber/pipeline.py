@@ -38,6 +38,7 @@ from pufferfiber.checkpoints import (
     save_checkpoint,
 )
 from pufferfiber.collapse import collapse_policy
+from pufferfiber.evaluate import collect_observations, policy_on
 from pufferfiber.fibers import (
     DEFAULT_LSTM_ROUNDS,
     FLATTEN_COLOURS,
@@ -45,6 +46,7 @@ from pufferfiber.fibers import (
     Fibration,
     compute_fibers,
     fibers_dict,
+    products_on,
     save_fibers,
 )
 from pufferfiber.fidelity import fidelity_report, format_fidelity
@@ -113,6 +115,7 @@ def collapse_to_folder(
     seed: int = 0,
     overwrite: bool = False,
     echo: bool = True,
+    device: str | torch.device | None = None,
 ) -> CollapseResult:
     """Collapse ``ckpt`` at ``threshold`` and write the three files into ``out_dir``.
 
@@ -120,6 +123,8 @@ def collapse_to_folder(
     frames otherwise collected by playing the original policy. An existing non-empty
     ``out_dir`` is an error unless ``overwrite``; then only the three files are replaced
     (other contents, e.g. a resumed run inside, are kept). ``echo`` prints the fidelity table.
+    ``device`` (default: the CPU) runs the fibers' pairwise products and the fidelity's forward
+    passes and episodes, e.g. on a GPU; the collapse itself is float64 algebra on the CPU.
     Raises ``ValueError`` / :class:`CheckpointError` with one-line messages; on any error
     nothing is left half-written.
     """
@@ -134,21 +139,23 @@ def collapse_to_folder(
         )
     check_writable(out_dir)  # fail before the slow fibers and fidelity work
     policy = ckpt.policy.cpu().eval()
-    fibration = compute_fibers(
-        policy,
-        threshold,
-        flatten_colours=flatten_colours,
-        layers=layers,
-        max_lstm_rounds=max_lstm_rounds,
-    )
+    with products_on(device):
+        fibration = compute_fibers(
+            policy,
+            threshold,
+            flatten_colours=flatten_colours,
+            layers=layers,
+            max_lstm_rounds=max_lstm_rounds,
+        )
     quotient = collapse_policy(policy, fibration).eval()
+    original_on, quotient_on = (policy_on(p, device)[0] for p in (policy, quotient))
     if observations is None:
-        from pufferfiber.evaluate import collect_observations
-
-        observations = collect_observations(policy, ckpt.env, fidelity_batch, fidelity_steps, seed)
+        observations = collect_observations(
+            original_on, ckpt.env, fidelity_batch, fidelity_steps, seed
+        )
     fidelity = fidelity_report(
-        policy,
-        quotient,
+        original_on,
+        quotient_on,
         fibration,
         env=ckpt.env,
         observations=observations,
@@ -334,6 +341,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the envs and action sampling")
     p.add_argument(
+        "--device",
+        default="auto",
+        help="where the fibers' pairwise products and the fidelity run: auto (CUDA when "
+        "present, else CPU), cpu, cuda or cuda:N (default %(default)s)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="replace the collapsed model in an existing, non-empty output folder",
@@ -359,6 +372,8 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def collapse_main(argv: list[str] | None = None) -> int:
     """``python -m pufferfiber collapse``; returns the exit code (errors: one line, code 1)."""
+    from pufferfiber.trainer import resolve_device
+
     args = _parser().parse_args(argv)
     try:
         threshold = validate_threshold(args.threshold)
@@ -381,6 +396,7 @@ def collapse_main(argv: list[str] | None = None) -> int:
             fidelity_steps=args.fidelity_steps,
             seed=args.seed,
             overwrite=args.force,
+            device=resolve_device(args.device),
         )
     except (CheckpointError, FibersFileError, ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -529,12 +529,16 @@ class Trainer:
                 cfg.gae_lambda,
             )
             data = buf.sequences(advantages)
+            if self.device.type != "cpu":
+                # One copy of the whole batch per update, not one per minibatch: on a GPU the
+                # host-to-device copies would otherwise dominate the small minibatches.
+                data = {k: v.to(self.device, non_blocking=True) for k, v in data.items()}
             n_seq = data["obs"].shape[0]
             seq_per_mb = cfg.minibatch_size // cfg.bptt_horizon
             totals: dict[str, float] = defaultdict(float)
             n_minibatches = 0
         for _ in range(cfg.update_epochs):
-            order = torch.randperm(n_seq)
+            order = torch.randperm(n_seq).to(self.device)
             for start in range(0, n_seq, seq_per_mb):
                 with prof("train_misc"):
                     mb = {
