@@ -26,7 +26,7 @@ from pufferfiber.pipeline import collapse_to_folder
 from pufferfiber.policy import Architecture, Policy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_collapse import max_output_error, planted, sequence  # noqa: E402
+from test_collapse import max_output_error, planted, sequence
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 CNN = Architecture.atari(5, channels=(6, 8, 7), hidden=24, lstm=12)
@@ -67,10 +67,8 @@ def test_training_resume_and_eval_on_device(device: str, tmp_path: Path, capsys:
         assert all(t.device.type == "cpu" for t in raw["state_dict"].values())
     assert train(tmp_path, device, *tiny, "--train.total-timesteps", "768", "--resume") == 0
     assert [e for e, _ in list_checkpoints(run)] == [1, 2, 3]
-    code = cli.main(
-        ["--mode", "eval", "--env", "cartpole", "--train.data-dir", str(tmp_path)]
-        + ["--train.device", device, "--eval-episodes", "2"]
-    )
+    where = ["--train.data-dir", str(tmp_path), "--train.device", device]
+    code = cli.main(["--mode", "eval", "--env", "cartpole", *where, "--eval-episodes", "2"])
     assert code == 0
     assert "return" in capsys.readouterr().out
 
