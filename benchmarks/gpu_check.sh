@@ -34,6 +34,9 @@ start=$(date +%s)
 stamp() { echo "[gpu_check +$(($(date +%s) - start))s] $*"; }
 
 PY=${PY:-python3}
+if ! "$PY" -c "import torch" 2>/dev/null && [ -x /opt/torch/.venv/bin/python3 ]; then
+    PY=/opt/torch/.venv/bin/python3  # the CUDA image's python with PyTorch
+fi
 if ! "$PY" -c "import pufferlib, ale_py" 2>/dev/null; then
     stamp "installing .device/wheels into a venv over the system packages"
     "$PY" -m venv --system-site-packages "$WORK/venv"
