@@ -16,9 +16,9 @@
 # Everything lands in $OUT: gpu_check.json (the summary), log.out / log.err (the dashboard),
 # and results.tar.gz (metrics, fidelity files, test output, the console).
 #
-# Python: the machine's python3 when it can import pufferlib; otherwise a venv over the
-# system's packages (its torch) plus the wheels in .device/wheels, which
-# benchmarks/device_wheels.sh downloads beforehand on a machine with the package registry.
+# Python: the machine's python3 with its torch; when it cannot import pufferlib, the wheels in
+# .device/wheels are unpacked onto its path (benchmarks/device_wheels.sh downloads them
+# beforehand on a machine with the package registry).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}
@@ -37,13 +37,15 @@ PY=${PY:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null && [ -x /opt/torch/.venv/bin/python3 ]; then
     PY=/opt/torch/.venv/bin/python3  # the CUDA image's python with PyTorch
 fi
+SITE=""
 if ! "$PY" -c "import pufferlib, ale_py" 2>/dev/null; then
-    stamp "installing .device/wheels into a venv over the system packages"
-    "$PY" -m venv --system-site-packages "$WORK/venv"
-    "$WORK/venv/bin/pip" install --quiet --no-index --no-deps .device/wheels/*.whl
-    PY="$WORK/venv/bin/python"
+    # A wheel is a zip of an installed package: unpacked beside the image's packages (its torch
+    # and numpy stay in charge), without pip or a registry.
+    stamp "unpacking .device/wheels into $WORK/site"
+    SITE="$WORK/site"
+    for wheel in .device/wheels/*.whl; do "$PY" -m zipfile -e "$wheel" "$SITE"; done
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" - <<'EOF' > "$WORK/machine.json"
 import json, os, platform, torch, numpy
 print(json.dumps({
@@ -140,5 +142,5 @@ summary = {
 print(json.dumps(summary, indent=1))
 EOF
 cat "$OUT/gpu_check.json" | head -40
-tar -czf "$OUT/results.tar.gz" -C "$WORK" --exclude venv --exclude runs --exclude 'collapsed_*' .
+tar -czf "$OUT/results.tar.gz" -C "$WORK" --exclude site --exclude runs --exclude 'collapsed_*' .
 stamp "done"
