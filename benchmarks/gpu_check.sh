@@ -23,8 +23,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}
 TRAIN_SECONDS=${TRAIN_SECONDS:-150}
-WORKERS=${WORKERS:-16}          # env worker processes, one per core
-ENVS_PER_WORKER=${ENVS_PER_WORKER:-4}
+WORKERS=${WORKERS:-12}          # env worker processes (cores left for the trainer process)
+ENVS_PER_WORKER=${ENVS_PER_WORKER:-5}
 DEVICE=${DEVICE:-cuda}          # DEVICE=cpu rehearses the script on a machine without a GPU
 read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"  # e.g. "--train.batch-size 2048" for a rehearsal
 WORK=$(mktemp -d)

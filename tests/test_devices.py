@@ -91,7 +91,10 @@ def test_exact_collapse_of_a_policy_on_device(device: str, arch: Architecture) -
     quotient = collapse_policy(policy, compute_fibers(policy, 0.0))
     assert all_on(quotient, device) and all_on(policy, device)
     assert quotient.parameter_count() < policy.parameter_count()
-    assert max_output_error(policy, quotient, sequence(arch).to(device)) < 1e-5
+    # cuBLAS and cuDNN's LSTM sum in other orders than the CPU: float32 rounding, ~1e-5 either way.
+    assert max_output_error(policy, quotient, sequence(arch).to(device)) < (
+        1e-5 if device == "cpu" else 3e-5
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -121,6 +124,7 @@ def test_symmetry_breaking_on_device_keeps_the_function(device: str) -> None:
     policy(obs)[1].sum().backward()
     optimizer.step()
     before = copy.deepcopy(policy)
+    before.lstm.flatten_parameters()  # a deep copy's LSTM weights are not one cuDNN chunk
     breaker = SymmetryBreaker(interval=1, fiber_threshold=0.0, maturity=0, fraction=1.0, seed=3)
     report = breaker.step(policy, optimizer, epoch=1)
     assert sum(report.broken.values()) > 0
