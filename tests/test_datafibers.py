@@ -130,7 +130,7 @@ def test_planted_redundancies_collapse_exactly(fit: str) -> None:
         figures = fib.calibration[label]
         assert figures["heldout_over_threshold"] == 0, label
     copy = fib.reconstructions[fib["lstm"].node.name]
-    pair = [k for k in (1, 2) if k in copy.kept][0]
+    pair = next(k for k in (1, 2) if k in copy.kept)
     other = 3 - pair
     assert copy.coef[other, list(copy.kept).index(pair)] == pytest.approx(-1.0, abs=1e-6)
     div = output_divergence(policy, quotient, heldout)
@@ -158,7 +158,7 @@ def test_constant_lstm_unit_folds_through_w_hh() -> None:
     with torch.no_grad():
         logits_o, value_o, _ = policy(heldout, (h0, c0))
         logits_c, value_c, _ = quotient(heldout)
-        logits_z, value_z, _ = policy(heldout)
+        _logits_z, value_z, _ = policy(heldout)
     assert torch.allclose(value_o, value_c, atol=1e-5)
     assert torch.allclose(logits_o, logits_c, atol=1e-4)
     assert not torch.allclose(value_z, value_c, atol=1e-4)  # from h = 0 they differ
@@ -193,9 +193,7 @@ def test_larger_threshold_keeps_fewer_units() -> None:
         fib, quotient = DataCriterion(tau, calibration=calibration).fit_transform(policy)
         sizes.append(quotient.parameter_count())
         for f in fib.layers:
-            assert f.labels.min() >= 0 and f.n_fibers == len(
-                fib.reconstructions[f.node.name].kept
-            )
+            assert f.labels.min() >= 0 and f.n_fibers == len(fib.reconstructions[f.node.name].kept)
     assert sizes[0] >= sizes[1] >= sizes[2]
     assert sizes[2] < sizes[0]
 
