@@ -76,3 +76,23 @@ def test_published_lstm_criterion_reproduces_published_counts(shared_run: Path) 
     assert published.counts["linear1"] == 298 and published.counts["lstm"] == 304
     ours = compute_fibers(policy, 0.3, flatten_colours="pooled", layers=layers)
     assert ours.counts["lstm"] == 94 and ours.extra["lstm_criterion"] == "units"
+
+
+def test_demo_collapse_with_data_criterion(tmp_path: Path, capsys) -> None:
+    """``demo.py --collapse τ --criterion data``: collapse on data, then resume training."""
+    from pufferfiber import cli
+
+    data = tmp_path / "experiments"
+    cartpole_checkpoint(data / "cartpole-0000abcd")
+    tiny = ["--train.batch-size", "512", "--train.minibatch-size", "128", "--vec.num-envs", "2"]
+    argv = ["--env", "cartpole", "--train.data-dir", str(data), "--collapse", "0.2"]
+    argv += ["--criterion", "data", "--collapse-epoch", "6", "--collapse-until", "7", *tiny]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    folder = data / "cartpole-0000abcd" / "collapsed_model_thr_02_000006"
+    fidelity = json.loads((folder / "fidelity.json").read_text())
+    assert fidelity["criterion"]["criterion"] == "data" and fidelity["episodes"] == 10
+    collapsed = load_checkpoint(folder / "model_000006_collapsed.pt")
+    assert collapsed.meta["collapse"]["criterion"]["criterion"] == "data"
+    assert collapsed.policy.parameter_count() == fidelity["params_after"]
+    (child,) = [p for p in folder.iterdir() if p.is_dir()]
+    assert (child / "model_000007.pt").is_file()
