@@ -221,6 +221,8 @@ def collapse_to_folder(
         atomic_write_text(tmp / "fidelity.json", json.dumps(fidelity, indent=2) + "\n")
     if echo:
         print(format_fidelity(fidelity))
+        if "calibration" in fidelity:
+            print(format_calibration(fidelity["calibration"]))
     collapsed = Checkpoint(
         policy=quotient,
         arch=quotient.arch,
@@ -253,6 +255,25 @@ def _build_criterion(
     return make_criterion(
         name, threshold, env=env, seed=seed, layers=layers, progress=stderr_progress, **options
     )
+
+
+def format_calibration(figures: dict[str, Any]) -> str:
+    """The data criterion's per-layer figures: kept, constant, fit error (calibration and
+    held-out), units whose relation fails on the held-out frames."""
+    lines = [
+        f"data fibers on {figures['frames']} calibration frames "
+        f"(relative fit error: calibration max / held-out max, units over τ on held-out)"
+    ]
+    for label, fig in figures.items():
+        if isinstance(fig, dict):
+            lines.append(
+                f"  {label:<8} {fig['units']:>4} -> {fig['kept']:>4} kept, "
+                f"{fig['constant']:>4} constant, error {fig['fit_error_max']:.3g} / "
+                f"{fig.get('heldout_error_max', float('nan')):.3g}, "
+                f"{fig.get('heldout_over_threshold', 0)} over τ "
+                f"({fig.get('heldout_constant_over_threshold', 0)} of them constant)"
+            )
+    return "\n".join(lines)
 
 
 def _add_data_layers(fibers: dict[str, Any], fibration: DataFibration) -> None:
