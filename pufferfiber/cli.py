@@ -377,6 +377,7 @@ def collapse_checkpoint(
     """Write ``run_dir/collapsed_model_thr_TT_EEEEEE/`` (model, fibers.pkl, fidelity.json) with
     the fibers engineer's pipeline; returns the collapsed checkpoint."""
     from pufferfiber.pipeline import collapse_folder_name, collapse_to_folder
+    from pufferfiber.trainer import resolve_device
 
     out_dir = run_dir / collapse_folder_name(tau, epoch)
     _say(f"collapsing {run_dir.name}/{ckpt.path.name} at threshold {tau} into {out_dir.name}")
@@ -392,6 +393,7 @@ def collapse_checkpoint(
             seed=cfg.train.seed,
             overwrite=True,  # re-collapsing replaces the three files, keeps earlier runs inside
             echo=False,
+            device=resolve_device(cfg.train.device),
         )
     except ValueError as exc:  # the pipeline's one-line input errors
         raise UsageError(str(exc)) from None

@@ -231,6 +231,7 @@ def machine_usage() -> dict[str, float]:
             if torch.cuda.is_available():
                 free, total = torch.cuda.mem_get_info()
                 usage["vram_percent"] = 100.0 * (1 - free / total)
-        except (ImportError, RuntimeError):
+                usage["gpu_percent"] = float(torch.cuda.utilization())  # through NVML
+        except (ImportError, RuntimeError, AttributeError):  # no NVML: the header shows 0
             pass
     return usage

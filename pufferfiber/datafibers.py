@@ -164,7 +164,7 @@ class Reconstruction:
     heldout_error: np.ndarray | None = None
 
     def labels(self) -> np.ndarray:
-        """Fiber of each unit: the kept unit that carries most of it (constants: fiber 0)."""
+        """Fiber of each unit: its kept unit with the largest coefficient (constants: fiber 0)."""
         labels = np.abs(self.coef).argmax(axis=1)
         labels[self.constant] = 0
         return labels.astype(np.int64)

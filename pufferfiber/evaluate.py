@@ -4,9 +4,15 @@ Used by ``demo.py --mode eval``, by the collapse fidelity report (return before 
 observation sequences for the KL) and by experiments. Environments are stepped one copy per
 episode slot without PufferLib's vectoriser: evaluation wants exact episode accounting, not
 throughput.
+
+Both functions run the policy where it already lives (or on ``device``), without moving the
+caller's module: a hook may call them on the policy being trained on a GPU. Actions are sampled
+on the CPU from a seeded generator, so a seed plays the same episodes on any device.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -22,6 +28,17 @@ def _act(logits: torch.Tensor, greedy: bool, gen: torch.Generator) -> np.ndarray
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1).numpy()
 
 
+def policy_on(policy: Policy, device: str | torch.device | None) -> tuple[Policy, torch.device]:
+    """``policy`` on ``device`` (``None``: where it is) and that device; a copy when it moves."""
+    here = next(policy.parameters()).device
+    target = here if device is None else torch.device(device)
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    if target == here:
+        return policy, here
+    return copy.deepcopy(policy).to(target), target
+
+
 @torch.inference_mode()
 def play_episodes(
     policy: Policy,
@@ -30,7 +47,7 @@ def play_episodes(
     *,
     seed: int = 0,
     num_envs: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     greedy: bool = False,
     max_steps: int | None = None,
 ) -> list[float]:
@@ -38,12 +55,14 @@ def play_episodes(
 
     ``num_envs`` environments run side by side (default: ``min(episodes, 8)``); each starts
     new episodes until ``episodes`` have been started in total. ``max_steps`` caps the steps
-    per env (episodes cut short are not counted).
+    per env (episodes cut short are not counted). ``device``: where the policy runs (default:
+    where it is).
     """
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
     n = min(num_envs or min(episodes, 8), episodes)
-    policy = policy.to(device).eval()
+    policy, device = policy_on(policy, device)
+    policy.eval()
     gen = torch.Generator().manual_seed(seed)
     envs = [make_env(env_name) for _ in range(n)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
@@ -84,6 +103,7 @@ def collect_observations(
     batch: int,
     steps: int,
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """``[batch, steps, *obs_shape]`` real observations from ``batch`` envs played by ``policy``.
 

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,8 @@ DEFAULT_LSTM_ROUNDS = 1
 _BLOCK = 1024  # rows per block of pairwise products (bounds peak memory to ~n·block floats)
 _SLACK = 1e-5  # float32 products: keep every edge that float64 could put at distance <= τ
 _MAX_EDGES_PER_ROW = 64  # denser "close" graphs are clustered whole (one big component anyway)
+# Where the pairwise products run (None = numpy on the CPU); set with :func:`products_on`.
+_PRODUCTS_DEVICE: ContextVar[torch.device | None] = ContextVar("products_device", default=None)
 
 
 # --------------------------------------------------------------------------- results
@@ -152,6 +156,42 @@ def meet(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return relabel_first_occurrence(inverse.reshape(-1))
 
 
+@contextmanager
+def products_on(device: str | torch.device | None) -> Iterator[None]:
+    """Run the pairwise row products (the ``n²·d`` part of finding fibers) on ``device``.
+
+    ``with products_on("cuda"): compute_fibers(...)`` gives the same fibers as the CPU: only
+    the candidate products move (full float32/float64 precision, TF32 off); the exact tests,
+    the clustering and the labels stay on the CPU. ``None`` or ``"cpu"``: numpy, the default.
+    """
+    target = None if device is None else torch.device(device)
+    token = _PRODUCTS_DEVICE.set(None if target is None or target.type == "cpu" else target)
+    try:
+        yield
+    finally:
+        _PRODUCTS_DEVICE.reset(token)
+
+
+def _gram_blocks(x: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(i0, i1, x[i0:i1] @ x[i0:].T)`` for the row blocks of ``x`` (upper block rows only),
+    computed in ``x``'s dtype with numpy or on the device of :func:`products_on`."""
+    n, device = len(x), _PRODUCTS_DEVICE.get()
+    if device is None:
+        for i0 in range(0, n, _BLOCK):
+            i1 = min(n, i0 + _BLOCK)
+            yield i0, i1, x[i0:i1] @ x[i0:].T
+        return
+    on_device = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would break the float32 slack bounds
+    try:
+        for i0 in range(0, n, _BLOCK):
+            i1 = min(n, i0 + _BLOCK)
+            yield i0, i1, (on_device[i0:i1] @ on_device[i0:].T).cpu().numpy()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def cosine_distances_condensed(rows: np.ndarray) -> np.ndarray:
     """Condensed (scipy ``pdist`` layout) cosine distances ``1 - cos`` in ``[0, 2]``.
 
@@ -164,9 +204,8 @@ def cosine_distances_condensed(rows: np.ndarray) -> np.ndarray:
     unit = x / np.where(zero, 1.0, norms)[:, None]
     out = np.empty(n * (n - 1) // 2)
     pos = 0
-    for i0 in range(0, n, _BLOCK):
-        i1 = min(n, i0 + _BLOCK)
-        d = 1.0 - unit[i0:i1] @ unit[i0:].T
+    for i0, i1, gram in _gram_blocks(unit):
+        d = 1.0 - gram
         d[zero[i0:i1, None] & zero[None, i0:]] = 0.0
         np.clip(d, 0.0, 2.0, out=d)
         # Strict upper triangle of this block row, row-major = the condensed segment.
@@ -195,9 +234,8 @@ def exact_partition(rows: np.ndarray, *, scale_free: bool) -> np.ndarray:
     # pairs only: the float32 cancellation error (~1e-7·|a|²) is far above EXACT_RTOL².
     x32, sq32 = x.astype(np.float32), sq.astype(np.float32)
     src, dst = [], []
-    for i0 in range(0, n, _BLOCK):
-        i1 = min(n, i0 + _BLOCK)
-        dist2 = sq32[i0:i1, None] + sq32[None, i0:] - 2.0 * (x32[i0:i1] @ x32[i0:].T)
+    for i0, i1, gram in _gram_blocks(x32):
+        dist2 = sq32[i0:i1, None] + sq32[None, i0:] - 2.0 * gram
         i, j = np.nonzero(dist2 <= 1e-4 * np.maximum(sq32[i0:i1, None], sq32[None, i0:]))
         src.append(i + i0)
         dst.append(j + i0)
@@ -232,9 +270,8 @@ def close_components(rows: np.ndarray, threshold: float) -> np.ndarray | None:
     zero = norms == 0
     unit = (x / np.where(zero, 1.0, norms)[:, None]).astype(np.float32)
     src, dst, edges = [], [], 0
-    for i0 in range(0, n, _BLOCK):
-        i1 = min(n, i0 + _BLOCK)
-        close = unit[i0:i1] @ unit[i0:].T >= np.float32(1.0 - threshold - _SLACK)
+    for i0, i1, gram in _gram_blocks(unit):
+        close = gram >= np.float32(1.0 - threshold - _SLACK)
         close[zero[i0:i1, None] & zero[None, i0:]] = True
         i, j = np.nonzero(close)
         edges += i.size

@@ -29,14 +29,17 @@ _CHUNK = 256  # sequences per forward pass (bounds memory on 105×80 frames)
 def output_divergence(original: Policy, collapsed: Policy, obs: torch.Tensor) -> dict[str, float]:
     """KL and value error of ``collapsed`` against ``original`` on ``obs`` ``[B, T, *obs]``."""
     kl, err, mag = [], [], []
+    # Each policy runs where it lives (e.g. the original on a GPU); the comparison is float64
+    # on the CPU.
+    on_o, on_c = (next(p.parameters()).device for p in (original, collapsed))
     for chunk in torch.split(obs, _CHUNK):
-        logits_o, value_o, _ = original.eval()(chunk)
-        logits_c, value_c, _ = collapsed.eval()(chunk)
-        logp_o = torch.log_softmax(logits_o.double(), -1)
-        logp_c = torch.log_softmax(logits_c.double(), -1)
+        logits_o, value_o, _ = original.eval()(chunk.to(on_o))
+        logits_c, value_c, _ = collapsed.eval()(chunk.to(on_c))
+        logp_o = torch.log_softmax(logits_o.double().cpu(), -1)
+        logp_c = torch.log_softmax(logits_c.double().cpu(), -1)
         kl.append((logp_o.exp() * (logp_o - logp_c)).sum(-1).flatten())
-        err.append((value_o.double() - value_c.double()).abs().flatten())
-        mag.append(value_o.double().abs().flatten())
+        err.append((value_o.double().cpu() - value_c.double().cpu()).abs().flatten())
+        mag.append(value_o.double().cpu().abs().flatten())
     return {
         "kl": float(torch.cat(kl).clamp(min=0).mean()),
         "value_mae": float(torch.cat(err).mean()),

@@ -53,6 +53,7 @@ from pufferfiber.datafibers import (
     DataFibration,
     stderr_progress,
 )
+from pufferfiber.evaluate import collect_observations, policy_on
 from pufferfiber.fibers import (
     DEFAULT_LSTM_ROUNDS,
     FLATTEN_COLOURS,
@@ -60,6 +61,7 @@ from pufferfiber.fibers import (
     Fibration,
     compute_fibers,
     fibers_dict,
+    products_on,
     save_fibers,
 )
 from pufferfiber.fidelity import fidelity_report, format_fidelity
@@ -131,6 +133,7 @@ def collapse_to_folder(
     seed: int = 0,
     overwrite: bool = False,
     echo: bool = True,
+    device: str | torch.device | None = None,
 ) -> CollapseResult:
     """Collapse ``ckpt`` at ``threshold`` and write the three files into ``out_dir``.
 
@@ -144,6 +147,8 @@ def collapse_to_folder(
     calibration set is played on other seeds). An existing non-empty
     ``out_dir`` is an error unless ``overwrite``; then only the three files are replaced
     (other contents, e.g. a resumed run inside, are kept). ``echo`` prints the fidelity table.
+    ``device`` (default: the CPU) runs the fibers' pairwise products and the fidelity's forward
+    passes and episodes, e.g. on a GPU; the collapse itself is float64 algebra on the CPU.
     Raises ``ValueError`` / :class:`CheckpointError` with one-line messages; on any error
     nothing is left half-written.
     """
@@ -172,19 +177,22 @@ def collapse_to_folder(
             ),
             criterion_options or {},
         )
+    original_on = policy_on(policy, device)[0]
     observation_seeds = None
     if observations is None:
-        from pufferfiber.evaluate import collect_observations
-
-        observations = collect_observations(policy, ckpt.env, fidelity_batch, fidelity_steps, seed)
+        observations = collect_observations(
+            original_on, ckpt.env, fidelity_batch, fidelity_steps, seed
+        )
         observation_seeds = [seed, seed + fidelity_batch - 1]
     if getattr(criterion, "heldout", False) is None:  # data: per-layer held-out figures
         criterion.heldout = observations  # type: ignore[attr-defined]
-    fibration, quotient = criterion.fit_transform(policy)
+    with products_on(device):
+        fibration, quotient = criterion.fit_transform(policy)
     quotient = quotient.eval()
+    quotient_on = policy_on(quotient, device)[0]
     fidelity = fidelity_report(
-        policy,
-        quotient,
+        original_on,
+        quotient_on,
         fibration,
         env=ckpt.env,
         observations=observations,
@@ -469,6 +477,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the envs and action sampling")
     p.add_argument(
+        "--device",
+        default="auto",
+        help="where the fibers' pairwise products and the fidelity run: auto (CUDA when "
+        "present, else CPU), cpu, cuda or cuda:N (default %(default)s)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="replace the collapsed model in an existing, non-empty output folder",
@@ -512,6 +526,8 @@ def _criterion_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def collapse_main(argv: list[str] | None = None) -> int:
     """``python -m pufferfiber collapse``; returns the exit code (errors: one line, code 1)."""
+    from pufferfiber.trainer import resolve_device
+
     args = _parser().parse_args(argv)
     try:
         threshold = validate_threshold(args.threshold)
@@ -537,6 +553,7 @@ def collapse_main(argv: list[str] | None = None) -> int:
             fidelity_steps=args.fidelity_steps,
             seed=args.seed,
             overwrite=args.force,
+            device=resolve_device(args.device),
         )
     except (CheckpointError, FibersFileError, ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

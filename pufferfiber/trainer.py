@@ -446,7 +446,10 @@ class Trainer:
         self.profile = Profile()
         self.message = f"Model Size: {abbreviate(policy.parameter_count())} parameters"
         self.checkpoints: list[Path] = []
-        self.update_threads = t.torch_threads or torch.get_num_threads()
+        # CPU threads for the update: torch's default on a CPU; one beside a GPU, where the CPU
+        # only does GAE and copies, and more OpenMP threads spin against the env workers.
+        cpu_default = torch.get_num_threads() if self.device.type == "cpu" else 1
+        self.update_threads = t.torch_threads or cpu_default
         self.encoder_bf16 = use_bf16(t.precision, self.device)
         self._started = False
         self._start_time = time.time()
@@ -529,12 +532,16 @@ class Trainer:
                 cfg.gae_lambda,
             )
             data = buf.sequences(advantages)
+            if self.device.type != "cpu":
+                # One copy of the whole batch per update, not one per minibatch: on a GPU the
+                # host-to-device copies would otherwise dominate the small minibatches.
+                data = {k: v.to(self.device, non_blocking=True) for k, v in data.items()}
             n_seq = data["obs"].shape[0]
             seq_per_mb = cfg.minibatch_size // cfg.bptt_horizon
             totals: dict[str, float] = defaultdict(float)
             n_minibatches = 0
         for _ in range(cfg.update_epochs):
-            order = torch.randperm(n_seq)
+            order = torch.randperm(n_seq).to(self.device)
             for start in range(0, n_seq, seq_per_mb):
                 with prof("train_misc"):
                     mb = {
@@ -695,8 +702,10 @@ class Trainer:
         """Collect, update, run hooks, report, and checkpoint when due."""
         start = time.perf_counter()
         # Rollout batches (num_envs observations) are too small to split across threads, and
-        # env stepping is single-threaded anyway: one thread avoids contention on small CPUs.
-        with _torch_threads(1 if self.device.type == "cpu" else self.update_threads):
+        # env stepping is single-threaded anyway: one thread avoids contention with the env
+        # workers (on a GPU machine 16 OpenMP threads against 16 busy workers made the rollout's
+        # bookkeeping 85 % of the epoch).
+        with _torch_threads(1):
             episode_stats = self.collect()
         with _torch_threads(self.update_threads):
             losses = self.update()

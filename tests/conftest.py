@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_RUN = REPO.parent / "shared" / "data" / "beam_rider-5eed0001"
@@ -32,3 +33,13 @@ def shared_run_copy(shared_run: Path, tmp_path: Path) -> Path:
         p.chmod(0o644)
     dst.chmod(0o755)
     return dst
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.cuda`` tests where torch sees no CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs these there)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
