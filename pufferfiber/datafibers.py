@@ -37,7 +37,6 @@ fit, shows units whose relation does not generalise (e.g. dead on calibration, a
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +46,6 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 import torch
-from torch import nn
 
 from pufferfiber.collapse import _unview_bias, _unview_weight
 from pufferfiber.fibers import Fibration, LayerFibers
@@ -68,7 +66,7 @@ DEFAULT_CALIBRATION_BATCH = 32
 DEFAULT_CALIBRATION_STEPS = 128
 CALIBRATION_SEED_OFFSET = 1000
 _EXACT_REL_VAR = 1e-10  # at τ = 0: relative residual variance counted as zero (float64 moments)
-_CHUNK = 8  # sequences per forward pass when accumulating moments (bounds conv1 memory)
+_FRAMES = 512  # frames per forward pass / moment update (bounds the intermediate memory)
 
 Progress = Callable[[str], None]
 
@@ -101,45 +99,53 @@ class Moments:
         return cov
 
 
-class _Stop(Exception):
-    """Raised by a hook once the layer of interest has been seen (skips the rest)."""
+class LayerInputs:
+    """The inputs of the next layer on a set of sequences, passed on from layer to layer.
+
+    Once a layer is collapsed, the next layer's inputs are exactly the outputs of its kept
+    units (their rows do not change), so every layer is computed once on the calibration set
+    instead of re-running the network from the observations for each layer.
+    """
+
+    def __init__(self, observations: torch.Tensor) -> None:
+        self.batch, self.steps = int(observations.shape[0]), int(observations.shape[1])
+        self.x = observations.reshape(-1, *observations.shape[2:])  # frames, b-major
+        self.raw = True  # still observations (scaled by the policy's input scale)
+        self.after = -1  # index in ``policy.network`` of the last module applied
+
+    @torch.inference_mode()
+    def outputs(self, policy: Policy, node: LayerNode) -> torch.Tensor:
+        """``node``'s outputs ``[frames, units, *positions]`` (after its ReLU; LSTM: ``h``)."""
+        if node.kind == "lstm":  # whole sequences, state from zeros, as Policy.forward
+            seq = self.x.float().reshape(self.batch, self.steps, -1).transpose(0, 1)
+            return policy.lstm(seq)[0].transpose(0, 1).reshape(-1, node.size)
+        modules = policy.network[self.after + 1 : _module_index(node) + 2]  # up to its ReLU
+        scale = policy._scale if self.raw else 1.0
+        return torch.cat([modules(chunk.float() * scale) for chunk in torch.split(self.x, _FRAMES)])
+
+    def advance(self, node: LayerNode, outputs: torch.Tensor, kept: np.ndarray | None) -> None:
+        """The next layer reads ``outputs`` of the ``kept`` units (``None``: all)."""
+        if node.kind == "lstm":
+            return
+        self.x = outputs if kept is None else outputs.index_select(1, torch.from_numpy(kept))
+        self.raw, self.after = False, _module_index(node) + 1
 
 
-def _output_module(policy: Policy, node: LayerNode) -> nn.Module:
-    """The module whose output is the node's activation (its ReLU, or the LSTM)."""
-    if node.kind == "lstm":
-        return policy.lstm
-    idx = int(node.name.rsplit(".", 1)[1])
-    return policy.network[idx + 1]  # graph.build_graph guarantees a ReLU right after
+def _module_index(node: LayerNode) -> int:
+    return int(node.name.rsplit(".", 1)[1])
 
 
-@torch.inference_mode()
-def layer_moments(policy: Policy, node: LayerNode, observations: torch.Tensor) -> Moments:
-    """Moments of ``node``'s outputs on ``observations`` ``[B, T, *obs]`` (LSTM state carried
-    along each sequence from zeros; conv channels pool their image positions)."""
-    policy = policy.eval()
-    acc: dict[str, Any] = {"count": 0, "total": None, "outer": None}
-
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        a = output[0] if node.kind == "lstm" else output
-        if node.kind == "conv":
-            a = a.transpose(1, -1)
+def output_moments(outputs: torch.Tensor, node: LayerNode) -> Moments:
+    """Moments of a layer's outputs (conv channels pool their image positions)."""
+    total = torch.zeros(node.size, dtype=torch.float64)
+    outer = torch.zeros(node.size, node.size, dtype=torch.float64)
+    for chunk in torch.split(outputs, _FRAMES):
+        a = chunk.transpose(1, -1) if node.kind == "conv" else chunk
         a = a.reshape(-1, node.size).double()
-        acc["count"] += a.shape[0]
-        total, outer = a.sum(0), a.T @ a
-        acc["total"] = total if acc["total"] is None else acc["total"] + total
-        acc["outer"] = outer if acc["outer"] is None else acc["outer"] + outer
-        if node.kind != "lstm":
-            raise _Stop
-
-    handle = _output_module(policy, node).register_forward_hook(hook)
-    try:
-        for chunk in torch.split(observations, _CHUNK):
-            with contextlib.suppress(_Stop):
-                policy(chunk)
-    finally:
-        handle.remove()
-    return Moments(acc["count"], acc["total"].numpy(), acc["outer"].numpy())
+        total += a.sum(0)
+        outer += a.T @ a
+    count = outputs.numel() // node.size
+    return Moments(count, total.numpy(), outer.numpy())
 
 
 # --------------------------------------------------------------------------- selection
@@ -430,13 +436,17 @@ def data_fibers(
     fibers: list[LayerFibers] = []
     figures: dict[str, Any] = {"frames": int(calibration.shape[0] * calibration.shape[1])}
     start = time.perf_counter()
+    streams = [LayerInputs(calibration)] + ([LayerInputs(heldout)] if heldout is not None else [])
     for original in build_graph(policy).hidden:
         graph = build_graph(current)
         node = graph[original.name]
+        outputs = [stream.outputs(current, node) for stream in streams]
         if node.name not in chosen:
             fibers.append(LayerFibers(original, np.arange(node.size), collapsed=False))
+            for stream, out in zip(streams, outputs, strict=True):
+                stream.advance(node, out, None)
             continue
-        moments = layer_moments(current, node, calibration)
+        moments = output_moments(outputs[0], node)
         weights = outgoing_norms(graph, node, params)
         kept, coef, offset, constant = select_units(moments, weights, threshold, fit)
         scale = float((np.diag(moments.cov) * weights**2).mean()) or 1.0
@@ -445,14 +455,16 @@ def data_fibers(
         fit_error = np.sqrt(_weighted_residuals(moments.cov, weights, full).clip(0) / scale)
         rec = Reconstruction(node, kept, coef, offset, constant, fit_error)
         if heldout is not None:
-            rec.heldout_error = _heldout_error(
-                layer_moments(current, node, heldout), rec, weights, scale
-            )
+            held = output_moments(outputs[1], node)
+            rec.heldout_error = _heldout_error(held, rec, weights, scale)
         recs[node.name] = rec
         fibers.append(LayerFibers(original, rec.labels()))
         figures[node.label] = _layer_figures(rec, threshold)
         params = fold_layer(graph, params, rec)
         current = policy_from_params(_resized(current, node, len(kept)), params, dtype)
+        for stream, out in zip(streams, outputs, strict=True):
+            stream.advance(node, out, kept)
+        del outputs
         if progress is not None:
             progress(
                 f"data fibers: {node.label} {node.size} -> {len(kept)} units "
