@@ -370,7 +370,8 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         metavar="TAU",
         help="cosine-distance threshold τ in [0, 2]: 0 = exact fibers only (the "
-        "function is unchanged); larger merges more units",
+        "function is unchanged); larger merges more units. With --criterion data: the "
+        "largest relative fit error of a removed unit",
     )
     p.add_argument(
         "--out",
@@ -466,7 +467,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=8,
         metavar="B",
-        help="real observation sequences for KL and value error (default %(default)s)",
+        help="real observation sequences for KL and value error, env seeds SEED.. "
+        "(held-out for --criterion data; default %(default)s)",
     )
     p.add_argument(
         "--fidelity-steps",
