@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pufferfiber.criteria import FiberCriterion, WeightCriterion
 from pufferfiber.fibers import (
     Colouring,
     Fibration,
-    compute_fibers,
     compute_opfibers,
     fold_scales,
     meet,
@@ -333,6 +333,10 @@ class SymmetryBreaker:
             ``linear``, ``lstm``); ``None`` = every hidden layer.
         seed: seeds the choice of units and their fresh weights (deterministic given the seed).
         log_name: JSON-lines log written in the run folder (``None``: no log).
+        criterion: how fibers are computed (a ``"weights"``
+            :class:`~pufferfiber.criteria.FiberCriterion`); default: the weight fibers at
+            ``fiber_threshold`` with position colours. Breaking folds a member onto its
+            representative unchanged, which is exact for weight fibers only.
     """
 
     def __init__(
@@ -345,8 +349,14 @@ class SymmetryBreaker:
         layers: Sequence[str] | None = None,
         seed: int = 0,
         log_name: str | None = BREAK_LOG,
+        criterion: FiberCriterion | None = None,
     ) -> None:
         _check_settings(interval, fiber_threshold, opfiber_threshold, maturity, fraction)
+        if criterion is None:
+            criterion = WeightCriterion(float(fiber_threshold), flatten_colours="positions")
+        elif criterion.name != "weights":
+            raise ValueError(f"symmetry breaking needs weight fibers, not {criterion.name!r}")
+        self.criterion = criterion
         self.interval = int(interval)
         self.fiber_threshold = float(fiber_threshold)
         self.opfiber_threshold = None if opfiber_threshold is None else float(opfiber_threshold)
@@ -410,7 +420,7 @@ class SymmetryBreaker:
         """Compute fibers now and break; returns what was done (no logging)."""
         start = time.perf_counter()
         graph = build_graph(policy)
-        fibration = compute_fibers(policy, self.fiber_threshold, flatten_colours="positions")
+        fibration = self.criterion.fit_predict(policy)
         labels = {f.node.label: f.labels for f in fibration.layers}
         if self.opfiber_threshold is not None:
             opfibers = compute_opfibers(policy, self.opfiber_threshold)

@@ -125,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="conv->Linear colours: positions (a true fibration, default) or "
         "pooled (the published reference's criterion)",
     )
+    from pufferfiber.criteria import CRITERIA, DEFAULT_CRITERION, LSTM_CRITERIA
+
+    group.add_argument(
+        "--criterion",
+        choices=CRITERIA,
+        default=DEFAULT_CRITERION,
+        help="how fibers are found: weights (cosine distance of weight rows <= TAU, "
+        "default) or data (outputs constant or affinely related on real observations "
+        "played by the policy, relative fit error <= TAU)",
+    )
+    group.add_argument(
+        "--lstm-criterion",
+        choices=LSTM_CRITERIA,
+        default="units",
+        help="weights criterion, LSTM: units (ours, default) or published (the "
+        "reference's joint gate-row clustering)",
+    )
     from pufferfiber.breaking import add_break_arguments
 
     add_break_arguments(parser)
@@ -319,7 +336,16 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace, hooks: Sequence[Any]
     ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
     check_hooks(hooks, ckpt.policy)  # layer names survive the collapse
     with opened_vecenv(cfg) as vecenv:
-        collapsed = collapse_checkpoint(ckpt, tau, run_dir, epoch, ns.flatten_colours, cfg)
+        collapsed = collapse_checkpoint(
+            ckpt,
+            tau,
+            run_dir,
+            epoch,
+            ns.flatten_colours,
+            cfg,
+            criterion=ns.criterion,
+            lstm_criterion=ns.lstm_criterion,
+        )
         child = new_run_dir(collapsed.path.parent, cfg.env_name)
         # PufferLib's own checkpoints do not record agent steps: count whole epochs instead.
         steps = collapsed.global_step or collapsed.epoch * cfg.train.batch_size
@@ -338,7 +364,15 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace, hooks: Sequence[Any]
 
 
 def collapse_checkpoint(
-    ckpt: Any, tau: float, run_dir: Path, epoch: int, flatten_colours: str, cfg: RunConfig
+    ckpt: Any,
+    tau: float,
+    run_dir: Path,
+    epoch: int,
+    flatten_colours: str,
+    cfg: RunConfig,
+    *,
+    criterion: str = "weights",
+    lstm_criterion: str = "units",
 ) -> Any:
     """Write ``run_dir/collapsed_model_thr_TT_EEEEEE/`` (model, fibers.pkl, fidelity.json) with
     the fibers engineer's pipeline; returns the collapsed checkpoint."""
@@ -353,6 +387,9 @@ def collapse_checkpoint(
             tau,
             out_dir,
             flatten_colours=flatten_colours,
+            criterion=criterion,
+            lstm_criterion=lstm_criterion,
+            fidelity_episodes=10 if criterion == "data" else 3,
             seed=cfg.train.seed,
             overwrite=True,  # re-collapsing replaces the three files, keeps earlier runs inside
             echo=False,

@@ -63,6 +63,10 @@ from pufferfiber.policy import Policy
 
 FIBERS_FORMAT = "pufferfiber.fibers/1"
 FLATTEN_COLOURS = ("positions", "pooled")
+# LSTM criteria: "units" (ours: a unit's four gate rows with biases, exact fixed point, then
+# bounded re-clustering) or "published" (the reference's joint gate-row clustering, see
+# pufferfiber.published). The first is the default.
+LSTM_CRITERIA = ("units", "published")
 EXACT_RTOL = 1e-5  # relative Euclidean tolerance for "equal" rows (float32 weights summed)
 # Approximate LSTM re-clustering rounds. Round 1 compares full W_hh rows (hidden colouring =
 # the exact fibers); later rounds sum W_hh over the approximate clusters and cascade: on the
@@ -451,7 +455,11 @@ def mean_over_fibers(x: torch.Tensor, colouring: Colouring, axis: int = 0) -> to
 # --------------------------------------------------------------------------- fibers
 
 
-def _check(threshold: float, flatten_colours: str, max_lstm_rounds: int = 1) -> None:
+def _check(
+    threshold: float, flatten_colours: str, max_lstm_rounds: int = 1, lstm_criterion: str = "units"
+) -> None:
+    if lstm_criterion not in LSTM_CRITERIA:
+        raise ValueError(f"lstm_criterion must be one of {LSTM_CRITERIA}, got {lstm_criterion!r}")
     if max_lstm_rounds < 1:
         raise ValueError(f"max_lstm_rounds must be at least 1, got {max_lstm_rounds}")
     if not 0.0 <= threshold <= 2.0:
@@ -478,13 +486,17 @@ def compute_fibers(
     flatten_colours: str = "positions",
     layers: list[str] | None = None,
     max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
+    lstm_criterion: str = "units",
 ) -> Fibration:
     """Fibers of every hidden layer of ``policy`` at ``threshold`` (see the module docstring).
 
     ``layers`` selects the layers to collapse (names, labels or kinds); the others keep every
-    unit as its own fiber and colour their consumers' inputs discretely.
+    unit as its own fiber and colour their consumers' inputs discretely. ``lstm_criterion``
+    is one of :data:`LSTM_CRITERIA` (``"published"``: :mod:`pufferfiber.published`; its fiber
+    count after each round goes to ``extra["published_lstm_counts"]``).
     """
-    _check(threshold, flatten_colours, max_lstm_rounds)
+    _check(threshold, flatten_colours, max_lstm_rounds, lstm_criterion)
+    extra: dict[str, Any] = {"lstm_criterion": lstm_criterion}
     graph = build_graph(policy)
     params = _policy_params(policy)
     chosen = selected_layers(graph, layers)
@@ -497,6 +509,13 @@ def compute_fibers(
         if node.name not in chosen:
             fib = LayerFibers(node, np.arange(node.size), collapsed=False)
             colour = Colouring.discrete(node.size)
+        elif node.kind == "lstm" and lstm_criterion == "published":
+            from pufferfiber.published import published_lstm_fibers
+
+            fib, extra["published_lstm_counts"] = published_lstm_fibers(
+                node, params, inputs, threshold
+            )
+            colour = Colouring.of(fib.labels)
         elif node.kind == "lstm":
             fib = _lstm_fibers(node, params, inputs, threshold, max_lstm_rounds)
             colour = Colouring.of(fib.labels)
@@ -511,7 +530,7 @@ def compute_fibers(
             colour = Colouring(colour.labels, colour.count, fib.scales)
         colourings[node.name] = colour
         result.append(fib)
-    return Fibration(threshold, flatten_colours, result, "in", max_lstm_rounds)
+    return Fibration(threshold, flatten_colours, result, "in", max_lstm_rounds, extra)
 
 
 def _lstm_fibers(

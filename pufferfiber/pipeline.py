@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pufferfiber.checkpoints import (
@@ -38,6 +39,20 @@ from pufferfiber.checkpoints import (
     save_checkpoint,
 )
 from pufferfiber.collapse import collapse_policy
+from pufferfiber.criteria import (
+    CRITERIA,
+    DATA_FITS,
+    DEFAULT_CRITERION,
+    LSTM_CRITERIA,
+    FiberCriterion,
+    make_criterion,
+)
+from pufferfiber.datafibers import (
+    DEFAULT_CALIBRATION_BATCH,
+    DEFAULT_CALIBRATION_STEPS,
+    DataFibration,
+    stderr_progress,
+)
 from pufferfiber.evaluate import collect_observations, policy_on
 from pufferfiber.fibers import (
     DEFAULT_LSTM_ROUNDS,
@@ -108,6 +123,9 @@ def collapse_to_folder(
     flatten_colours: str = "positions",
     layers: list[str] | None = None,
     max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
+    lstm_criterion: str = "units",
+    criterion: str | FiberCriterion = DEFAULT_CRITERION,
+    criterion_options: dict[str, Any] | None = None,
     fidelity_episodes: int = 3,
     fidelity_batch: int = 8,
     fidelity_steps: int = 64,
@@ -119,8 +137,14 @@ def collapse_to_folder(
 ) -> CollapseResult:
     """Collapse ``ckpt`` at ``threshold`` and write the three files into ``out_dir``.
 
+    ``criterion`` is a name of :data:`pufferfiber.criteria.CRITERIA` (built with
+    ``criterion_options``, e.g. ``fit`` or ``calibration_batch`` for ``"data"``) or a
+    :class:`~pufferfiber.criteria.FiberCriterion`; the default reproduces the weight fibers
+    from ``flatten_colours``, ``layers``, ``max_lstm_rounds`` and ``lstm_criterion``.
     ``observations`` (``[B, T, *obs]``) replaces the ``fidelity_batch × fidelity_steps`` real
-    frames otherwise collected by playing the original policy. An existing non-empty
+    frames otherwise collected by playing the original policy (env seeds ``seed``...); KL and
+    value error are measured on them, so for ``"data"`` they are held-out frames (its
+    calibration set is played on other seeds). An existing non-empty
     ``out_dir`` is an error unless ``overwrite``; then only the three files are replaced
     (other contents, e.g. a resumed run inside, are kept). ``echo`` prints the fidelity table.
     ``device`` (default: the CPU) runs the fibers' pairwise products and the fidelity's forward
@@ -139,20 +163,33 @@ def collapse_to_folder(
         )
     check_writable(out_dir)  # fail before the slow fibers and fidelity work
     policy = ckpt.policy.cpu().eval()
-    with products_on(device):
-        fibration = compute_fibers(
-            policy,
+    if isinstance(criterion, str):
+        criterion = _build_criterion(
+            criterion,
             threshold,
-            flatten_colours=flatten_colours,
-            layers=layers,
-            max_lstm_rounds=max_lstm_rounds,
+            ckpt.env,
+            seed,
+            layers,
+            dict(
+                flatten_colours=flatten_colours,
+                max_lstm_rounds=max_lstm_rounds,
+                lstm_criterion=lstm_criterion,
+            ),
+            criterion_options or {},
         )
-    quotient = collapse_policy(policy, fibration).eval()
-    original_on, quotient_on = (policy_on(p, device)[0] for p in (policy, quotient))
+    original_on = policy_on(policy, device)[0]
+    observation_seeds = None
     if observations is None:
         observations = collect_observations(
             original_on, ckpt.env, fidelity_batch, fidelity_steps, seed
         )
+        observation_seeds = [seed, seed + fidelity_batch - 1]
+    if getattr(criterion, "heldout", False) is None:  # data: per-layer held-out figures
+        criterion.heldout = observations  # type: ignore[attr-defined]
+    with products_on(device):
+        fibration, quotient = criterion.fit_transform(policy)
+    quotient = quotient.eval()
+    quotient_on = policy_on(quotient, device)[0]
     fidelity = fidelity_report(
         original_on,
         quotient_on,
@@ -162,7 +199,8 @@ def collapse_to_folder(
         episodes=fidelity_episodes,
         seed=seed,
     )
-    fidelity.update(epoch=ckpt.epoch, source=str(ckpt.path))
+    fidelity.update(epoch=ckpt.epoch, source=str(ckpt.path), criterion=criterion.describe())
+    fidelity["observation_seeds"] = observation_seeds
     fibers = fibers_dict(
         fibration,
         epoch=ckpt.epoch,
@@ -170,6 +208,10 @@ def collapse_to_folder(
         params_before=policy.parameter_count(),
         params_after=quotient.parameter_count(),
     )
+    fibers["criterion"] = criterion.name
+    if isinstance(fibration, DataFibration):
+        fidelity["calibration"] = fibration.calibration
+        _add_data_layers(fibers, fibration)
     meta = dict(ckpt.meta)
     meta["collapse"] = _collapse_meta(ckpt, fibration, fidelity)
     name = collapsed_model_name(ckpt.epoch)
@@ -187,6 +229,8 @@ def collapse_to_folder(
         atomic_write_text(tmp / "fidelity.json", json.dumps(fidelity, indent=2) + "\n")
     if echo:
         print(format_fidelity(fidelity))
+        if "calibration" in fidelity:
+            print(format_calibration(fidelity["calibration"]))
     collapsed = Checkpoint(
         policy=quotient,
         arch=quotient.arch,
@@ -200,8 +244,59 @@ def collapse_to_folder(
     return CollapseResult(collapsed, out_dir, fibers, fidelity, fibration)
 
 
+def _build_criterion(
+    name: str,
+    threshold: float,
+    env: str,
+    seed: int,
+    layers: list[str] | None,
+    weight_options: dict[str, Any],
+    options: dict[str, Any],
+) -> FiberCriterion:
+    """A criterion from its name: weight options for ``"weights"``, data ones for ``"data"``."""
+    if name == "weights":
+        return make_criterion(name, threshold, layers=layers, **weight_options, **options)
+    if weight_options.get("flatten_colours") != "positions":
+        raise ValueError("--flatten-colours pooled applies to the weights criterion only")
+    if weight_options.get("lstm_criterion") != "units":
+        raise ValueError("--lstm-criterion applies to the weights criterion only")
+    return make_criterion(
+        name, threshold, env=env, seed=seed, layers=layers, progress=stderr_progress, **options
+    )
+
+
+def format_calibration(figures: dict[str, Any]) -> str:
+    """The data criterion's per-layer figures: kept, constant, fit error (calibration and
+    held-out), units whose relation fails on the held-out frames."""
+    lines = [
+        f"data fibers on {figures['frames']} calibration frames "
+        f"(relative fit error: calibration max / held-out max, units over τ on held-out)"
+    ]
+    for label, fig in figures.items():
+        if isinstance(fig, dict):
+            lines.append(
+                f"  {label:<8} {fig['units']:>4} -> {fig['kept']:>4} kept, "
+                f"{fig['constant']:>4} constant, error {fig['fit_error_max']:.3g} / "
+                f"{fig.get('heldout_error_max', float('nan')):.3g}, "
+                f"{fig.get('heldout_over_threshold', 0)} over τ "
+                f"({fig.get('heldout_constant_over_threshold', 0)} of them constant)"
+            )
+    return "\n".join(lines)
+
+
+def _add_data_layers(fibers: dict[str, Any], fibration: DataFibration) -> None:
+    """``fibers.pkl`` of the data criterion: per layer also ``kept`` (representatives) and
+    ``constant`` (units folded as constants; listed in fiber 0, their ``s`` is 0)."""
+    for layer in fibers["layers"]:
+        rec = fibration.reconstructions.get(layer["name"])
+        if rec is not None:
+            layer["kept"] = np.asarray(rec.kept, dtype=np.int64)
+            layer["constant"] = np.asarray(rec.constant, dtype=bool)
+
+
 def _collapse_meta(ckpt: Checkpoint, fibration: Fibration, fidelity: dict) -> dict[str, Any]:
     return {
+        "criterion": fidelity["criterion"],
         "threshold": fibration.threshold,
         "flatten_colours": fibration.flatten_colours,
         "collapsed_layers": fidelity["collapsed_layers"],
@@ -275,7 +370,8 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         metavar="TAU",
         help="cosine-distance threshold τ in [0, 2]: 0 = exact fibers only (the "
-        "function is unchanged); larger merges more units",
+        "function is unchanged); larger merges more units. With --criterion data: the "
+        "largest relative fit error of a removed unit",
     )
     p.add_argument(
         "--out",
@@ -309,6 +405,47 @@ def _parser() -> argparse.ArgumentParser:
         "(conv1, linear1, ...) or 'all' (default: all hidden layers)",
     )
     p.add_argument(
+        "--criterion",
+        choices=CRITERIA,
+        default=DEFAULT_CRITERION,
+        help="how fibers are found: 'weights' = units whose input-collapsed weight rows "
+        "agree within cosine distance TAU (default); 'data' = units whose outputs are "
+        "constant or affinely related on real observation sequences played by the policy "
+        "(relative fit error <= TAU), folded into the consumers' weights and biases",
+    )
+    p.add_argument(
+        "--lstm-criterion",
+        choices=LSTM_CRITERIA,
+        default="units",
+        help="weights criterion, LSTM: 'units' = a unit's four gate rows with biases, "
+        "exact fixed point then bounded re-clustering (default); 'published' = the "
+        "published reference (all gate rows clustered jointly, no biases, 5 rounds)",
+    )
+    p.add_argument(
+        "--fit",
+        choices=DATA_FITS,
+        default="lstsq",
+        help="data criterion: 'lstsq' = each removed unit reconstructed by least squares "
+        "from several kept units (default); 'affine' = from one representative, "
+        "a_j = s*a_r + t (plain fibers)",
+    )
+    p.add_argument(
+        "--calibration-batch",
+        type=int,
+        default=DEFAULT_CALIBRATION_BATCH,
+        metavar="B",
+        help="data criterion: calibration sequences played by the policy on env seeds "
+        "SEED+1000.. (default %(default)s)",
+    )
+    p.add_argument(
+        "--calibration-steps",
+        type=int,
+        default=DEFAULT_CALIBRATION_STEPS,
+        metavar="T",
+        help="data criterion: steps per calibration sequence, LSTM state carried "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--lstm-rounds",
         type=int,
         default=DEFAULT_LSTM_ROUNDS,
@@ -320,17 +457,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--episodes",
         type=int,
-        default=3,
+        default=None,
         metavar="N",
         help="episodes played by the collapsed policy for its return before "
-        "retraining (0 = skip; default %(default)s)",
+        "retraining (0 = skip; default 3, or 10 with --criterion data)",
     )
     p.add_argument(
         "--fidelity-batch",
         type=int,
         default=8,
         metavar="B",
-        help="real observation sequences for KL and value error (default %(default)s)",
+        help="real observation sequences for KL and value error, env seeds SEED.. "
+        "(held-out for --criterion data; default %(default)s)",
     )
     p.add_argument(
         "--fidelity-steps",
@@ -362,12 +500,30 @@ def _layers_arg(text: str) -> list[str] | None:
 
 
 def _check_counts(args: argparse.Namespace) -> None:
+    if args.episodes is None:
+        args.episodes = 10 if args.criterion == "data" else 3
     for name in ("episodes",):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be >= 0")
-    for name in ("lstm_rounds", "fidelity_batch", "fidelity_steps"):
+    for name in (
+        "lstm_rounds",
+        "fidelity_batch",
+        "fidelity_steps",
+        "calibration_batch",
+        "calibration_steps",
+    ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def _criterion_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.criterion != "data":
+        return {}
+    return {
+        "fit": args.fit,
+        "calibration_batch": args.calibration_batch,
+        "calibration_steps": args.calibration_steps,
+    }
 
 
 def collapse_main(argv: list[str] | None = None) -> int:
@@ -391,6 +547,9 @@ def collapse_main(argv: list[str] | None = None) -> int:
             flatten_colours=args.flatten_colours,
             layers=_layers_arg(args.layers),
             max_lstm_rounds=args.lstm_rounds,
+            lstm_criterion=args.lstm_criterion,
+            criterion=args.criterion,
+            criterion_options=_criterion_options(args),
             fidelity_episodes=args.episodes,
             fidelity_batch=args.fidelity_batch,
             fidelity_steps=args.fidelity_steps,

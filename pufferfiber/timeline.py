@@ -22,7 +22,8 @@ from pufferfiber.checkpoints import (
     list_checkpoints,
     load_checkpoint,
 )
-from pufferfiber.fibers import DEFAULT_LSTM_ROUNDS, compute_fibers
+from pufferfiber.criteria import FiberCriterion, WeightCriterion
+from pufferfiber.fibers import DEFAULT_LSTM_ROUNDS
 from pufferfiber.graph import build_graph
 from pufferfiber.pipeline import validate_threshold
 
@@ -62,16 +63,14 @@ def fibers_at(
     layers: list[str] | None = None,
     max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
     allow_pickle: bool = False,
+    criterion: FiberCriterion | None = None,
 ) -> dict[str, Any]:
-    """One timeline entry for one checkpoint file (no cache)."""
+    """One timeline entry for one checkpoint file (no cache). ``criterion`` replaces the
+    weight fibers built from ``threshold``, ``flatten_colours``, ``layers`` and rounds."""
     ckpt = load_checkpoint(path, allow_pickle=allow_pickle)
-    fibration = compute_fibers(
-        ckpt.policy,
-        threshold,
-        flatten_colours=flatten_colours,
-        layers=layers,
-        max_lstm_rounds=max_lstm_rounds,
-    )
+    if criterion is None:
+        criterion = WeightCriterion(threshold, flatten_colours, layers, max_lstm_rounds)
+    fibration = criterion.fit_predict(ckpt.policy)
     counts = fibration.counts
     graph = build_graph(ckpt.policy)
     collapsed_arch = ckpt.arch.replace(
@@ -99,12 +98,14 @@ def fibers_over_time(
     max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
     allow_pickle: bool = False,
     progress: Progress | None = None,
+    criterion: FiberCriterion | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per checkpoint of ``run_dir``, by epoch.
 
     Each dict: ``epoch``, ``global_step``, ``fibers`` (layer label → count), ``sizes`` (layer
-    label → units), ``params_full``, ``params_collapsed``, ``lstm_rounds``. ``allow_pickle``
-    admits PufferLib 2.0 pickled checkpoints (trusted files only). Raises
+    label → units), ``params_full``, ``params_collapsed``, ``lstm_rounds``. ``criterion``
+    (see :mod:`pufferfiber.criteria`) replaces the weight fibers of the other settings.
+    ``allow_pickle`` admits PufferLib 2.0 pickled checkpoints (trusted files only). Raises
     :class:`CheckpointError` when the run has no checkpoints.
     """
     threshold = validate_threshold(threshold)
@@ -115,6 +116,8 @@ def fibers_over_time(
     cache_path = run_dir / CACHE_NAME
     cache = _read_cache(cache_path)
     settings = _settings_key(threshold, flatten_colours, layers, max_lstm_rounds)
+    if criterion is not None:
+        settings = json.dumps(criterion.describe(), sort_keys=True)
     entries: dict[str, Any] = cache["entries"].setdefault(settings, {})
     result, dirty = [], False
     for i, (epoch, path) in enumerate(found):
@@ -129,6 +132,7 @@ def fibers_over_time(
                 layers=layers,
                 max_lstm_rounds=max_lstm_rounds,
                 allow_pickle=allow_pickle,
+                criterion=criterion,
             )
             dirty = True
         result.append(entries[key])
