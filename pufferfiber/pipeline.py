@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,11 +34,14 @@ from pufferfiber.checkpoints import (
     CheckpointError,
     atomic_dir,
     atomic_write_text,
+    check_fits_env,
     check_writable,
+    describe_os_error,
     load_checkpoint,
     save_checkpoint,
 )
 from pufferfiber.collapse import collapse_policy
+from pufferfiber.envs import EnvError
 from pufferfiber.fibers import (
     DEFAULT_LSTM_ROUNDS,
     FLATTEN_COLOURS,
@@ -51,6 +55,7 @@ from pufferfiber.fidelity import fidelity_report, format_fidelity
 from pufferfiber.policy import Policy
 
 MAX_THRESHOLD = 2.0
+EXIT_BAD_INPUT = 2
 
 
 @dataclass
@@ -112,6 +117,7 @@ def collapse_to_folder(
     observations: torch.Tensor | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    replace: bool = False,
     echo: bool = True,
 ) -> CollapseResult:
     """Collapse ``ckpt`` at ``threshold`` and write the three files into ``out_dir``.
@@ -119,7 +125,10 @@ def collapse_to_folder(
     ``observations`` (``[B, T, *obs]``) replaces the ``fidelity_batch × fidelity_steps`` real
     frames otherwise collected by playing the original policy. An existing non-empty
     ``out_dir`` is an error unless ``overwrite``; then only the three files are replaced
-    (other contents, e.g. a resumed run inside, are kept). ``echo`` prints the fidelity table.
+    (other contents, e.g. a resumed run inside, are kept). ``replace`` (``--force``) replaces a
+    folder holding only an earlier collapse's files as a whole; one that holds more (a resumed
+    run) keeps that, but no collapsed model of another epoch stays beside the new files.
+    ``echo`` prints the fidelity table.
     Raises ``ValueError`` / :class:`CheckpointError` with one-line messages; on any error
     nothing is left half-written.
     """
@@ -127,7 +136,7 @@ def collapse_to_folder(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CheckpointError(f"output {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (overwrite or replace):
         raise CheckpointError(
             f"output folder {out_dir} already exists and is not empty "
             "(pass --force to replace its collapsed model)"
@@ -166,7 +175,8 @@ def collapse_to_folder(
     meta = dict(ckpt.meta)
     meta["collapse"] = _collapse_meta(ckpt, fibration, fidelity)
     name = collapsed_model_name(ckpt.epoch)
-    with _output_folder(out_dir) as tmp:
+    whole = replace and out_dir.is_dir() and not _other_contents(out_dir)
+    with atomic_dir(out_dir) if whole else _output_folder(out_dir) as tmp:
         save_checkpoint(
             tmp / name,
             quotient,
@@ -208,6 +218,19 @@ def _collapse_meta(ckpt: Checkpoint, fibration: Fibration, fidelity: dict) -> di
     }
 
 
+def _other_contents(out_dir: Path) -> list[str]:
+    """What a collapse folder holds besides a collapse's own files (e.g. resumed runs)."""
+    own = ("fibers.pkl", "fidelity.json")
+    return sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if not (p.name in own or _COLLAPSED_MODEL_RE.match(p.name) or p.name.startswith("."))
+    )
+
+
+_COLLAPSED_MODEL_RE = re.compile(r"^model_\d{6,}_collapsed\.pt$")
+
+
 class _output_folder:
     """A new folder via :func:`atomic_dir`; an existing one gets files moved in one by one.
 
@@ -236,8 +259,12 @@ class _output_folder:
         assert self._tmp is not None
         try:
             if exc_type is None:
-                for f in sorted(self._tmp.iterdir()):
-                    os.replace(f, self.out_dir / f.name)
+                written = {f.name for f in self._tmp.iterdir()}
+                for name in sorted(written):
+                    os.replace(self._tmp / name, self.out_dir / name)
+                for stale in self.out_dir.iterdir():  # an earlier collapse of another epoch
+                    if _COLLAPSED_MODEL_RE.match(stale.name) and stale.name not in written:
+                        stale.unlink()
         except OSError as err:
             raise CheckpointError(f"cannot write into {self.out_dir}: {err.strerror}") from None
         finally:
@@ -336,9 +363,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace the collapsed model in an existing, non-empty output folder",
+        help="replace the output of an earlier collapse in --out (the folder as a whole; "
+        "resumed runs inside are kept)",
     )
     return p
+
+
+def _check_fits_env(ckpt: Checkpoint) -> None:
+    from pufferfiber.envs import architecture_for
+
+    check_fits_env(ckpt, architecture_for(ckpt.env), ckpt.env)
 
 
 def _layers_arg(text: str) -> list[str] | None:
@@ -358,7 +392,7 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 
 def collapse_main(argv: list[str] | None = None) -> int:
-    """``python -m pufferfiber collapse``; returns the exit code (errors: one line, code 1)."""
+    """``python -m pufferfiber collapse``; returns the exit code (errors: one line, code 2)."""
     args = _parser().parse_args(argv)
     try:
         threshold = validate_threshold(args.threshold)
@@ -368,6 +402,7 @@ def collapse_main(argv: list[str] | None = None) -> int:
 
             check_env_name(args.env)
         ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
+        _check_fits_env(ckpt)
         out = args.out or args.checkpoint.parent / collapse_folder_name(threshold, ckpt.epoch)
         result = collapse_to_folder(
             ckpt,
@@ -380,12 +415,15 @@ def collapse_main(argv: list[str] | None = None) -> int:
             fidelity_batch=args.fidelity_batch,
             fidelity_steps=args.fidelity_steps,
             seed=args.seed,
-            overwrite=args.force,
+            replace=args.force,
         )
-    except (CheckpointError, FibersFileError, ValueError, KeyError) as exc:
+    except (CheckpointError, FibersFileError, ValueError, KeyError, EnvError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"error: {describe_os_error(Path(exc.filename or '?'), exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
