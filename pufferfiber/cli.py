@@ -311,15 +311,16 @@ def train_resume(
     ``--train.total-timesteps`` is given, which extends or shortens it.
     """
     from pufferfiber.checkpoints import find_run, load_trainer_state, locked_run
+    from pufferfiber.trainer import trim_metrics
 
     overrides = overrides or {}
     run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, exp_id)
     with locked_run(run_dir):
-        epoch, path = _latest_checkpoint(run_dir)
+        state = load_trainer_state(run_dir) or {}
+        epoch, path = _resume_point(run_dir, state)
         ckpt = _load_latest(run_dir, path, allow_pickle, cfg.env_name)
         cfg = resumed_config(cfg, ckpt, overrides, backend)
         _check_device(cfg)
-        state = load_trainer_state(run_dir) or {}
         optimizer_state = state.get("optimizer") if state.get("epoch") == epoch else None
         if optimizer_state is None:
             _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
@@ -339,6 +340,12 @@ def train_resume(
             return 0
         log_name = "log_collapsed.out" if (run_dir / "log_collapsed.out").exists() else "log.out"
         _say(f"resuming {run_dir.name} from {path.name}")
+        dropped = trim_metrics(run_dir, ckpt.epoch)
+        if dropped:
+            _say(
+                f"resume: dropped {len(dropped)} metrics.jsonl line(s) after epoch {ckpt.epoch} "
+                "(logged after the last checkpoint; those epochs are trained again)"
+            )
         with opened_vecenv(cfg) as vecenv:
             check_fits_env(ckpt, vecenv)
             return run_training(
@@ -354,6 +361,22 @@ def train_resume(
                 meta=ckpt.meta,
                 hooks=hooks,
             )
+
+
+def _resume_point(run_dir: Path, state: dict[str, Any]) -> tuple[int, Path]:
+    """The latest checkpoint, or, if the run was killed between writing a checkpoint and its
+    optimizer state, the previous one that has both (the orphan is trained again)."""
+    from pufferfiber.checkpoints import list_checkpoints
+
+    epoch, path = _latest_checkpoint(run_dir)
+    paired = dict(list_checkpoints(run_dir)).get(state.get("epoch", -1))
+    if state.get("epoch") != epoch and paired is not None and state.get("epoch", -1) < epoch:
+        _say(
+            f"warning: {path.name} has no saved optimizer state (the run stopped while saving "
+            f"it); resuming from {paired.name}, the last checkpoint saved with it"
+        )
+        return int(state["epoch"]), paired
+    return epoch, path
 
 
 def _load_latest(run_dir: Path, path: Path, allow_pickle: bool, env_name: str) -> Any:

@@ -311,6 +311,7 @@ Hook = Callable[[EpochContext], "dict[str, float] | None"]
 
 
 HOOK_STEPS = 64  # rollout steps per env shown to hooks as EpochContext.observations
+METRICS_FILE = "metrics.jsonl"  # one JSON line per finished epoch, in the run folder
 
 
 class TrainingInterrupted(Exception):
@@ -725,7 +726,7 @@ class Trainer:
             **user_stats,
         }
         line = json.dumps({k: _json_number(v) for k, v in record.items()}) + "\n"
-        _append_line(self.run_dir / "metrics.jsonl", line)
+        _append_line(self.run_dir / METRICS_FILE, line)
 
     def train_epoch(self) -> None:
         """Collect, update, run hooks, report, and checkpoint when due.
@@ -811,6 +812,31 @@ def _sigint_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
+
+
+def trim_metrics(run_dir: Path, epoch: int) -> list[int]:
+    """Drop the ``metrics.jsonl`` lines of epochs after ``epoch`` (a run killed between
+    checkpoints logged epochs that a resume trains again); returns the dropped epochs."""
+    from pufferfiber.checkpoints import atomic_write_text
+
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return []
+    keep, dropped = [], []
+    for line in lines:
+        try:
+            line_epoch = json.loads(line).get("epoch")
+        except (ValueError, AttributeError):
+            line_epoch = None  # a damaged line: drop it too, it cannot be plotted
+        if isinstance(line_epoch, int) and line_epoch <= epoch:
+            keep.append(line if line.endswith("\n") else line + "\n")
+        else:
+            dropped.append(line_epoch if isinstance(line_epoch, int) else -1)
+    if dropped:
+        atomic_write_text(path, "".join(keep))
+    return dropped
 
 
 def _append_line(path: Path, line: str) -> None:
