@@ -421,3 +421,19 @@ def test_disk_full_for_collapse_out_and_report_output(small_disk: Path, tmp_path
     one_line_error(report, "disk full")
     assert not (small_disk / "report.png").exists() and leftovers(small_disk) == []
     assert report_main([str(run), "-q", "--no-fibers"]) == 0  # the run itself is intact
+
+
+def test_resume_without_break_flags_continues_the_runs_symmetry_breaking(tmp_path: Path) -> None:
+    breaking = ["--break-symmetry", "--break.interval", "1", "--break.maturity", "0",
+                "--break.fiber-threshold", "1.0"]  # fmt: skip
+    first = demo(*SMALL, "--train.data-dir", str(tmp_path), "--train.total-timesteps", str(BATCH),
+                 *breaking)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    (run,) = run_dirs(tmp_path)
+    resumed = demo("--env", "cartpole", "--resume", "--train.data-dir", str(tmp_path),
+                   "--train.total-timesteps", str(2 * BATCH))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "symmetry breaking continues with the run's settings" in resumed.stderr
+    log = [json.loads(line) for line in (run / "breaking.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert_consistent(run)
