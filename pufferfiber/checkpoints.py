@@ -43,10 +43,11 @@ LOCK_NAME = ".pufferfiber.lock"
 # A checkpoint larger than this is refused unread (the guide's 3.9M network is 16 MB; a link
 # to /dev/zero or a huge foreign file must not be read until memory runs out).
 MAX_CHECKPOINT_BYTES = 4 * 1024**3
-# Leftovers of a write killed before its rename: ``.<name>.<8 random>.tmp`` files (mkstemp) and
-# ``.<folder>.<8 random>`` / ``.<folder>.old-<8 hex>`` folders (atomic_dir).
-_STALE_FILE_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
-_STALE_DIR_RE = re.compile(r"^\.collapsed_model_thr_\d+_\d+\.(old-[0-9a-f]{8}|[A-Za-z0-9_]{8})$")
+# Leftovers of a training write killed before its rename (``.<name>.<8 random>.tmp``, mkstemp):
+# only the files the lock holder writes, never another tool's (e.g. the report's cache).
+_STALE_FILE_RE = re.compile(
+    r"^\.(model_\d{6,}\.pt|trainer_state\.pt|metrics\.jsonl)\.[A-Za-z0-9_]{8}\.tmp$"
+)
 _CHECKPOINT_RE = re.compile(r"^model_(\d{6,})\.pt$")
 _RUN_RE = re.compile(r"^(?P<env>[a-z0-9_]+)-(?P<id>[0-9a-f]{8})$")
 
@@ -611,6 +612,7 @@ def locked_run(run_dir: Path) -> Iterator[Path]:
     """
     run_dir = Path(run_dir)
     path = run_dir / LOCK_NAME
+    check_writable(run_dir)  # a read-only run (e.g. shared data) gets no lock file, even by root
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     except OSError as exc:
@@ -634,15 +636,12 @@ def locked_run(run_dir: Path) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files/folders our atomic writers leave when killed (SIGKILL, power
-    loss) before their rename; returns what was removed. Call it only while holding the lock."""
+    """Delete the temporary files a training write leaves when killed (SIGKILL, power loss)
+    before its rename; returns what was removed. Call it only while holding the run's lock."""
     removed = []
     for p in Path(folder).iterdir():
-        if p.is_file() and _STALE_FILE_RE.match(p.name):
+        if _STALE_FILE_RE.match(p.name) and p.is_file():
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed.append(p)
-        elif p.is_dir() and not p.is_symlink() and _STALE_DIR_RE.match(p.name):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
     return removed

@@ -19,9 +19,11 @@ at that point (CleanRL) rather than from the previous minibatch's final state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -844,17 +846,23 @@ def _append_line(path: Path, line: str) -> None:
     file never ends in half a line, and raised as a one-line ``CheckpointError``."""
     from pufferfiber.checkpoints import CheckpointError, describe_os_error
 
+    data = line.encode("utf-8")
     try:
-        with open(path, "ab") as f:
-            size = f.tell()
-            try:
-                f.write(line.encode("utf-8"))
-                f.flush()
-            except OSError:
-                f.truncate(size)
-                raise
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as exc:
         raise CheckpointError(describe_os_error(path, exc)) from exc
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:  # unbuffered: a short write is retried, an error is cut off below
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise CheckpointError(describe_os_error(path, exc)) from exc
+    finally:
+        os.close(fd)
 
 
 @contextmanager

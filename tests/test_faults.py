@@ -301,22 +301,33 @@ raise SystemExit(main(sys.argv[2:]))
 """
 
 
-def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path: Path) -> None:
-    """Killed while ``model_000003.pt`` is half-way (written, not yet renamed)."""
+@pytest.mark.parametrize(
+    ("fsync", "stale_prefix", "warning"),
+    [
+        # fsyncs: epoch 1 checkpoint + state, epoch 2 checkpoint + state, epoch 3 checkpoint...
+        (5, ".model_000003.pt.", None),
+        # ... and epoch 3's optimizer state: model_000003.pt exists without its state
+        (6, ".trainer_state.pt.", "model_000003.pt has no saved optimizer state"),
+    ],
+)
+def test_sigkill_during_a_write_then_resume(
+    fsync: int, stale_prefix: str, warning: str | None, tmp_path: Path
+) -> None:
+    """Killed while a file of epoch 3 is half-way (written, not yet renamed)."""
     args = [*SMALL, "--train.data-dir", str(tmp_path), "--train.total-timesteps", str(4 * BATCH)]
-    # fsyncs: epoch 1 checkpoint + state, epoch 2 checkpoint + state, epoch 3 checkpoint = 5th
-    proc = spawn([sys.executable, "-c", BLOCK_FSYNC, "5", *args])
+    proc = spawn([sys.executable, "-c", BLOCK_FSYNC, str(fsync), *args])
     with killed_at_exit(proc):
         wait_for(lambda: proc.stderr is not None and "BLOCKED" in proc.stderr.readline(), proc)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     (run,) = run_dirs(tmp_path)
     stale = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
-    assert len(stale) == 1 and stale[0].startswith(".model_000003.pt.")
-    assert not (run / "model_000003.pt").exists()
+    assert len(stale) == 1 and stale[0].startswith(stale_prefix)
+    assert (run / "model_000003.pt").exists() == (warning is not None)
     resumed = demo("--env", "cartpole", "--resume", "--train.data-dir", str(tmp_path))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr and "from model_000002.pt" in resumed.stderr
+    assert warning is None or warning in resumed.stderr
     assert assert_consistent(run) == 4  # the stale temporary file is gone too
 
 
@@ -437,3 +448,14 @@ def test_resume_without_break_flags_continues_the_runs_symmetry_breaking(tmp_pat
     log = [json.loads(line) for line in (run / "breaking.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert_consistent(run)
+
+
+def test_metrics_line_on_a_full_disk_is_cut_off_whole(small_disk: Path) -> None:
+    from pufferfiber.trainer import _append_line
+
+    path = small_disk / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n')
+    fill(small_disk, leave=0)
+    with pytest.raises(ck.CheckpointError, match="disk full"):
+        _append_line(path, json.dumps({"epoch": 2, "pad": "x" * 100_000}) + "\n")
+    assert path.read_text() == '{"epoch": 1}\n'  # no half line
