@@ -8,6 +8,9 @@ loss, an entropy bonus, per-minibatch advantage normalisation, grad-norm clippin
 (eps 1e-5). After each epoch the hooks run, the dashboard is drawn, ``metrics.jsonl`` gets a line
 and, every ``checkpoint_interval`` epochs and at the end, ``model_EEEEEE.pt`` + the optimizer
 state are saved. Epochs and agent steps are absolute: a run resumed at epoch 51 continues at 52.
+Ctrl-C never leaves a checkpoint whose weights, optimizer state and step count disagree: during
+the rollout or the update the epoch is dropped (weights and Adam state go back to the last
+finished epoch), after the update the epoch finishes first; then that epoch is saved.
 
 Conventions (PufferLib's): the reward and done stored with observation ``o_t`` are those the
 environment returned with it, i.e. the outcome of the previous action; a done observation is the
