@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import zipfile
@@ -37,6 +39,15 @@ from pufferfiber.policy import Architecture, Policy
 
 FORMAT = "pufferfiber.checkpoint/1"
 TRAINER_STATE = "trainer_state.pt"
+LOCK_NAME = ".pufferfiber.lock"
+# A checkpoint larger than this is refused unread (the guide's 3.9M network is 16 MB; a link
+# to /dev/zero or a huge foreign file must not be read until memory runs out).
+MAX_CHECKPOINT_BYTES = 4 * 1024**3
+# Leftovers of a training write killed before its rename (``.<name>.<8 random>.tmp``, mkstemp):
+# only the files the lock holder writes, never another tool's (e.g. the report's cache).
+_STALE_FILE_RE = re.compile(
+    r"^\.(model_\d{6,}\.pt|trainer_state\.pt|metrics\.jsonl)\.[A-Za-z0-9_]{8}\.tmp$"
+)
 _CHECKPOINT_RE = re.compile(r"^model_(\d{6,})\.pt$")
 _RUN_RE = re.compile(r"^(?P<env>[a-z0-9_]+)-(?P<id>[0-9a-f]{8})$")
 
@@ -71,7 +82,7 @@ class Checkpoint:
 # --------------------------------------------------------------------------- atomic writes
 
 
-def _describe_os_error(path: Path, exc: OSError) -> str:
+def describe_os_error(path: Path, exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return f"disk full while writing {path}; earlier files are intact"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -114,14 +125,14 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Pat
         tmp = None
         return path
     except OSError as exc:
-        raise CheckpointError(_describe_os_error(path, exc)) from exc
+        raise CheckpointError(describe_os_error(path, exc)) from exc
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> Path:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
     return _atomic_write(path, lambda f: f.write(data))  # type: ignore[arg-type]
 
@@ -131,8 +142,14 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to ``path`` atomically."""
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save`` to ``path`` atomically.
+
+    The object is serialised in memory first: torch's own file writer reports a full disk as
+    a ``RuntimeError`` ("unexpected pos"), a plain write reports ``ENOSPC`` ("disk full").
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getbuffer())
 
 
 @contextlib.contextmanager
@@ -149,7 +166,7 @@ def atomic_dir(final_dir: Path) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
         tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; give the usual folder mode
     except OSError as exc:
-        raise CheckpointError(_describe_os_error(final_dir, exc)) from exc
+        raise CheckpointError(describe_os_error(final_dir, exc)) from exc
     try:
         yield tmp
         old = None
@@ -161,7 +178,7 @@ def atomic_dir(final_dir: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(_describe_os_error(final_dir, exc)) from exc
+        raise CheckpointError(describe_os_error(final_dir, exc)) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -213,7 +230,57 @@ def save_checkpoint(
     return atomic_torch_save(payload, Path(path))
 
 
+def check_checkpoint_file(path: Path) -> None:
+    """Refuse, unread, anything that is not a regular file of plausible size (a folder, a
+    device such as ``/dev/zero`` behind a link, an empty or a huge file)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file (a device, pipe or socket?)")
+    if st.st_size == 0:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (corrupt, truncated or foreign): it is empty"
+        )
+    if st.st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(
+            f"{path} is {st.st_size / 1024**3:.1f} GiB, larger than any plausible checkpoint "
+            f"({MAX_CHECKPOINT_BYTES // 1024**3} GiB); not reading it"
+        )
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """A reason a person can act on, from the file's first bytes rather than torch's message."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        head = b""
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile):
+            return "the file is truncated or damaged (an interrupted copy or download?)"
+    elif head[:1] != b"\x80":  # neither a zip archive nor torch's legacy pickle format
+        try:
+            head.decode("utf-8")
+            return "it is a text file, not a PyTorch checkpoint"
+        except UnicodeDecodeError:
+            return "it is not a PyTorch file (unrecognised binary data)"
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if "Weights only load failed" in reason:
+        return "it holds pickled objects, not only tensors"
+    return reason.split(". ")[0][:120]
+
+
 def _torch_load_safe(path: Path, map_location: str | torch.device) -> Any:
+    check_checkpoint_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -229,21 +296,19 @@ def _torch_load_safe(path: Path, map_location: str | torch.device) -> Any:
                 f"{path} is a pickled PufferLib module, not a pufferfiber checkpoint; loading it "
                 "runs code from the file: pass --allow-pickle (allow_pickle=True) if you trust it"
             ) from None
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        if "Weights only load failed" in reason:
-            reason = "it holds pickled objects, not only tensors"
-        reason = reason.split(". ")[0][:120]
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupt, truncated or foreign): {reason}"
+            f"{path} is not a readable checkpoint (corrupt, truncated or foreign): "
+            f"{_why_unreadable(path, exc)}"
         ) from None
 
 
 def _pickled_module(path: Path) -> bool:
     try:
+        check_checkpoint_file(path)
         with zipfile.ZipFile(path) as z:
             pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
             return pkl is not None and b"RecurrentPolicy" in z.read(pkl)
-    except (OSError, zipfile.BadZipFile):
+    except (OSError, zipfile.BadZipFile, CheckpointError, EOFError):
         return False
 
 
@@ -275,14 +340,14 @@ def load_checkpoint(
     file, an architecture that does not match its weights, or a run of another env.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    check_checkpoint_file(path)
     if allow_pickle and _pickled_module(path):
         ckpt = import_pufferlib(path, env=expect_env, map_location=map_location)
     else:
         data = _torch_load_safe(path, map_location)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a pufferfiber checkpoint (unknown format)")
+        record = _checked_record(data, path)
         try:
             arch = Architecture.from_dict(data["architecture"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -290,16 +355,78 @@ def load_checkpoint(
         ckpt = Checkpoint(
             policy=_policy_from_state(arch, data["state_dict"], path),
             arch=arch,
-            epoch=int(data["epoch"]),
-            global_step=int(data["global_step"]),
-            env=str(data["env"]),
-            config=dict(data.get("config", {})),
             path=path,
-            meta=dict(data.get("meta", {})),
+            **record,
         )
     if expect_env is not None and ckpt.env != expect_env:
         raise CheckpointError(f"{path} is a checkpoint of env {ckpt.env!r}, not {expect_env!r}")
+    check_finite(ckpt.policy, path)
     return ckpt
+
+
+def _checked_record(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``epoch``, ``global_step``, ``env``, ``config`` and ``meta`` of a checkpoint dict, each
+    checked for type and range (a file that loads is not necessarily one we wrote)."""
+    from pufferfiber.envs import EnvError, check_env_name
+
+    def count(key: str) -> int:
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            shown = "missing" if key not in data else repr(value)[:40]
+            raise CheckpointError(
+                f"{path}: invalid checkpoint record: {key} must be an integer >= 0, got {shown}"
+            )
+        return value
+
+    env = data.get("env")
+    try:
+        if not isinstance(env, str):
+            raise EnvError("not a string")
+        check_env_name(env)
+    except EnvError:
+        raise CheckpointError(
+            f"{path}: invalid checkpoint record: env {env!r} is not a known env"[:200]
+        ) from None
+    for key in ("config", "meta"):
+        if not isinstance(data.get(key, {}), dict):
+            raise CheckpointError(f"{path}: invalid checkpoint record: {key} is not a dict")
+    if not isinstance(data.get("state_dict"), dict) or not all(
+        isinstance(v, torch.Tensor) for v in data["state_dict"].values()
+    ):
+        raise CheckpointError(f"{path}: invalid checkpoint record: state_dict is not tensors")
+    return {
+        "epoch": count("epoch"),
+        "global_step": count("global_step"),
+        "env": env,
+        "config": dict(data.get("config", {})),
+        "meta": dict(data.get("meta", {})),
+    }
+
+
+def check_finite(policy: Policy, path: Path) -> None:
+    """Refuse weights with NaN or inf (a diverged run), naming the first such tensor."""
+    for name, tensor in policy.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: weights are not finite ({bad} NaN/inf values in {name}, the first "
+                "such tensor): the run diverged before this checkpoint"
+            )
+
+
+def check_fits_env(ckpt: Checkpoint, env_arch: Architecture, env_name: str) -> None:
+    """Refuse a policy whose action count or observation size differ from ``env_name``'s."""
+    have, want = ckpt.arch, env_arch
+    if have.n_actions != want.n_actions:
+        raise CheckpointError(
+            f"{ckpt.path} is a checkpoint of env {ckpt.env!r} with {have.n_actions} actions; "
+            f"env {env_name!r} has {want.n_actions}"
+        )
+    if have.kind != want.kind or have.obs_shape != want.obs_shape:
+        raise CheckpointError(
+            f"{ckpt.path} is a checkpoint of env {ckpt.env!r} with observations "
+            f"{tuple(have.obs_shape)}; env {env_name!r} has {tuple(want.obs_shape)}"
+        )
 
 
 def _architecture_of_upstream(sd: dict[str, torch.Tensor], path: Path) -> Architecture:
@@ -347,7 +474,10 @@ def import_pufferlib(
     arch = _architecture_of_upstream(sd, path)
     match = _CHECKPOINT_RE.match(path.name)
     run = _RUN_RE.match(path.parent.name)
-    env_name = env or (run.group("env") if run else "")
+    # The run folder's name records the env the file was trained on; it wins over the caller's
+    # env so that a checkpoint of another game is named as such instead of failing later.
+    env_name = _known_env(run.group("env")) if run else ""
+    env_name = env_name or env or ""
     if not env_name:
         raise CheckpointError(f"{path}: cannot tell the env from the folder name; pass --env")
     return Checkpoint(
@@ -360,6 +490,16 @@ def import_pufferlib(
         path=path,
         meta={"imported_from": "pufferlib-2.0", "source": str(path)},
     )
+
+
+def _known_env(name: str) -> str:
+    from pufferfiber.envs import EnvError, check_env_name
+
+    try:
+        check_env_name(name)
+    except EnvError:
+        return ""
+    return name
 
 
 def save_trainer_state(run_dir: Path, state: dict[str, Any]) -> Path:
@@ -418,7 +558,7 @@ def new_run_dir(parent: Path, env: str) -> Path:
             probe.unlink()
             return run
     except OSError as exc:
-        raise CheckpointError(_describe_os_error(parent, exc)) from None
+        raise CheckpointError(describe_os_error(parent, exc)) from None
     raise CheckpointError(f"could not create a new run folder in {parent}")
 
 
@@ -456,3 +596,52 @@ def find_run(data_dir: Path, env: str, exp_id: str | None = None) -> Path:
             f"(demo.py --mode train --env {env})"
         )
     return max(mine, key=_run_time)
+
+
+# --------------------------------------------------------------------------- run locks
+
+
+@contextlib.contextmanager
+def locked_run(run_dir: Path) -> Iterator[Path]:
+    """Hold ``run_dir``'s lock (``fcntl.flock`` on ``.pufferfiber.lock``) while training in it.
+
+    A second process that wants the same run gets a :class:`CheckpointError` at once instead of
+    both writing the same checkpoints. The kernel drops the lock when the process ends, even by
+    SIGKILL, so a lock never goes stale. Leftover temporary files of writes killed before their
+    rename are removed once the lock is held (no writer can own them then).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK_NAME
+    check_writable(run_dir)  # a read-only run (e.g. shared data) gets no lock file, even by root
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as exc:
+        raise CheckpointError(describe_os_error(path, exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (pid {owner})" if owner.isdigit() else ""
+            raise CheckpointError(
+                f"run {run_dir} is in use by another process{who}; wait for it to finish"
+            ) from None
+        with contextlib.suppress(OSError):  # the pid is only a hint for the message above
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temporaries(run_dir)
+        yield run_dir
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files a training write leaves when killed (SIGKILL, power loss)
+    before its rename; returns what was removed. Call it only while holding the run's lock."""
+    removed = []
+    for p in Path(folder).iterdir():
+        if _STALE_FILE_RE.match(p.name) and p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed

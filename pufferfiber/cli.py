@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--vec",
         choices=VEC_BACKENDS,
-        default="serial",
-        help="vectorisation backend (default: serial; ray needs the 'ray' extra)",
+        default=None,
+        help="vectorisation backend (default: serial, or the run's own with --resume; ray "
+        "needs the 'ray' extra)",
     )
     parser.add_argument(
         "--exp-id",
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue a run from its latest checkpoint and optimizer state",
+        help="continue a run from its latest checkpoint and optimizer state, with the "
+        "settings stored with the run (options given now override them, and are reported)",
     )
     parser.add_argument(
         "--eval-model-path",
@@ -109,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--collapse-epoch",
         type=int,
         default=DEFAULT_COLLAPSE_EPOCH,
-        help="collapse the checkpoint closest to this epoch (default: 50)",
+        help="collapse the checkpoint closest to this epoch (default: 50; the one picked is "
+        "reported when it differs)",
     )
     group.add_argument(
         "--collapse-until",
@@ -161,6 +164,8 @@ def parse_args(argv: list[str]) -> Args:
     overrides = parse_config_overrides(rest)
     if ns.eval_episodes < 1:
         raise UsageError("--eval-episodes must be at least 1")
+    if ns.collapse_epoch < 0:
+        raise UsageError(f"--collapse-epoch must be >= 0, got {ns.collapse_epoch}")
     return Args(ns, overrides)
 
 
@@ -246,96 +251,272 @@ def run_training(
         result = trainer.train()
     except TrainingInterrupted as stop:
         _say(f"interrupted: checkpoint of epoch {stop.epoch} saved to {stop.path}")
-        _say(
-            f"resume with: python demo.py --mode train --env {cfg.env_name} --resume "
-            f"--exp-id {run_dir.name} --train.data-dir {run_dir.parent}"
-        )
+        _say(f"resume with: {resume_command(cfg, run_dir)}")
         return EXIT_INTERRUPTED
     last = result.checkpoints[-1] if result.checkpoints else None
     _say(f"done: epoch {result.epoch}, {result.global_step} agent steps; last checkpoint {last}")
     return 0
 
 
+def resume_command(cfg: RunConfig, run_dir: Path) -> str:
+    """The command that continues ``run_dir``; ``--resume`` restores the rest of the settings
+    (hyperparameters, ``[vec]``, ``[env]``, symmetry breaking) from the run itself."""
+    return (
+        f"python demo.py --mode train --env {cfg.env_name} --vec {cfg.vec.backend} --resume "
+        f"--exp-id {run_dir.name} --train.data-dir {run_dir.parent}"
+    )
+
+
+@contextmanager
+def new_run(parent: Path, env_name: str) -> Iterator[Path]:
+    """A new locked run folder in ``parent``, removed again if the run fails before its first
+    checkpoint (a full disk, an error), so no empty run folder is left behind."""
+    import shutil
+
+    from pufferfiber.checkpoints import list_checkpoints, locked_run, new_run_dir
+
+    run_dir = new_run_dir(parent, env_name)
+    try:
+        with locked_run(run_dir):
+            yield run_dir
+    except BaseException:
+        if not list_checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _note_schedule(cfg: RunConfig) -> None:
+    """Say when total_timesteps is not a whole number of batches (a batch is never cut)."""
+    t = cfg.train
+    if t.total_timesteps % t.batch_size:
+        _say(
+            f"note: train.total_timesteps ({t.total_timesteps}) is not a whole number of batches "
+            f"of {t.batch_size} steps: the schedule runs {t.end_epoch} epoch(s) = "
+            f"{t.end_epoch * t.batch_size} agent steps"
+        )
+
+
 def train_new(cfg: RunConfig, hooks: Sequence[Any] = ()) -> int:
     """``--mode train``: a fresh run folder ``<data_dir>/<env>-<id8>``."""
     import torch
 
-    from pufferfiber.checkpoints import new_run_dir
     from pufferfiber.envs import architecture_for
     from pufferfiber.policy import Policy
 
+    _note_schedule(cfg)
     with opened_vecenv(cfg) as vecenv:
         torch.manual_seed(cfg.train.seed)
         policy = Policy(architecture_for(cfg.env_name, vecenv))
         check_hooks(hooks, policy)
-        run_dir = new_run_dir(Path(cfg.train.data_dir), cfg.env_name)
-        return run_training(cfg, vecenv, policy, run_dir, hooks=hooks)
+        with new_run(Path(cfg.train.data_dir), cfg.env_name) as run_dir:
+            return run_training(cfg, vecenv, policy, run_dir, hooks=hooks)
 
 
 def train_resume(
     cfg: RunConfig,
     exp_id: str | None,
     allow_pickle: bool,
-    new_schedule: bool = False,
+    overrides: dict[str, str] | None = None,
+    backend: str | None = None,
     hooks: Sequence[Any] = (),
 ) -> int:
-    """``--resume``: the latest checkpoint + optimizer state of the chosen run, same folder.
+    """``--resume``: the latest checkpoint + optimizer state of the chosen run, same folder,
+    with the settings stored in the checkpoint; ``overrides`` (``--section.key``) and
+    ``backend`` (``--vec``) given now replace stored values, and each change is reported.
 
     The run keeps its own last epoch (a collapsed run stops at its ``--collapse-until``) unless
-    ``new_schedule`` (``--train.total-timesteps`` given) extends or shortens it.
+    ``--train.total-timesteps`` is given, which extends or shortens it.
     """
-    from pufferfiber.checkpoints import find_run, load_checkpoint, load_trainer_state
+    from pufferfiber.checkpoints import find_run, load_trainer_state, locked_run
+    from pufferfiber.trainer import trim_metrics
 
+    overrides = overrides or {}
     run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, exp_id)
-    state = load_trainer_state(run_dir) or {}
+    with locked_run(run_dir):
+        state = load_trainer_state(run_dir) or {}
+        epoch, path = _resume_point(run_dir, state)
+        ckpt = _load_latest(run_dir, path, allow_pickle, cfg.env_name)
+        cfg = resumed_config(cfg, ckpt, overrides, backend)
+        _check_device(cfg)
+        optimizer_state = state.get("optimizer") if state.get("epoch") == epoch else None
+        if optimizer_state is None:
+            _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
+        hooks = resumed_hooks(hooks, state, cfg)
+        check_hooks(hooks, ckpt.policy)
+        for hook, hook_state in zip(hooks, state.get("hooks") or [], strict=False):
+            if hook_state is not None and hasattr(hook, "load_state_dict"):
+                hook.load_state_dict(hook_state)  # e.g. symmetry breaking's unit ages
+        new_schedule = "train.total_timesteps" in overrides
+        end_epoch = cfg.train.end_epoch
+        if not new_schedule and "end_epoch" in state:
+            end_epoch = int(state["end_epoch"])
+        if new_schedule:
+            _note_schedule(cfg)
+        if epoch >= end_epoch:
+            _say(f"{run_dir.name} already finished at epoch {epoch} (schedule ends at {end_epoch})")
+            return 0
+        log_name = "log_collapsed.out" if (run_dir / "log_collapsed.out").exists() else "log.out"
+        _say(f"resuming {run_dir.name} from {path.name}")
+        dropped = trim_metrics(run_dir, ckpt.epoch)
+        if dropped:
+            _say(
+                f"resume: dropped {len(dropped)} metrics.jsonl line(s) after epoch {ckpt.epoch} "
+                "(logged after the last checkpoint; those epochs are trained again)"
+            )
+        with opened_vecenv(cfg) as vecenv:
+            check_fits_env(ckpt, vecenv)
+            return run_training(
+                cfg,
+                vecenv,
+                ckpt.policy,
+                run_dir,
+                start_epoch=ckpt.epoch,
+                start_global_step=ckpt.global_step,
+                end_epoch=end_epoch,
+                optimizer_state=optimizer_state,
+                log_name=log_name,
+                meta=ckpt.meta,
+                hooks=hooks,
+            )
+
+
+def _resume_point(run_dir: Path, state: dict[str, Any]) -> tuple[int, Path]:
+    """The latest checkpoint, or, if the run was killed between writing a checkpoint and its
+    optimizer state, the previous one that has both (the orphan is trained again)."""
+    from pufferfiber.checkpoints import list_checkpoints
+
     epoch, path = _latest_checkpoint(run_dir)
-    optimizer_state = state.get("optimizer") if state.get("epoch") == epoch else None
-    if optimizer_state is None:
-        _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
-    ckpt = load_checkpoint(path, allow_pickle=allow_pickle, expect_env=cfg.env_name)
-    check_hooks(hooks, ckpt.policy)
-    for hook, hook_state in zip(hooks, state.get("hooks") or [], strict=False):
-        if hook_state is not None and hasattr(hook, "load_state_dict"):
-            hook.load_state_dict(hook_state)  # e.g. symmetry breaking's unit ages
-    end_epoch = cfg.train.end_epoch
-    if not new_schedule and "end_epoch" in state:
-        end_epoch = int(state["end_epoch"])
-    if epoch >= end_epoch:
-        _say(f"{run_dir.name} already finished at epoch {epoch} (schedule ends at {end_epoch})")
-        return 0
-    log_name = "log_collapsed.out" if (run_dir / "log_collapsed.out").exists() else "log.out"
-    _say(f"resuming {run_dir.name} from {path.name}")
-    with opened_vecenv(cfg) as vecenv:
-        return run_training(
-            cfg,
-            vecenv,
-            ckpt.policy,
-            run_dir,
-            start_epoch=ckpt.epoch,
-            start_global_step=ckpt.global_step,
-            end_epoch=end_epoch,
-            optimizer_state=optimizer_state,
-            log_name=log_name,
-            meta=ckpt.meta,
-            hooks=hooks,
+    paired = dict(list_checkpoints(run_dir)).get(state.get("epoch", -1))
+    if state.get("epoch") != epoch and paired is not None and state.get("epoch", -1) < epoch:
+        _say(
+            f"warning: {path.name} has no saved optimizer state (the run stopped while saving "
+            f"it); resuming from {paired.name}, the last checkpoint saved with it"
         )
+        return int(state["epoch"]), paired
+    return epoch, path
+
+
+def _load_latest(run_dir: Path, path: Path, allow_pickle: bool, env_name: str) -> Any:
+    """The run's latest checkpoint; if it is unreadable, the error names the previous one."""
+    from pufferfiber.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+
+    try:
+        return load_checkpoint(path, allow_pickle=allow_pickle, expect_env=env_name)
+    except CheckpointError as exc:
+        earlier = [p for _, p in list_checkpoints(run_dir) if p != path]
+        if not earlier:
+            raise
+        raise CheckpointError(
+            f"{exc}; to resume from the previous checkpoint {earlier[-1].name}, move "
+            f"{path.name} out of {run_dir}"
+        ) from None
+
+
+# Settings that say where the run is, not how it trains: never restored from the run.
+_NOT_RESTORED = ("train.data_dir",)
+
+
+def resumed_config(
+    cfg: RunConfig, ckpt: Any, overrides: dict[str, str], backend: str | None
+) -> RunConfig:
+    """The run's own settings (stored in its checkpoint) with this command's ``overrides``
+    and ``--vec`` applied on top; every changed value is reported in one line."""
+    stored = ckpt.config if isinstance(ckpt.config, dict) else {}
+    if not stored.get("train"):
+        _say(
+            f"warning: {ckpt.path.name} records no settings (an imported checkpoint?); resuming "
+            "with the config files and this command line"
+        )
+        return cfg
+    known = cfg.to_dict()
+    restored: dict[str, str] = {}
+    for section in ("train", "vec", "env"):
+        for key, value in dict(stored.get(section) or {}).items():
+            dotted = f"{section}.{key}"
+            if key in known[section] and dotted not in _NOT_RESTORED and key != "backend":
+                restored[dotted] = value if isinstance(value, str) else repr(value)
+    stored_backend = str(dict(stored.get("vec") or {}).get("backend") or cfg.vec.backend)
+    original = load_config(cfg.env_name, restored, backend=stored_backend)
+    restored.update({k: v for k, v in overrides.items() if k != "train.data_dir"})
+    restored["train.data_dir"] = cfg.train.data_dir
+    resumed = load_config(cfg.env_name, restored, backend=backend or stored_backend)
+    changes = _changes(original.to_dict(), resumed.to_dict())
+    if changes:
+        _say(f"resume: the run's settings, except {', '.join(changes)} (given now)")
+    return resumed
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    out = []
+    for section in ("train", "vec", "env"):
+        for key, value in after[section].items():
+            old = before[section].get(key)
+            if f"{section}.{key}" not in _NOT_RESTORED and old != value:
+                name = "--vec" if (section, key) == ("vec", "backend") else f"{section}.{key}"
+                out.append(f"{name} {value} (was {old})")
+    return out
+
+
+def resumed_hooks(hooks: Sequence[Any], state: dict[str, Any], cfg: RunConfig) -> list[Any]:
+    """Symmetry breaking continues with the run's stored settings when ``--break-symmetry`` is
+    not given again; given settings that differ from the stored ones are reported."""
+    from pufferfiber.breaking import SymmetryBreaker
+
+    found = [h.get("settings") for h in (state.get("hooks") or []) if isinstance(h, dict)]
+    stored: list[dict[str, Any]] = [x for x in found if isinstance(x, dict)]
+    if not stored:
+        return list(hooks)
+    if not hooks:
+        try:
+            breaker = SymmetryBreaker(**stored[0])
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"the run's stored symmetry-breaking settings are invalid: {exc}"
+            ) from None
+        _say(f"resume: symmetry breaking continues with the run's settings {stored[0]}")
+        return [breaker]
+    given = hooks[0].settings() if hasattr(hooks[0], "settings") else stored[0]
+    changed = [f"{k} {given.get(k)} (was {v})" for k, v in stored[0].items() if given.get(k) != v]
+    if changed:
+        _say(f"resume: symmetry breaking with {', '.join(changed)} (given now)")
+    return list(hooks)
+
+
+def check_fits_env(ckpt: Any, vecenv: Any = None) -> None:
+    """The checkpoint's action count and observation size must be those of its env."""
+    from pufferfiber.checkpoints import check_fits_env as check
+    from pufferfiber.envs import architecture_for
+
+    check(ckpt, architecture_for(ckpt.env, vecenv), ckpt.env)
+
+
+def _check_device(cfg: RunConfig) -> None:
+    from pufferfiber.trainer import resolve_device
+
+    resolve_device(cfg.train.device)
 
 
 def train_collapsed(cfg: RunConfig, ns: argparse.Namespace, hooks: Sequence[Any] = ()) -> int:
     """``--collapse τ``: collapse the checkpoint closest to ``--collapse-epoch`` of the run, then
     train the collapsed policy (fresh optimizer, same hyperparameters) to ``--collapse-until``
     in a new run folder inside the collapse folder."""
-    from pufferfiber.checkpoints import closest_checkpoint, find_run, load_checkpoint, new_run_dir
+    from pufferfiber.checkpoints import closest_checkpoint, find_run, load_checkpoint
 
     tau = _check_threshold(ns.collapse)
     run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, ns.exp_id)
     epoch, path = closest_checkpoint(run_dir, ns.collapse_epoch)
+    if epoch != ns.collapse_epoch:
+        _say(
+            f"--collapse-epoch {ns.collapse_epoch}: no checkpoint of that epoch; using the "
+            f"closest, {path.name} ({abs(epoch - ns.collapse_epoch)} epochs away)"
+        )
     until = cfg.train.end_epoch if ns.collapse_until is None else ns.collapse_until
     if until <= epoch:
         raise UsageError(f"--collapse-until ({until}) must be after the collapsed epoch ({epoch})")
     ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
     check_hooks(hooks, ckpt.policy)  # layer names survive the collapse
     with opened_vecenv(cfg) as vecenv:
+        check_fits_env(ckpt, vecenv)
         collapsed = collapse_checkpoint(
             ckpt,
             tau,
@@ -346,21 +527,21 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace, hooks: Sequence[Any]
             criterion=ns.criterion,
             lstm_criterion=ns.lstm_criterion,
         )
-        child = new_run_dir(collapsed.path.parent, cfg.env_name)
         # PufferLib's own checkpoints do not record agent steps: count whole epochs instead.
         steps = collapsed.global_step or collapsed.epoch * cfg.train.batch_size
-        return run_training(
-            cfg,
-            vecenv,
-            collapsed.policy,
-            child,
-            start_epoch=collapsed.epoch,
-            start_global_step=steps,
-            end_epoch=until,
-            log_name="log_collapsed.out",
-            meta=collapsed.meta,
-            hooks=hooks,
-        )
+        with new_run(collapsed.path.parent, cfg.env_name) as child:
+            return run_training(
+                cfg,
+                vecenv,
+                collapsed.policy,
+                child,
+                start_epoch=collapsed.epoch,
+                start_global_step=steps,
+                end_epoch=until,
+                log_name="log_collapsed.out",
+                meta=collapsed.meta,
+                hooks=hooks,
+            )
 
 
 def collapse_checkpoint(
@@ -418,6 +599,7 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
         run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, ns.exp_id)
         path = _latest_checkpoint(run_dir)[1]
     ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
+    check_fits_env(ckpt)
     returns = np.asarray(
         play_episodes(
             ckpt.policy,
@@ -464,15 +646,16 @@ def dispatch(args: Args) -> int:
         raise UsageError("--collapse works with --mode train")
     if ns.collapse != 0:
         _check_threshold(ns.collapse)  # before any expensive work
-    cfg = load_config(ns.env, args.overrides, backend=ns.vec)
+    cfg = load_config(ns.env, args.overrides, backend=ns.vec or "serial")
+    hooks = training_hooks(ns, cfg)
+    if ns.resume and ns.mode == "train" and not ns.collapse:
+        # the run's own settings are known only once its checkpoint is read
+        return train_resume(cfg, ns.exp_id, ns.allow_pickle, args.overrides, ns.vec, hooks)
+    _check_device(cfg)  # before any folder is created
     if ns.mode == "eval":
         return evaluate(cfg, ns)
-    hooks = training_hooks(ns, cfg)
     if ns.collapse:
         return train_collapsed(cfg, ns, hooks)
-    if ns.resume:
-        new_schedule = "train.total_timesteps" in args.overrides
-        return train_resume(cfg, ns.exp_id, ns.allow_pickle, new_schedule, hooks)
     return train_new(cfg, hooks)
 
 
@@ -490,6 +673,15 @@ def training_hooks(ns: argparse.Namespace, cfg: RunConfig) -> list[Any]:
     """Per-epoch hooks asked for on the command line (``--break-symmetry``)."""
     from pufferfiber.breaking import breaker_from_args
 
+    if not ns.break_symmetry:
+        defaults = build_parser()
+        given = [
+            "--" + dest.replace("break_", "break.", 1).replace("_", "-")
+            for dest in vars(ns)
+            if dest.startswith("break_") and getattr(ns, dest) != defaults.get_default(dest)
+        ]
+        if given:
+            raise UsageError(f"{given[0]} needs --break-symmetry (symmetry breaking is off)")
     try:
         breaker = breaker_from_args(ns, seed=cfg.train.seed)
     except ValueError as exc:
@@ -507,9 +699,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, EnvError, CheckpointError) as exc:
         _say(f"demo.py: error: {_one_line(exc)}")
         return EXIT_BAD_INPUT
-    except OSError as exc:
-        _say(f"demo.py: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-        return 1
+    except OSError as exc:  # e.g. the dashboard's log copy on a full disk
+        from pufferfiber.checkpoints import describe_os_error
+
+        _say(f"demo.py: error: {describe_os_error(Path(exc.filename or '?'), exc)}")
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED

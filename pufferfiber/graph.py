@@ -146,7 +146,11 @@ class LayerGraph:
                 chosen.update(by_kind)
             elif node is None:
                 valid = ", ".join(n.label for n in self.hidden)
-                raise ValueError(f"no layer {key!r}; choose from {valid}, or the kinds {KINDS}")
+                kinds = ", ".join(k for k in HIDDEN_KINDS if any(n.kind == k for n in self.hidden))
+                what = (
+                    f"no {key} layer in this policy" if key in HIDDEN_KINDS else f"no layer {key!r}"
+                )
+                raise ValueError(f"{what}; choose from {valid}, or the kinds {kinds}")
             elif not node.hidden:
                 raise ValueError(f"layer {key!r} is a head; only hidden layers can be chosen")
             else:

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -34,7 +35,9 @@ from pufferfiber.checkpoints import (
     CheckpointError,
     atomic_dir,
     atomic_write_text,
+    check_fits_env,
     check_writable,
+    describe_os_error,
     load_checkpoint,
     save_checkpoint,
 )
@@ -53,6 +56,7 @@ from pufferfiber.datafibers import (
     DataFibration,
     stderr_progress,
 )
+from pufferfiber.envs import EnvError
 from pufferfiber.evaluate import collect_observations, policy_on
 from pufferfiber.fibers import (
     DEFAULT_LSTM_ROUNDS,
@@ -68,6 +72,7 @@ from pufferfiber.fidelity import fidelity_report, format_fidelity
 from pufferfiber.policy import Policy
 
 MAX_THRESHOLD = 2.0
+EXIT_BAD_INPUT = 2
 
 
 @dataclass
@@ -132,6 +137,7 @@ def collapse_to_folder(
     observations: torch.Tensor | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    replace: bool = False,
     echo: bool = True,
     device: str | torch.device | None = None,
 ) -> CollapseResult:
@@ -146,9 +152,12 @@ def collapse_to_folder(
     value error are measured on them, so for ``"data"`` they are held-out frames (its
     calibration set is played on other seeds). An existing non-empty
     ``out_dir`` is an error unless ``overwrite``; then only the three files are replaced
-    (other contents, e.g. a resumed run inside, are kept). ``echo`` prints the fidelity table.
-    ``device`` (default: the CPU) runs the fibers' pairwise products and the fidelity's forward
-    passes and episodes, e.g. on a GPU; the collapse itself is float64 algebra on the CPU.
+    (other contents, e.g. a resumed run inside, are kept). ``replace`` (``--force``) replaces a
+    folder holding only an earlier collapse's files as a whole; one that holds more (a resumed
+    run) keeps that, but no collapsed model of another epoch stays beside the new files.
+    ``echo`` prints the fidelity table. ``device`` (default: the CPU) runs the fibers' pairwise
+    products and the fidelity's forward passes and episodes, e.g. on a GPU; the collapse itself
+    is float64 algebra on the CPU.
     Raises ``ValueError`` / :class:`CheckpointError` with one-line messages; on any error
     nothing is left half-written.
     """
@@ -156,7 +165,7 @@ def collapse_to_folder(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CheckpointError(f"output {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (overwrite or replace):
         raise CheckpointError(
             f"output folder {out_dir} already exists and is not empty "
             "(pass --force to replace its collapsed model)"
@@ -215,7 +224,8 @@ def collapse_to_folder(
     meta = dict(ckpt.meta)
     meta["collapse"] = _collapse_meta(ckpt, fibration, fidelity)
     name = collapsed_model_name(ckpt.epoch)
-    with _output_folder(out_dir) as tmp:
+    whole = replace and out_dir.is_dir() and not _other_contents(out_dir)
+    with atomic_dir(out_dir) if whole else _output_folder(out_dir) as tmp:
         save_checkpoint(
             tmp / name,
             quotient,
@@ -310,6 +320,19 @@ def _collapse_meta(ckpt: Checkpoint, fibration: Fibration, fidelity: dict) -> di
     }
 
 
+def _other_contents(out_dir: Path) -> list[str]:
+    """What a collapse folder holds besides a collapse's own files (e.g. resumed runs)."""
+    own = ("fibers.pkl", "fidelity.json")
+    return sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if not (p.name in own or _COLLAPSED_MODEL_RE.match(p.name) or p.name.startswith("."))
+    )
+
+
+_COLLAPSED_MODEL_RE = re.compile(r"^model_\d{6,}_collapsed\.pt$")
+
+
 class _output_folder:
     """A new folder via :func:`atomic_dir`; an existing one gets files moved in one by one.
 
@@ -338,8 +361,12 @@ class _output_folder:
         assert self._tmp is not None
         try:
             if exc_type is None:
-                for f in sorted(self._tmp.iterdir()):
-                    os.replace(f, self.out_dir / f.name)
+                written = {f.name for f in self._tmp.iterdir()}
+                for name in sorted(written):
+                    os.replace(self._tmp / name, self.out_dir / name)
+                for stale in self.out_dir.iterdir():  # an earlier collapse of another epoch
+                    if _COLLAPSED_MODEL_RE.match(stale.name) and stale.name not in written:
+                        stale.unlink()
         except OSError as err:
             raise CheckpointError(f"cannot write into {self.out_dir}: {err.strerror}") from None
         finally:
@@ -487,9 +514,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace the collapsed model in an existing, non-empty output folder",
+        help="replace the output of an earlier collapse in --out (the folder as a whole; "
+        "resumed runs inside are kept)",
     )
     return p
+
+
+def _check_fits_env(ckpt: Checkpoint) -> None:
+    from pufferfiber.envs import architecture_for
+
+    check_fits_env(ckpt, architecture_for(ckpt.env), ckpt.env)
 
 
 def _layers_arg(text: str) -> list[str] | None:
@@ -527,7 +561,7 @@ def _criterion_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def collapse_main(argv: list[str] | None = None) -> int:
-    """``python -m pufferfiber collapse``; returns the exit code (errors: one line, code 1)."""
+    """``python -m pufferfiber collapse``; returns the exit code (errors: one line, code 2)."""
     from pufferfiber.trainer import resolve_device
 
     args = _parser().parse_args(argv)
@@ -539,6 +573,7 @@ def collapse_main(argv: list[str] | None = None) -> int:
 
             check_env_name(args.env)
         ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
+        _check_fits_env(ckpt)
         out = args.out or args.checkpoint.parent / collapse_folder_name(threshold, ckpt.epoch)
         result = collapse_to_folder(
             ckpt,
@@ -554,13 +589,16 @@ def collapse_main(argv: list[str] | None = None) -> int:
             fidelity_batch=args.fidelity_batch,
             fidelity_steps=args.fidelity_steps,
             seed=args.seed,
-            overwrite=args.force,
+            replace=args.force,
             device=resolve_device(args.device),
         )
-    except (CheckpointError, FibersFileError, ValueError, KeyError) as exc:
+    except (CheckpointError, FibersFileError, ValueError, KeyError, EnvError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"error: {describe_os_error(Path(exc.filename or '?'), exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130

@@ -44,6 +44,7 @@ COLLAPSE_NAME = re.compile(r"^collapsed_model_thr_(?P<tt>\d+)_(?P<epoch>\d+)$")
 LOG_NAMES = ("log_collapsed.out", "log.out")
 METRICS_NAME = "metrics.jsonl"
 RETURN_KEY = "episode_return"
+MAX_DPI = 1200  # a 3-panel figure at 1200 dpi is already ~100 MB of pixels
 
 
 class ReportError(Exception):
@@ -107,17 +108,33 @@ def _is_run(path: Path) -> bool:
 
 def load_history(run_dir: Path) -> RunHistory | None:
     """A run's history: ``metrics.jsonl`` if readable, else its dashboard log; None if neither."""
-    candidates = [run_dir / METRICS_NAME, *(run_dir / n for n in LOG_NAMES)]
-    candidates += sorted(p for p in run_dir.glob("*.out") if p not in candidates)
-    for path in candidates:
-        if not path.is_file():
-            continue
+    for path in _history_files(run_dir):
         try:
             records = read_metrics(path) if path.suffix == ".jsonl" else parse_log(path)
-        except LogParseError:
+        except (LogParseError, OSError, UnicodeDecodeError):
             continue
         return RunHistory(run_dir, path, records)
     return None
+
+
+def _history_files(run_dir: Path) -> list[Path]:
+    candidates = [run_dir / METRICS_NAME, *(run_dir / n for n in LOG_NAMES)]
+    candidates += sorted(p for p in run_dir.glob("*.out") if p not in candidates)
+    return [p for p in candidates if p.is_file()]
+
+
+def _why_no_history(run_dir: Path) -> str:
+    """Why :func:`load_history` found nothing: no file, or files it could not parse."""
+    found = _history_files(run_dir)
+    if not found:
+        return f"no {METRICS_NAME} or log.out"
+    reasons = []
+    for path in found:
+        try:
+            read_metrics(path) if path.suffix == ".jsonl" else parse_log(path)
+        except (LogParseError, OSError, UnicodeDecodeError) as e:
+            reasons.append(f"{path.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return "; ".join(reasons)[:300] or f"no episode returns in {', '.join(p.name for p in found)}"
 
 
 def _threshold_from_name(tt: str) -> float:
@@ -139,10 +156,42 @@ def _read_fibers(path: Path) -> dict[str, Any] | None:
     from pufferfiber.fibers import FibersFileError, load_fibers
 
     try:
-        return load_fibers(path)
+        fibers = load_fibers(path)
+        check_fibers_schema(fibers, path)
     except FibersFileError as e:
-        print(f"report: warning: {e}", file=sys.stderr)
+        print(f"report: warning: {e}; using the folder name instead", file=sys.stderr)
         return None
+    return fibers
+
+
+# The fibers.pkl keys the report reads, with their types (see pufferfiber.fibers.fibers_dict).
+_FIBERS_KEYS: dict[str, type | tuple[type, ...]] = {
+    "threshold": (int, float),
+    "epoch": int,
+    "env": str,
+    "params_before": int,
+    "params_after": int,
+    "layers": list,
+}
+_LAYER_KEYS: dict[str, type | tuple[type, ...]] = {"label": str, "size": int, "n_fibers": int}
+
+
+def check_fibers_schema(fibers: dict[str, Any], path: Path) -> None:
+    """Raise ``FibersFileError`` (one line) for a ``fibers.pkl`` with missing or mistyped keys."""
+    from pufferfiber.fibers import FibersFileError
+
+    def check(record: Any, keys: dict[str, type | tuple[type, ...]], where: str) -> None:
+        if not isinstance(record, dict):
+            raise FibersFileError(f"{path}: {where} is not a dict")
+        for key, kind in keys.items():
+            value = record.get(key)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                shown = "missing" if key not in record else f"{type(value).__name__} {value!r:.40}"
+                raise FibersFileError(f"{path}: {where}{key} is {shown}")
+
+    check(fibers, _FIBERS_KEYS, "")
+    for i, layer in enumerate(fibers["layers"]):
+        check(layer, _LAYER_KEYS, f"layers[{i}].")
 
 
 def read_collapse_folder(path: Path) -> CollapseFolder:
@@ -682,6 +731,11 @@ def _output_path(args: argparse.Namespace, exp: Experiment) -> Path:
         raise ReportError(f"output must end in .png or .html, not {out.name!r}")
     if not out.parent.is_dir():
         raise ReportError(f"output folder {out.parent} does not exist")
+    from pufferfiber.checkpoints import folder_writable
+
+    if not folder_writable(out.parent):  # before the work, not after it
+        hint = "" if args.output else "; pass -o FILE to write elsewhere"
+        raise ReportError(f"cannot write {out}: permission denied (read-only folder?){hint}")
     return out
 
 
@@ -709,20 +763,24 @@ def _print_table(data: ReportData) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pufferfiber report``; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from pufferfiber.checkpoints import atomic_write_bytes
+    from pufferfiber.checkpoints import CheckpointError, atomic_write_bytes
 
     try:
+        if not 1 <= args.dpi <= MAX_DPI:
+            raise ReportError(f"--dpi must be between 1 and {MAX_DPI}, got {args.dpi}")
         exp = find_experiment(args.experiment_dir)
         out = _output_path(args, exp)
         if exp.history is None and not any(c.resumed for c in exp.collapses):
-            raise ReportError(f"no episode returns in {exp.run_dir} (no {METRICS_NAME} or log.out)")
+            raise ReportError(
+                f"no episode returns in {exp.run_dir} ({_why_no_history(exp.run_dir)})"
+            )
         data = collect(exp, args)
         if out.suffix.lower() == ".png":
             payload = render_png(data, args.dpi)
         else:
             payload = render_html(data, args.dpi).encode("utf-8")
         atomic_write_bytes(out, payload)
-    except (ReportError, OSError) as e:
+    except (ReportError, OSError, CheckpointError) as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
     if not args.quiet:

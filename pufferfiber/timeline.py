@@ -45,13 +45,31 @@ def _file_key(path: Path) -> str:
     return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
 
 
+_ENTRY_KEYS = ("epoch", "global_step", "fibers", "sizes", "params_full", "params_collapsed")
+
+
 def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache, or an empty one if it is missing or damaged (it is then rebuilt and
+    rewritten); entries that do not have the expected shape are dropped and recomputed."""
+    empty: dict[str, Any] = {"format": CACHE_FORMAT, "entries": {}}
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {"format": CACHE_FORMAT, "entries": {}}
+        return empty
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
-        return {"format": CACHE_FORMAT, "entries": {}}
+        return empty
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        return empty
+    data["entries"] = {
+        settings: {
+            key: entry
+            for key, entry in per_file.items()
+            if isinstance(entry, dict) and all(k in entry for k in _ENTRY_KEYS)
+        }
+        for settings, per_file in entries.items()
+        if isinstance(per_file, dict)
+    }
     return data
 
 

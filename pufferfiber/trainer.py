@@ -8,6 +8,9 @@ loss, an entropy bonus, per-minibatch advantage normalisation, grad-norm clippin
 (eps 1e-5). After each epoch the hooks run, the dashboard is drawn, ``metrics.jsonl`` gets a line
 and, every ``checkpoint_interval`` epochs and at the end, ``model_EEEEEE.pt`` + the optimizer
 state are saved. Epochs and agent steps are absolute: a run resumed at epoch 51 continues at 52.
+Ctrl-C never leaves a checkpoint whose weights, optimizer state and step count disagree: during
+the rollout or the update the epoch is dropped (weights and Adam state go back to the last
+finished epoch), after the update the epoch finishes first; then that epoch is saved.
 
 Conventions (PufferLib's): the reward and done stored with observation ``o_t`` are those the
 environment returned with it, i.e. the outcome of the previous action; a done observation is the
@@ -19,11 +22,15 @@ at that point (CleanRL) rather than from the previous minibatch's final state.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
+import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pufferfiber.config import RunConfig
+from pufferfiber.config import ConfigError, RunConfig
 from pufferfiber.dashboard import Dashboard, DashboardState, abbreviate, machine_usage
 from pufferfiber.policy import LSTMState, Policy
 
@@ -309,6 +316,7 @@ Hook = Callable[[EpochContext], "dict[str, float] | None"]
 
 
 HOOK_STEPS = 64  # rollout steps per env shown to hooks as EpochContext.observations
+METRICS_FILE = "metrics.jsonl"  # one JSON line per finished epoch, in the run folder
 
 
 class TrainingInterrupted(Exception):
@@ -343,9 +351,25 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device; :class:`ConfigError` (one line) when it names a CUDA
+    device this machine does not have, so nothing is created before the error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device must be auto, cpu or cuda[:N], got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device {name!r}: CUDA is not available here (torch "
+                f"{torch.__version__}, no usable GPU); use --train.device cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    return device
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -453,6 +477,10 @@ class Trainer:
         self.encoder_bf16 = use_bf16(t.precision, self.device)
         self._started = False
         self._start_time = time.time()
+        # State at the start of the epoch in progress (see _drop_unfinished_epoch).
+        self._epoch_start_step: int | None = None
+        self._before_update: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+        self._saved_epoch: int | None = None
 
     # -- rollout -------------------------------------------------------------------------------
 
@@ -620,11 +648,17 @@ class Trainer:
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def save(self) -> Path:
-        """Checkpoint of the current epoch + optimizer state (both written atomically)."""
+        """Checkpoint of the current epoch + optimizer state (both written atomically).
+
+        The two files always agree: if the trainer state cannot be written (e.g. the disk is
+        full), a checkpoint this call created is removed again and the error is raised.
+        """
         from pufferfiber.checkpoints import checkpoint_name, save_checkpoint, save_trainer_state
 
+        target = self.run_dir / checkpoint_name(self.epoch)
+        existed = target.exists()
         path = save_checkpoint(
-            self.run_dir / checkpoint_name(self.epoch),
+            target,
             self.policy,
             epoch=self.epoch,
             global_step=self.global_step,
@@ -632,20 +666,28 @@ class Trainer:
             config=self.config.to_dict(),
             meta=self.meta,
         )
-        save_trainer_state(
-            self.run_dir,
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch,
-                "global_step": self.global_step,
-                "checkpoint": path.name,
-                "end_epoch": self.end_epoch,
-                # e.g. symmetry breaking's unit ages, so --resume continues them
-                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
-            },
-        )
+        try:
+            save_trainer_state(
+                self.run_dir,
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "epoch": self.epoch,
+                    "global_step": self.global_step,
+                    "checkpoint": path.name,
+                    "end_epoch": self.end_epoch,
+                    # e.g. symmetry breaking's unit ages, so --resume continues them
+                    "hooks": [
+                        h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks
+                    ],
+                },
+            )
+        except BaseException:
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise
         if path not in self.checkpoints:
             self.checkpoints.append(path)
+        self._saved_epoch = self.epoch
         self.message = f"Checkpoint saved at update {self.epoch}"
         return path
 
@@ -695,29 +737,55 @@ class Trainer:
             **losses,
             **user_stats,
         }
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _json_number(v) for k, v in record.items()}) + "\n")
+        line = json.dumps({k: _json_number(v) for k, v in record.items()}) + "\n"
+        _append_line(self.run_dir / METRICS_FILE, line)
 
     def train_epoch(self) -> None:
-        """Collect, update, run hooks, report, and checkpoint when due."""
+        """Collect, update, run hooks, report, and checkpoint when due.
+
+        Ctrl-C during the collection or the update drops the epoch (see
+        :meth:`_drop_unfinished_epoch`); once the update is done, the rest of the epoch (hooks,
+        checkpoint, dashboard, ``metrics.jsonl`` line) finishes before Ctrl-C is acted on.
+        """
         start = time.perf_counter()
+        self._epoch_start_step = self.global_step
         # Rollout batches (num_envs observations) are too small to split across threads, and
         # env stepping is single-threaded anyway: one thread avoids contention with the env
         # workers (on a GPU machine 16 OpenMP threads against 16 busy workers made the rollout's
         # bookkeeping 85 % of the epoch).
         with _torch_threads(1):
             episode_stats = self.collect()
+        self._before_update = (
+            {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            copy.deepcopy(self.optimizer.state_dict()),
+        )
         with _torch_threads(self.update_threads):
             losses = self.update()
-        self.epoch += 1
-        user_stats = {**episode_stats, **self._run_hooks()}
-        if self.epoch % self.cfg.checkpoint_interval == 0 or self.epoch >= self.end_epoch:
-            self.save()
-        self._report(losses, user_stats, time.perf_counter() - start)
+        with _sigint_deferred():
+            self.epoch += 1
+            self._epoch_start_step, self._before_update = None, None
+            user_stats = {**episode_stats, **self._run_hooks()}
+            if self.epoch % self.cfg.checkpoint_interval == 0 or self.epoch >= self.end_epoch:
+                self.save()
+            self._report(losses, user_stats, time.perf_counter() - start)
+
+    def _drop_unfinished_epoch(self) -> None:
+        """Undo an epoch interrupted before its end: agent steps and, once the update has
+        begun, weights and optimizer state go back to the last finished epoch, so the checkpoint
+        saved at Ctrl-C holds exactly that epoch."""
+        if self._epoch_start_step is not None:
+            self.global_step = self._epoch_start_step
+        if self._before_update is not None:
+            weights, optimizer = self._before_update
+            self.policy.load_state_dict(weights)
+            self.optimizer.load_state_dict(optimizer)
+        self._epoch_start_step, self._before_update = None, None
 
     def train(self) -> TrainResult:
-        """Train until ``end_epoch``; Ctrl-C saves a checkpoint and raises
-        :class:`TrainingInterrupted`."""
+        """Train until ``end_epoch``; Ctrl-C saves a checkpoint of the last finished epoch and
+        raises :class:`TrainingInterrupted`."""
+        from pufferfiber.checkpoints import checkpoint_name
+
         seed_everything(self.cfg.seed + self.epoch, self.cfg.torch_deterministic)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.policy.train()
@@ -728,7 +796,10 @@ class Trainer:
             # A second Ctrl-C while saving would leave a half-finished save: ignore it.
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                path = self.save()
+                self._drop_unfinished_epoch()
+                path = self.run_dir / checkpoint_name(self.epoch)
+                if self._saved_epoch != self.epoch or not path.is_file():
+                    path = self.save()
             finally:
                 signal.signal(signal.SIGINT, previous)
             raise TrainingInterrupted(self.epoch, path) from None
@@ -739,6 +810,71 @@ class Trainer:
             self.vecenv.close()
         except Exception as exc:  # closing dead workers must not hide the real outcome
             print(f"warning: closing the environments failed: {exc}", file=sys.stderr)
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Run a short block to its end even if Ctrl-C arrives; then raise ``KeyboardInterrupt``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def trim_metrics(run_dir: Path, epoch: int) -> list[int]:
+    """Drop the ``metrics.jsonl`` lines of epochs after ``epoch`` (a run killed between
+    checkpoints logged epochs that a resume trains again); returns the dropped epochs."""
+    from pufferfiber.checkpoints import atomic_write_text
+
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return []
+    keep, dropped = [], []
+    for line in lines:
+        try:
+            line_epoch = json.loads(line).get("epoch")
+        except (ValueError, AttributeError):
+            line_epoch = None  # a damaged line: drop it too, it cannot be plotted
+        if isinstance(line_epoch, int) and line_epoch <= epoch:
+            keep.append(line if line.endswith("\n") else line + "\n")
+        else:
+            dropped.append(line_epoch if isinstance(line_epoch, int) else -1)
+    if dropped:
+        atomic_write_text(path, "".join(keep))
+    return dropped
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one whole line to ``path``; a failed write (full disk) is cut off again, so the
+    file never ends in half a line, and raised as a one-line ``CheckpointError``."""
+    from pufferfiber.checkpoints import CheckpointError, describe_os_error
+
+    data = line.encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise CheckpointError(describe_os_error(path, exc)) from exc
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:  # unbuffered: a short write is retried, an error is cut off below
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise CheckpointError(describe_os_error(path, exc)) from exc
+    finally:
+        os.close(fd)
 
 
 @contextmanager

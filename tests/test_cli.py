@@ -295,6 +295,7 @@ def test_ctrl_c_saves_a_checkpoint_and_explains_resume(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert "resume with:" in err and "Traceback" not in err
+    assert "--vec multiprocessing --resume" in err  # the printed command keeps the backend
     run = metrics.parent
     (epoch, path), *_ = list_checkpoints(run)
     state = load_trainer_state(run)

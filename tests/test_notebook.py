@@ -124,3 +124,14 @@ def test_notebook_runs_and_draws_the_comparison(guide_run: dict[str, Path]) -> N
     assert (
         f"{100 * fibers['params_after'] / fibers['params_before']:.1f} % of the full model" in text
     )
+
+
+def test_missing_experiment_dir_is_named(tmp_path: Path) -> None:
+    """A wrong EXPERIMENT_DIR says so, instead of "run step 2 first"."""
+    from nbclient.exceptions import CellExecutionError
+
+    missing = tmp_path / "experiments" / "cartpole-0123abcd"
+    with pytest.raises(CellExecutionError) as failed:
+        _execute({"EXPERIMENT_DIR": missing})
+    assert failed.value.ename == "FileNotFoundError"
+    assert failed.value.evalue.startswith(f"EXPERIMENT_DIR {missing} does not exist")

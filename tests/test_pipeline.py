@@ -110,7 +110,7 @@ def test_exact_collapse_has_zero_divergence(tmp_path: Path) -> None:
 
 def test_collapse_upstream_pickle_needs_allow_pickle(shared_run_copy: Path, capsys) -> None:
     src = shared_run_copy / "model_000051.pt"
-    assert collapse_main([str(src), "--threshold", "0.3"]) == 1
+    assert collapse_main([str(src), "--threshold", "0.3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--allow-pickle" in err
     assert (
@@ -157,24 +157,24 @@ def test_bad_arguments_give_one_line_and_no_folder(
 ) -> None:
     ckpt = cartpole_checkpoint(tmp_path / "run")
     before = leftovers(ckpt.parent)
-    assert collapse_main([str(ckpt), *args, *FAST]) == 1
+    assert collapse_main([str(ckpt), *args, *FAST]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert leftovers(ckpt.parent) == before
 
 
 def test_missing_corrupt_and_mismatched_checkpoints(tmp_path: Path, capsys) -> None:
-    assert collapse_main([str(tmp_path / "model_000001.pt"), "-t", "0.3"]) == 1
+    assert collapse_main([str(tmp_path / "model_000001.pt"), "-t", "0.3"]) == 2
     assert "not found" in capsys.readouterr().err
     corrupt = tmp_path / "model_000002.pt"
     corrupt.write_bytes(b"PK\x03\x04 truncated")
-    assert collapse_main([str(corrupt), "-t", "0.3"]) == 1
+    assert collapse_main([str(corrupt), "-t", "0.3"]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
     other = cartpole_checkpoint(tmp_path / "other")
     data = torch.load(other, weights_only=True)
     data["architecture"]["lstm"] = 7  # weights no longer match the recorded architecture
     torch.save(data, other)
-    assert collapse_main([str(other), "-t", "0.3"]) == 1
+    assert collapse_main([str(other), "-t", "0.3"]) == 2
     assert "do not match" in capsys.readouterr().err
     assert leftovers(tmp_path) == ["model_000002.pt", "other"]
 
@@ -183,7 +183,7 @@ def test_read_only_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
     ckpt = cartpole_checkpoint(tmp_path / "run")
     ckpt.parent.chmod(0o555)
     try:
-        assert collapse_main([str(ckpt), "-t", "0.3", *FAST]) == 1
+        assert collapse_main([str(ckpt), "-t", "0.3", *FAST]) == 2
         assert "permission denied" in capsys.readouterr().err
         assert leftovers(ckpt.parent) == [ckpt.name]
     finally:
@@ -200,7 +200,7 @@ def test_failure_mid_write_leaves_nothing(
         raise CheckpointError(f"cannot write {path}: permission denied (read-only folder?)")
 
     monkeypatch.setattr(pipeline, "save_fibers", refuse)
-    assert collapse_main([str(ckpt), "-t", "0.3", *FAST]) == 1
+    assert collapse_main([str(ckpt), "-t", "0.3", *FAST]) == 2
     assert "permission denied" in capsys.readouterr().err
     assert leftovers(ckpt.parent) == [ckpt.name]
 
@@ -209,7 +209,7 @@ def test_existing_folder_needs_force_and_keeps_other_contents(tmp_path: Path, ca
     ckpt = cartpole_checkpoint(tmp_path / "run")
     out = tmp_path / "out"
     (out / "cartpole-1234abcd").mkdir(parents=True)
-    assert collapse_main([str(ckpt), "-t", "0.5", "--out", str(out), *FAST]) == 1
+    assert collapse_main([str(ckpt), "-t", "0.5", "--out", str(out), *FAST]) == 2
     assert "--force" in capsys.readouterr().err and leftovers(out) == ["cartpole-1234abcd"]
     assert collapse_main([str(ckpt), "-t", "0.5", "--out", str(out), "--force", *FAST]) == 0
     assert leftovers(out) == [
