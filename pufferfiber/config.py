@@ -328,6 +328,14 @@ def validate(cfg: RunConfig) -> None:
             v.num_workers >= 1 and v.num_envs % v.num_workers == 0,
             f"vec.num_envs ({v.num_envs}) must be divisible by vec.num_workers ({v.num_workers})",
         )
+    if v.backend == "ray" and v.env_batch_size is not None:
+        # PufferLib 2.0.2's Ray pool re-arms only the first k workers after each step, so an
+        # asynchronous batch never fills and training would hang.
+        _require(
+            v.env_batch_size == v.num_envs,
+            f"--vec ray steps every env at once: vec.env_batch_size must be None or "
+            f"vec.num_envs ({v.num_envs}), got {v.env_batch_size}",
+        )
     if v.env_batch_size is not None:
         per_worker = v.num_envs // (v.num_workers or v.num_envs)
         _require(

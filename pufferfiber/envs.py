@@ -149,8 +149,8 @@ def make_vecenv(
             import ray  # noqa: F401
         except ImportError:
             raise EnvError(
-                "--vec ray needs the optional 'ray' extra: pip install 'ray[default]' "
-                "(or use --vec serial / --vec multiprocessing)"
+                "--vec ray needs Ray: pip install 'ray[tune]==2.60.0' 'pyarrow==18.1.0' "
+                "(pinned in requirements.txt; or use --vec serial / --vec multiprocessing)"
             ) from None
         vec_cls = pv.Ray
     else:

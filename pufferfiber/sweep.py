@@ -243,6 +243,8 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
         eval_episodes=ns.eval_episodes,
         overrides=tuple(sorted(overrides.items())),
     )
+    for env in spec.envs:
+        check_schedule(spec, env, checkpoints=False)
     if "train.checkpoint_interval" not in overrides and any(
         _collapse_point(spec, env) >= final_epoch(spec, env) for env in spec.envs
     ):
@@ -273,8 +275,9 @@ def run_config(spec: SweepSpec, env: str, seed: int = 1) -> Any:
     return load_config(env, {**dict(spec.overrides), "train.seed": str(seed)})
 
 
-def check_schedule(spec: SweepSpec, env: str) -> None:
-    """The collapse epoch and final epoch must fit the schedule and the checkpoint interval."""
+def check_schedule(spec: SweepSpec, env: str, checkpoints: bool = True) -> None:
+    """The collapse epoch and final epoch must fit the schedule (and, with ``checkpoints``, the
+    checkpoint interval must give a checkpoint to collapse before the final epoch)."""
     cfg = run_config(spec, env)
     end = cfg.train.end_epoch
     until = end if spec.collapse_until is None else spec.collapse_until
@@ -287,7 +290,7 @@ def check_schedule(spec: SweepSpec, env: str) -> None:
             f"--collapse-epoch ({spec.collapse_epoch}) must be in 1..{until - 1} for {env}"
         )
     point = _collapse_point(spec, env)
-    if point >= until:
+    if checkpoints and point >= until:
         raise SweepError(
             f"the checkpoint closest to --collapse-epoch {spec.collapse_epoch} is epoch {point}, "
             f"not before the last epoch {until} ({env}); lower --train.checkpoint-interval"
@@ -310,7 +313,7 @@ def prepare_out(spec: SweepSpec) -> None:
             before = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise SweepError(f"cannot read {path}: {exc}") from None
-        if before != spec.to_dict():
+        if before != json.loads(json.dumps(spec.to_dict())):  # tuples come back as lists
             raise SweepError(
                 f"{out} holds a different sweep ({SPEC_NAME} differs); use another --out or "
                 "repeat the original command"
