@@ -20,6 +20,7 @@ paddle: +1 per point won, -1 per point lost, +0.1 per return; 21 points end the 
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.util
 import os
@@ -193,7 +194,10 @@ class OceanEnv(PufferEnv):
         self._length = np.zeros(self.num_agents, dtype=np.int64)
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict[str, float]]]:
-        # The games draw from C's rand(); PufferLib exposes no seed for it.
+        if seed is not None:
+            # The games draw from the C library's rand() (one state per process); PufferLib
+            # exposes no seed for it, so seed it here.
+            ctypes.CDLL(None).srand(ctypes.c_uint(seed & 0xFFFFFFFF))
         self.c_envs.reset()
         self._return[:] = 0.0
         self._length[:] = 0

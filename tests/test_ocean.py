@@ -58,6 +58,18 @@ def test_episode_return_is_the_sum_of_rewards() -> None:
     pytest.fail("no game ended")
 
 
+def test_seeded_reset_replays_the_same_games() -> None:
+    def play(seed: int) -> np.ndarray:
+        env = OceanEnv("puffer_breakout", 4)
+        env.reset(seed)
+        frames = [env.step(np.ones(4, dtype=np.int64))[0].copy() for _ in range(60)]
+        env.close()
+        return np.stack(frames)
+
+    assert np.array_equal(play(5), play(5))
+    assert not np.array_equal(play(5), play(6))
+
+
 def test_single_copy_for_evaluation_uses_the_ini_settings() -> None:
     env = make_env("puffer_pong")
     assert env.env.settings["frameskip"] == load_config("puffer_pong").env["frameskip"]
