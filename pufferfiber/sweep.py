@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pufferfiber.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
 
@@ -137,8 +137,13 @@ class SweepSpec:
 # ---------------------------------------------------------------------------- command line
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        raise SweepError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m pufferfiber sweep",
         description="Run the guide's protocol (train to the end of the schedule, collapse the "
         "checkpoint near --collapse-epoch, train the collapsed network to the same final epoch, "

@@ -110,6 +110,7 @@ def test_report_aggregates_the_seeds(sweep_dir: Path) -> None:
         (["--collapse-epoch", "9"], "--collapse-epoch (9) must be in 1..3"),
         (["--train.bogus", "1"], "unknown config key 'train.bogus'"),
         (["--env", "nope"], "unknown env 'nope'"),
+        (["--seeds", "x"], "argument --seeds: invalid int value: 'x'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
