@@ -587,6 +587,9 @@ def _cell_trainable(config: dict[str, Any]) -> dict[str, Any]:
 
 def start_ray(address: str | None, num_cpus: int | None) -> None:
     """Attach to ``address`` or start a local Ray whose workers import this checkout."""
+    # Ray folds identical-looking log lines of different workers ("repeated 2x across
+    # cluster"), which hides the cells' progress lines.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
     if address:
