@@ -587,9 +587,6 @@ def _cell_trainable(config: dict[str, Any]) -> dict[str, Any]:
 
 def start_ray(address: str | None, num_cpus: int | None) -> None:
     """Attach to ``address`` or start a local Ray whose workers import this checkout."""
-    # Ray folds identical-looking log lines of different workers ("repeated 2x across
-    # cluster"), which hides the cells' progress lines.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
     if address:
@@ -606,6 +603,9 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
 
 def run_sweep(spec: SweepSpec, address: str | None, num_cpus: int | None, cpus: float) -> list[str]:
     """Run every cell on Ray Tune; returns the errors of failed cells."""
+    # Ray folds alike log lines of different workers ("repeated 2x across cluster"), which
+    # hides the cells' progress lines; it reads this when it is imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
     from ray import tune
 
