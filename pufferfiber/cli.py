@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--env",
         default="beam_rider",
-        help="environment: cartpole or an Atari game such as beam_rider (default: beam_rider)",
+        help="environment: cartpole, an Ocean game (puffer_pong, puffer_breakout) or an Atari "
+        "game such as beam_rider (default: beam_rider)",
     )
     parser.add_argument(
         "--vec",

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pufferfiber.envs import VEC_BACKENDS, check_env_name, is_atari
+from pufferfiber.envs import VEC_BACKENDS, check_env_name
+from pufferfiber.envs import family_of as envs_family_of
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 SECTIONS = ("train", "vec", "env")
@@ -144,8 +145,8 @@ OPTION_HELP: dict[str, str] = {
 
 
 def family_of(env_name: str) -> str:
-    """Config family folder of an environment: ``atari`` or ``classic_control``."""
-    return "atari" if is_atari(env_name) else "classic_control"
+    """Config family folder of an environment (see ``pufferfiber.envs.ENV_FAMILIES``)."""
+    return envs_family_of(env_name)
 
 
 def config_files(env_name: str, config_dir: Path = CONFIG_DIR) -> list[Path]:
@@ -193,14 +194,15 @@ def _unknown_key(where: str, key: str, valid: Sequence[str]) -> ConfigError:
 
 
 def merge_files(files: Sequence[Path]) -> dict[str, dict[str, str]]:
-    """Merge ini files; the first file fixes the ``[train]``/``[vec]`` keys, a family file the
-    ``[env]`` keys. Sections other than train/vec/env (e.g. PufferLib's ``[base]``) are ignored."""
+    """Merge ini files; the first file fixes the ``[train]``/``[vec]`` keys, the family and env
+    files the ``[env]`` keys (an Ocean game's ini lists its own constructor settings). Sections
+    other than train/vec/env (e.g. PufferLib's ``[base]``) are ignored."""
     merged: dict[str, dict[str, str]] = {s: {} for s in SECTIONS}
     for i, path in enumerate(files):
         for section, values in read_ini(path).items():
             if section not in SECTIONS:
                 continue
-            declares = i == 0 or (section == "env" and path.name == "default.ini")
+            declares = i == 0 or section == "env"
             for key, text in values.items():
                 if key not in merged[section] and not declares:
                     valid = sorted(f"{section}.{k}" for k in merged[section])
@@ -325,6 +327,14 @@ def validate(cfg: RunConfig) -> None:
         _require(
             v.num_workers >= 1 and v.num_envs % v.num_workers == 0,
             f"vec.num_envs ({v.num_envs}) must be divisible by vec.num_workers ({v.num_workers})",
+        )
+    if v.backend == "ray" and v.env_batch_size is not None:
+        # PufferLib 2.0.2's Ray pool re-arms only the first k workers after each step, so an
+        # asynchronous batch never fills and training would hang.
+        _require(
+            v.env_batch_size == v.num_envs,
+            f"--vec ray steps every env at once: vec.env_batch_size must be None or "
+            f"vec.num_envs ({v.num_envs}), got {v.env_batch_size}",
         )
     if v.env_batch_size is not None:
         per_worker = v.num_envs // (v.num_workers or v.num_envs)

@@ -61,6 +61,7 @@ __all__ = [
     "DataCriterion",
     "FiberCriterion",
     "WeightCriterion",
+    "check_criterion",
     "make_criterion",
 ]
 
@@ -229,3 +230,10 @@ def make_criterion(name: str, threshold: float, **options: Any) -> FiberCriterio
     if unknown:
         raise ValueError(f"options {sorted(unknown)} do not apply to the {name!r} criterion")
     return cls(threshold=threshold, **{k: v for k, v in options.items() if k in fields})
+
+
+def check_criterion(name: str) -> str:
+    """``name`` if it is a known criterion, else ``ValueError`` listing the valid ones."""
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion {name!r}; choose from {', '.join(CRITERIA)}")
+    return name

@@ -6,8 +6,14 @@
   ``info['episode_return']`` = the raw game score. The ROMs ship with ``ale-py``.
 * ``cartpole``: PufferLib's classic-control CartPole (CartPole-v0, 200 steps max), a fast
   environment on which a whole run takes seconds.
+* ``puffer_pong``, ``puffer_breakout``: PufferLib's Ocean games, compiled C vectorised inside
+  one env object (see :mod:`pufferfiber.ocean`).
+
+Each env belongs to one *family* (:data:`ENV_FAMILIES`), which names its ``config/<family>/``
+folder and its default policy.
 
 Vectorisation is PufferLib's: ``serial``, ``multiprocessing`` or ``ray`` (an optional extra).
+Ocean games are already vectorised in C: ``serial`` runs all ``num_envs`` games in one object.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pufferfiber.policy import Architecture
 
 VEC_BACKENDS = ("serial", "multiprocessing", "ray")
 FAST_ENVS = ("cartpole",)
+OCEAN_ENVS = ("puffer_pong", "puffer_breakout")  # the games of pufferfiber.ocean.OCEAN_GAMES
 
 
 class EnvError(ValueError):
@@ -46,12 +53,32 @@ def atari_games() -> tuple[str, ...]:
         return tuple(sorted(ale_py.roms.get_all_rom_ids()))
 
 
+# family -> its env names (the config folder is config/<family>/).
+ENV_FAMILIES: dict[str, Callable[[], tuple[str, ...]]] = {
+    "classic_control": lambda: FAST_ENVS,
+    "ocean": lambda: OCEAN_ENVS,
+    "atari": atari_games,
+}
+
+
 def env_names() -> tuple[str, ...]:
-    return (*FAST_ENVS, *atari_games())
+    return tuple(name for names in ENV_FAMILIES.values() for name in names())
+
+
+def family_of(name: str) -> str:
+    """The family of env ``name`` (``classic_control``, ``ocean`` or ``atari``)."""
+    for family, names in ENV_FAMILIES.items():
+        if name in names():
+            return family
+    raise EnvError(f"unknown env {name!r}; valid envs: {', '.join(env_names())}")
 
 
 def is_atari(name: str) -> bool:
     return name in atari_games()
+
+
+def is_ocean(name: str) -> bool:
+    return name in OCEAN_ENVS
 
 
 def check_env_name(name: str) -> None:
@@ -62,6 +89,12 @@ def check_env_name(name: str) -> None:
 
 def make_env(name: str, **kwargs: Any) -> Any:
     """One PufferLib-emulated environment (module-level so it pickles for worker processes)."""
+    if is_ocean(name):
+        from pufferfiber.config import load_config
+        from pufferfiber.ocean import OceanSingle
+
+        # Evaluation plays the game as configured in config/ocean/<env>.ini unless told otherwise.
+        return OceanSingle(name, **(kwargs or dict(load_config(name).env)))
     with _quiet_imports():
         if name == "cartpole":
             from pufferlib.environments.classic_control import environment as cc
@@ -95,6 +128,8 @@ def make_vecenv(
     check_env_name(name)
     if backend not in VEC_BACKENDS:
         raise EnvError(f"unknown --vec {backend!r}; choose one of {', '.join(VEC_BACKENDS)}")
+    if is_ocean(name):
+        return _ocean_vecenv(name, backend, num_envs, env_kwargs or {})
     with _quiet_imports():
         import pufferlib.vector as pv
     creator = env_creator(name, **(env_kwargs or {}))
@@ -114,8 +149,8 @@ def make_vecenv(
             import ray  # noqa: F401
         except ImportError:
             raise EnvError(
-                "--vec ray needs the optional 'ray' extra: pip install 'ray[default]' "
-                "(or use --vec serial / --vec multiprocessing)"
+                "--vec ray needs Ray: pip install 'ray[tune]==2.60.0' 'pyarrow==18.1.0' "
+                "(pinned in requirements.txt; or use --vec serial / --vec multiprocessing)"
             ) from None
         vec_cls = pv.Ray
     else:
@@ -125,8 +160,24 @@ def make_vecenv(
     )
 
 
+def _ocean_vecenv(name: str, backend: str, num_envs: int, env_kwargs: dict[str, Any]) -> Any:
+    """One Ocean env object holding ``num_envs`` games (PufferLib's native vectorisation)."""
+    from pufferfiber.ocean import OceanEnv, OceanError
+
+    if backend != "serial":
+        raise EnvError(
+            f"{name} is vectorised in C inside one process: use --vec serial "
+            f"(vec.num_envs games in one env object), not --vec {backend}"
+        )
+    try:
+        return OceanEnv(name, num_envs, **env_kwargs)
+    except OceanError as exc:
+        raise EnvError(str(exc)) from None
+
+
 def architecture_for(name: str, vecenv: Any = None, **sizes: Any) -> Architecture:
-    """The default policy architecture for ``name`` (Atari CNN or CartPole MLP)."""
+    """The default policy architecture for ``name``: Atari CNN, CartPole MLP (64 → LSTM 64), or
+    PufferLib's Ocean default (MLP 128 → LSTM 128)."""
     if vecenv is None:
         env = make_env(name)
         obs_space, act_space = env.single_observation_space, env.single_action_space
@@ -136,4 +187,6 @@ def architecture_for(name: str, vecenv: Any = None, **sizes: Any) -> Architectur
     n_actions = int(act_space.n)
     if is_atari(name):
         return Architecture.atari(n_actions, tuple(obs_space.shape), **sizes)
+    if is_ocean(name):
+        sizes = {"hidden": (128,), "lstm": 128, **sizes}
     return Architecture.mlp(int(obs_space.shape[0]), n_actions, **sizes)

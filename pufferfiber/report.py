@@ -696,7 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "experiment_dir", type=Path, metavar="EXPERIMENT_DIR",
         help="the original run's folder, experiments/<env>-<id8> (a folder of runs: the newest "
-             "run in it); its collapsed_model_thr_TT_EEEEEE/ folders are found automatically",
+             "run in it); its collapsed_model_thr_TT_EEEEEE/ folders are found automatically. "
+             "A sweep folder (summary.csv) is aggregated over seeds instead (default output "
+             "SWEEP_DIR/report.html)",
     )  # fmt: skip
     p.add_argument(
         "-o", "--output", type=Path, metavar="FILE",
@@ -764,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pufferfiber report``; returns the exit code."""
     args = build_parser().parse_args(argv)
     from pufferfiber.checkpoints import CheckpointError, atomic_write_bytes
+    from pufferfiber.sweep_report import is_sweep_dir, write_sweep_report
+
+    if is_sweep_dir(args.experiment_dir):  # a sweep folder: seeds aggregated
+        return write_sweep_report(args)
 
     try:
         if not 1 <= args.dpi <= MAX_DPI:

@@ -312,7 +312,7 @@ def test_ray_missing_is_a_clear_error_and_leaves_no_folder(tmp_path: Path, capsy
         pass
     assert cli.main(["--env", "cartpole", "--vec", "ray", "--train.data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "optional 'ray' extra" in err
+    assert err.count("\n") == 1 and "--vec ray needs Ray" in err
     assert list(tmp_path.iterdir()) == []
 
 

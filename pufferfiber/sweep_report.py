@@ -1,0 +1,359 @@
+"""``python -m pufferfiber report SWEEP_DIR``: a sweep's seeds aggregated, with 95 % confidence.
+
+Reads the sweep's ``summary.csv`` (one row per env × seed × arm) and each run's
+``metrics.jsonl``, and for every env draws
+
+1. the training return over epochs of every arm: the mean over seeds with a 95 % confidence
+   band (Student t over the seeds that finished episodes in that epoch); a collapsed arm's curve
+   is the original's up to the collapse epoch, then its resumed run;
+2. the trade-off: % of the full model's parameters vs final return (mean of the last 10 % of
+   epochs), with 95 % confidence intervals on both, the original as a horizontal band;
+
+and a table per arm: % parameters, KL at collapse, final and evaluation return, and the
+difference of each to the original of the same seed (paired over seeds) with its 95 % interval.
+A sentence says which arms are indistinguishable from the original (the interval of the
+difference contains 0), which are below and which above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pufferfiber import plots
+from pufferfiber.sweep import SPEC_NAME, SUMMARY_NAME, SweepSpec, _history
+
+ORIGINAL = "original"
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (Path(path) / SUMMARY_NAME).is_file() and (Path(path) / SPEC_NAME).is_file()
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
+    """``(mean, half-width of the 95 % t interval, n)`` of the finite ``values``."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    n = int(x.size)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(x[0]), math.nan, 1
+    half = float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return float(x.mean()), half, n
+
+
+@dataclass
+class ArmSummary:
+    """One arm of one env over its seeds."""
+
+    env: str
+    arm: str
+    threshold: float
+    rows: list[dict[str, Any]]
+    params_pct: tuple[float, float, int]
+    kl: tuple[float, float, int]
+    final: tuple[float, float, int]
+    evaluation: tuple[float, float, int]
+    final_diff: tuple[float, float, int]
+    eval_diff: tuple[float, float, int]
+
+    @property
+    def verdict(self) -> str:
+        """How the final return compares with the original's (paired 95 % interval)."""
+        mean, half, n = self.final_diff
+        if self.arm == ORIGINAL:
+            return ""
+        if n < 2 or not math.isfinite(half):
+            return "too few seeds to tell"
+        if mean - half <= 0 <= mean + half:
+            return "indistinguishable"
+        return "below" if mean < 0 else "above"
+
+
+def _float(text: str) -> float:
+    return float(text) if text not in ("", None) else math.nan
+
+
+def read_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    with open(Path(sweep_dir) / SUMMARY_NAME, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("threshold", "params_pct", "kl", "final_return", "eval_return"):
+            row[key] = _float(row[key])
+        row["seed"] = int(row["seed"])
+    return rows
+
+
+def _paired(
+    rows: list[dict[str, Any]], originals: dict[int, dict[str, Any]], key: str
+) -> list[float]:
+    return [r[key] - originals[r["seed"]][key] for r in rows if r["seed"] in originals]
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[ArmSummary]:
+    """Per env and arm (original first, then by τ): means, intervals, paired differences."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["env"], row["arm"])].append(row)
+    out = []
+    for (env, arm), members in sorted(
+        groups.items(),
+        key=lambda kv: (kv[0][0], kv[0][1] != ORIGINAL, kv[1][0]["threshold"], kv[0][1]),
+    ):
+        originals = {r["seed"]: r for r in groups.get((env, ORIGINAL), [])}
+        out.append(
+            ArmSummary(
+                env,
+                arm,
+                members[0]["threshold"],
+                members,
+                mean_ci([r["params_pct"] for r in members]),
+                mean_ci([r["kl"] for r in members]),
+                mean_ci([r["final_return"] for r in members]),
+                mean_ci([r["eval_return"] for r in members]),
+                mean_ci(_paired(members, originals, "final_return")),
+                mean_ci(_paired(members, originals, "eval_return")),
+            )
+        )
+    return out
+
+
+def sentence(env: str, arms: list[ArmSummary]) -> str:
+    """Which arms keep the original's final return, in words."""
+    mine = [a for a in arms if a.env == env and a.arm != ORIGINAL]
+    if not mine:
+        return f"{env}: no collapsed arm has finished yet."
+    parts = []
+    for verdict, words in (
+        ("indistinguishable", "indistinguishable from the original"),
+        ("below", "below the original"),
+        ("above", "above the original"),
+        ("too few seeds to tell", "not comparable yet (fewer than 2 seeds)"),
+    ):
+        names = [
+            f"{a.arm} ({a.params_pct[0]:.1f} % of the parameters)"
+            for a in mine
+            if a.verdict == verdict
+        ]
+        if names:
+            parts.append(f"{'; '.join(names)}: {words}")
+    n = max(a.final[2] for a in arms if a.env == env)
+    return (
+        f"{env}, final return (last 10 % of epochs, equal agent steps), paired over up to {n} "
+        f"seeds, 95 % intervals of the difference: " + " | ".join(parts) + "."
+    )
+
+
+# ---------------------------------------------------------------- curves and figures
+
+
+def arm_curve(row: dict[str, Any], original_run: Path | None) -> dict[int, float]:
+    """Epoch → return of one seed of one arm (the original's epochs before its collapse)."""
+    points = dict(_history(Path(row["run_dir"])))
+    if row["arm"] != ORIGINAL and original_run is not None:
+        collapse = int(row["collapse_epoch"])
+        points = {**{e: v for e, v in _history(original_run) if e <= collapse}, **points}
+    return points
+
+
+def mean_band(
+    curves: list[dict[int, float]], window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean and 95 % half-width over the seeds' (smoothed) curves."""
+    from scipy import stats
+
+    smoothed = []
+    for c in curves:
+        epochs = np.array(sorted(c))
+        values = plots.smooth(np.array([c[e] for e in epochs]), window)
+        smoothed.append(dict(zip(epochs.tolist(), values, strict=True)))
+    epochs = np.array(sorted(set().union(*smoothed))) if smoothed else np.zeros(0)
+    mean, half = [], []
+    for e in epochs:
+        x = np.array([s[e] for s in smoothed if e in s])
+        mean.append(x.mean())
+        half.append(
+            stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+            if x.size > 1
+            else 0.0
+        )
+    return epochs, np.array(mean), np.array(half)
+
+
+def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
+    fig = plots.new_figure(13, 5)
+    ax_curve, ax_trade = fig.subplots(1, 2, width_ratios=[3, 2])
+    mine = [a for a in arms if a.env == env]
+    originals = {r["seed"]: Path(r["run_dir"]) for a in mine if a.arm == ORIGINAL for r in a.rows}
+    for i, arm in enumerate(mine):
+        curves = [arm_curve(r, originals.get(r["seed"])) for r in arm.rows]
+        epochs, mean, half = mean_band([c for c in curves if c], window)
+        if not epochs.size:
+            continue
+        colour = plots.COLOURS[i % len(plots.COLOURS)]
+        label = f"{arm.arm} ({arm.params_pct[0]:.1f} %, n={len(arm.rows)})"
+        ax_curve.plot(epochs, mean, color=colour, label=label)
+        ax_curve.fill_between(
+            epochs, mean - half, mean + half, color=colour, alpha=0.2, linewidth=0
+        )
+    ax_curve.set(
+        xlabel="epoch", ylabel="training return", title=f"{env}: mean over seeds, 95 % band"
+    )
+    ax_curve.legend(fontsize=8)
+    for i, arm in enumerate(mine):
+        colour = plots.COLOURS[i % len(plots.COLOURS)]
+        final_mean, final_half, _ = arm.final
+        if arm.arm == ORIGINAL:
+            ax_trade.axhspan(
+                final_mean - _z(final_half),
+                final_mean + _z(final_half),
+                color=colour,
+                alpha=0.2,
+                label="original (95 %)",
+            )
+            ax_trade.axhline(final_mean, color=colour)
+            continue
+        ax_trade.errorbar(
+            arm.params_pct[0], final_mean, xerr=_z(arm.params_pct[1]), yerr=_z(final_half),
+            fmt="o", color=colour, capsize=3, label=arm.arm,
+        )  # fmt: skip
+    ax_trade.set(
+        xlabel="% of the full model's parameters", ylabel="final return (last 10 % of epochs)",
+        title="trade-off (mean, 95 % intervals)",
+    )  # fmt: skip
+    ax_trade.legend(fontsize=8)
+    return fig
+
+
+def _z(half: float) -> float:
+    return 0.0 if not math.isfinite(half) else half
+
+
+# ---------------------------------------------------------------- table and output
+
+TABLE_COLUMNS = (
+    "env", "arm", "seeds", "% params", "KL at collapse", "final return", "Δ final vs original",
+    "eval return", "Δ eval vs original", "verdict",
+)  # fmt: skip
+
+
+def _pm(stat: tuple[float, float, int], digits: int = 2) -> str:
+    mean, half, n = stat
+    if n == 0:
+        return ""
+    if not math.isfinite(half):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def table_rows(arms: list[ArmSummary]) -> list[list[str]]:
+    rows = []
+    for a in arms:
+        original = a.arm == ORIGINAL
+        rows.append(
+            [
+                a.env,
+                a.arm,
+                str(len(a.rows)),
+                _pm(a.params_pct, 1),
+                "" if original else f"{a.kl[0]:.3g}",
+                _pm(a.final),
+                "" if original else _pm(a.final_diff),
+                _pm(a.evaluation),
+                "" if original else _pm(a.eval_diff),
+                a.verdict,
+            ]
+        )
+    return rows
+
+
+def render_html(
+    sweep_dir: Path, arms: list[ArmSummary], figures: dict[str, Figure], dpi: int
+) -> str:
+    from pufferfiber.report import _html_table, _png_base64
+
+    spec = SweepSpec.from_dict(json.loads((sweep_dir / SPEC_NAME).read_text()))
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>pufferfiber sweep</title>",
+        "<style>body{font-family:sans-serif;max-width:1300px;margin:auto}"
+        "td,th{padding:2px 8px;text-align:right}</style>",
+        f"<h1>Sweep {html.escape(str(sweep_dir))}</h1>",
+        f"<p>{len(spec.seeds)} seeds, collapse near epoch {spec.collapse_epoch}, "
+        f"{len(spec.arms)} arms; ± = 95 % confidence interval (Student t over seeds); Δ = paired "
+        "difference to the original of the same seed.</p>",
+    ]
+    for env, fig in figures.items():
+        parts.append(f"<h2>{html.escape(env)}</h2><p><b>{html.escape(sentence(env, arms))}</b></p>")
+        parts.append(f"<img src='data:image/png;base64,{_png_base64(fig, dpi)}'>")
+    parts.append(_html_table([list(TABLE_COLUMNS), *table_rows(arms)]))
+    return "\n".join(parts)
+
+
+def write_sweep_report(args: argparse.Namespace) -> int:
+    """The ``report`` command on a sweep folder (``args`` from ``report.build_parser``)."""
+    from pufferfiber.checkpoints import atomic_write_bytes, atomic_write_text
+
+    sweep_dir = Path(args.experiment_dir)
+    out = Path(args.output) if args.output else sweep_dir / "report.html"
+    if out.suffix.lower() not in (".png", ".html", ".htm"):
+        print(f"report: error: output must end in .png or .html, not {out.name!r}", file=sys.stderr)
+        return 2
+    rows = read_summary(sweep_dir)
+    if not rows:
+        print(f"report: error: {sweep_dir / SUMMARY_NAME} has no rows yet", file=sys.stderr)
+        return 2
+    arms = summarise(rows)
+    envs = list(dict.fromkeys(a.env for a in arms))
+    figures = {env: env_figure(env, arms, max(1, args.smooth)) for env in envs}
+    if out.suffix.lower() == ".png":
+        buf = io.BytesIO()
+        fig = figures[envs[0]] if len(envs) == 1 else _stack(figures)
+        fig.savefig(buf, format="png", dpi=args.dpi)
+        atomic_write_bytes(out, buf.getvalue())
+    else:
+        atomic_write_text(out, render_html(sweep_dir, arms, figures, args.dpi))
+    if not args.quiet:
+        for row in table_rows(arms):
+            print("  ".join(row))
+    for env in envs:
+        print(sentence(env, arms))
+    print(f"report written to {out}")
+    return 0
+
+
+def _stack(figures: dict[str, Figure]) -> Figure:
+    """All envs' figures as one image (rendered, then stacked vertically)."""
+    from matplotlib.image import imread
+
+    images = []
+    for fig in figures.values():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        buf.seek(0)
+        images.append(imread(buf))
+    width = max(im.shape[1] for im in images)
+    canvas = np.ones((sum(im.shape[0] for im in images), width, images[0].shape[2]))
+    y = 0
+    for im in images:
+        canvas[y : y + im.shape[0], : im.shape[1]] = im
+        y += im.shape[0]
+    fig = plots.new_figure(width / 80, canvas.shape[0] / 80)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas)
+    ax.axis("off")
+    return fig

@@ -1,0 +1,171 @@
+"""``python -m pufferfiber sweep`` on a real local Ray (2 CPUs), its summary and report, and
+``--vec ray``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pufferfiber import cli
+from pufferfiber.criteria import CRITERIA
+from pufferfiber.sweep import SUMMARY_COLUMNS, final_return
+from pufferfiber.sweep import main as sweep_main
+from pufferfiber.sweep_report import ArmSummary, mean_ci, sentence
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--env", "cartpole", "--thresholds", "0.3", "--seeds", "2", "--collapse-epoch", "2",
+        "--eval-episodes", "2", "--num-cpus", "2", "--train.total-timesteps", "4096",
+        "--train.batch-size", "1024"]  # fmt: skip
+
+
+def _sweep(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pufferfiber", "sweep", *TINY, "--out", str(out), *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def _checkpoint_times(out: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in out.rglob("model_*.pt")}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    proc = _sweep(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[cartpole seed 1] original: training" in proc.stdout  # progress is visible
+    return out
+
+
+def test_tiny_sweep_writes_runs_and_summary(sweep_dir: Path) -> None:
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == SUMMARY_COLUMNS
+    assert sorted((r["seed"], r["arm"]) for r in rows) == [
+        ("1", "original"), ("1", "tau=0.3/weights/positions"),
+        ("2", "original"), ("2", "tau=0.3/weights/positions"),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["final_epoch"] == "4" and r["agent_steps"] == "4096" and r["eval_episodes"] == "2"
+        assert float(r["eval_return"]) > 0 and float(r["final_return"]) > 0
+        run = Path(r["run_dir"])
+        assert (run / "model_000004.pt").is_file()
+        if r["arm"] == "original":
+            assert run.parent == sweep_dir / "cartpole" / f"seed_{r['seed']}"
+        else:  # the guide's layout: the collapse folder inside the original run
+            assert run.parent.name == "collapsed_model_thr_03_000002"
+            assert 0 < float(r["params_pct"]) < 100 and float(r["kl"]) >= 0
+            assert r["collapse_epoch"] == "2" and r["return_at_collapse"] != ""
+    # seeds are really different runs
+    seeds = {r["seed"]: r["final_return"] for r in rows if r["arm"] == "original"}
+    assert json.loads((sweep_dir / "sweep.json").read_text())["seeds"] == [1, 2]
+    assert len(seeds) == 2
+
+
+def test_restarting_continues_without_retraining(sweep_dir: Path) -> None:
+    before = _checkpoint_times(sweep_dir)
+    # a killed arm: its resumed run is gone; the restart redoes only that arm
+    (arm_run,) = (sweep_dir / "cartpole" / "seed_2").glob("cartpole-*/collapsed_model_*/cartpole-*")
+    for p in arm_run.glob("model_*.pt"):
+        p.unlink()
+    proc = _sweep(sweep_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = _checkpoint_times(sweep_dir)
+    redone = str(arm_run.parent)  # that arm is collapsed and trained again
+    kept = {p: t for p, t in before.items() if not p.startswith(redone)}
+    assert all(after[p] == t for p, t in kept.items())  # nothing else was trained again
+    assert "original: training" not in proc.stdout
+    assert "[cartpole seed 2] tau=0.3/weights/positions: collapsing" in proc.stdout
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_report_aggregates_the_seeds(sweep_dir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pufferfiber", "report", str(sweep_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    page = (sweep_dir / "report.html").read_text()
+    assert "data:image/png;base64," in page and "95 %" in page and "Δ final vs original" in page
+    assert "paired over up to 2 seeds" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--thresholds", "3"], "threshold must be between 0 and 2"),
+        (["--criterion", "nope"], f"choose from {', '.join(CRITERIA)}"),
+        (["--collapse-epoch", "9"], "--collapse-epoch (9) must be in 1..3"),
+        (["--train.bogus", "1"], "unknown config key 'train.bogus'"),
+        (["--env", "nope"], "unknown env 'nope'"),
+        (["--seeds", "x"], "argument --seeds: invalid int value: 'x'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*TINY, "--out", str(tmp_path / "s"), *extra]
+    assert sweep_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_another_sweep_in_the_same_folder_is_refused(
+    sweep_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert sweep_main([*TINY, "--seeds", "3", "--out", str(sweep_dir)]) == 2
+    assert "holds a different sweep" in capsys.readouterr().err
+
+
+def test_statistics() -> None:
+    mean, half, n = mean_ci([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(2.4841, abs=1e-3)  # t(0.975, 2) / √3
+    assert mean_ci([5.0])[:2][0] == 5.0 and mean_ci([])[2] == 0
+    points = [(e, float(e)) for e in range(1, 21)]
+    assert final_return(points, 20) == pytest.approx(19.5)  # epochs 19 and 20
+    same = ArmSummary("e", "tau=0.3", 0.3, [{}] * 3, (50.0, 1.0, 3), (0.01, 0.0, 3),
+                      (10.0, 1.0, 3), (10.0, 1.0, 3), (-0.5, 1.0, 3), (0.0, 1.0, 3))  # fmt: skip
+    worse = ArmSummary("e", "tau=0.5", 0.5, [{}] * 3, (10.0, 1.0, 3), (0.1, 0.0, 3),
+                       (5.0, 1.0, 3), (5.0, 1.0, 3), (-5.0, 1.0, 3), (-5.0, 1.0, 3))  # fmt: skip
+    assert same.verdict == "indistinguishable" and worse.verdict == "below"
+    text = sentence("e", [same, worse])
+    assert "tau=0.3 (50.0 % of the parameters): indistinguishable" in text
+    assert "tau=0.5 (10.0 % of the parameters): below the original" in text
+
+
+# ---------------------------------------------------------------- --vec ray
+
+
+def test_vec_ray_trains(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "demo.py", "--env", "cartpole", "--vec", "ray", "--vec.num-envs", "4",
+         "--vec.num-workers", "2", "--train.batch-size", "512", "--train.minibatch-size", "128",
+         "--train.total-timesteps", "1024", "--train.data-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "done: epoch 2" in proc.stderr
+
+
+def test_vec_ray_refuses_an_asynchronous_batch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--env", "cartpole", "--vec", "ray", "--vec.num-envs", "4", "--vec.num-workers", "2",
+            "--vec.env-batch-size", "2", "--train.data-dir", str(tmp_path)]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--vec ray steps every env at once" in err
+    assert list(tmp_path.iterdir()) == []
