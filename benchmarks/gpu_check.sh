@@ -12,7 +12,8 @@
 #     model on CUDA for two epochs;
 # (c) times the fibers of the 3.9M network with the pairwise products on the GPU against the
 #     CPU (benchmarks/fibers_device.py);
-# (d) runs the test suite's device tests (tests/test_devices.py, CUDA cases included).
+# (d) runs the test suite's device tests (tests/test_devices.py, CUDA cases included);
+# (e) trains puffer_pong (an Ocean game) at PufferLib's reference settings for its SPS.
 # Everything lands in $OUT: gpu_check.json (the summary), log.out / log.err (the dashboard),
 # and results.tar.gz (metrics, fidelity files, test output, the console).
 #
@@ -74,24 +75,24 @@ cp "$RUN/metrics.jsonl" "$WORK/" 2>/dev/null
 eval_rc=1 collapse_rc=1 data_rc=skipped resume_rc=1
 if [ -n "$LAST" ]; then
     stamp "(b) eval"
-    "$PY" demo.py --mode eval --env beam_rider --train.device "$DEVICE" --eval-model-path "$LAST" \
+    timeout -k 10 90 "$PY" demo.py --mode eval --env beam_rider --train.device "$DEVICE" --eval-model-path "$LAST" \
         --eval-episodes 8 > "$WORK/eval.txt" 2>&1
     eval_rc=$?
     stamp "(b) collapse τ=0.3 (weights, positions)"
-    "$PY" -m pufferfiber collapse "$LAST" --threshold 0.3 --device "$DEVICE" --episodes 3 \
+    timeout -k 10 90 "$PY" -m pufferfiber collapse "$LAST" --threshold 0.3 --device "$DEVICE" --episodes 3 \
         --out "$WORK/collapsed_weights" > "$WORK/collapse_weights.txt" 2>&1
     collapse_rc=$?
     cp "$WORK/collapsed_weights/fidelity.json" "$WORK/fidelity_weights.json" 2>/dev/null
     if "$PY" -m pufferfiber collapse --help | grep -q -- "--criterion"; then
         stamp "(b) collapse τ=0.3 (data criterion)"
-        "$PY" -m pufferfiber collapse "$LAST" --threshold 0.3 --criterion data --device "$DEVICE" \
+        timeout -k 10 150 "$PY" -m pufferfiber collapse "$LAST" --threshold 0.3 --criterion data --device "$DEVICE" \
             --episodes 3 --out "$WORK/collapsed_data" > "$WORK/collapse_data.txt" 2>&1
         data_rc=$?
         cp "$WORK/collapsed_data/fidelity.json" "$WORK/fidelity_data.json" 2>/dev/null
     fi
     epoch=$((10#$(basename "$LAST" .pt | sed 's/model_//')))
     stamp "(b) resume the collapsed model of epoch $epoch for two epochs"
-    "$PY" demo.py --mode train "${TRAIN[@]}" "${VEC[@]}" --exp-id "$(basename "$RUN")" \
+    timeout -k 10 120 "$PY" demo.py --mode train "${TRAIN[@]}" "${VEC[@]}" --exp-id "$(basename "$RUN")" \
         --collapse 0.3 --collapse-epoch "$epoch" --collapse-until $((epoch + 2)) \
         > "$WORK/log_collapsed.out" 2> "$WORK/log_collapsed.err"
     resume_rc=$?
@@ -99,35 +100,52 @@ fi
 
 # (c) fibers of the 3.9M network: products on the GPU vs the CPU.
 stamp "(c) fibers timing"
-"$PY" benchmarks/fibers_device.py --device "$DEVICE" --checkpoint "${LAST:-none}" \
+timeout -k 10 120 "$PY" benchmarks/fibers_device.py --device "$DEVICE" --checkpoint "${LAST:-none}" \
     --json "$WORK/fibers_device.json" > "$WORK/fibers_device.txt" 2>&1
 fibers_rc=$?
 cat "$WORK/fibers_device.txt"
 
+# (e) an Ocean game on the GPU at PufferLib's reference settings (1,024 games, batch 65,536,
+#     minibatch 16,384, bptt 16, one update epoch), for its training SPS.
+ocean_rc=skipped
+if "$PY" demo.py --help | grep -q puffer_pong; then
+    stamp "(e) puffer_pong, reference settings"
+    timeout -s INT -k 30 "${OCEAN_SECONDS:-90}" "$PY" demo.py --mode train --env puffer_pong \
+        --train.device "$DEVICE" --train.data-dir "$WORK/ocean" --vec.num-envs 1024 \
+        --train.batch-size 65536 --train.minibatch-size 16384 --train.bptt-horizon 16 \
+        --train.update-epochs 1 --train.total-timesteps 1310720 \
+        > "$WORK/ocean.out" 2> "$WORK/ocean.err"
+    ocean_rc=$?
+    cp "$(ls "$WORK"/ocean/*/metrics.jsonl | head -1)" "$WORK/ocean_metrics.jsonl" 2>/dev/null
+fi
+
 # (d) the device tests.
 stamp "(d) pytest tests/test_devices.py"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_devices.py > "$WORK/pytest.txt" 2>&1
+timeout -k 10 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_devices.py > "$WORK/pytest.txt" 2>&1
 pytest_rc=$?
 tail -3 "$WORK/pytest.txt"
 
 stamp "summary"
 "$PY" - "$WORK" "$train_rc" "$eval_rc" "$collapse_rc" "$data_rc" "$resume_rc" "$fibers_rc" \
-    "$pytest_rc" "$NUM_ENVS" "$WORKERS" "$TRAIN_SECONDS" <<'EOF' > "$OUT/gpu_check.json"
+    "$pytest_rc" "$ocean_rc" "$NUM_ENVS" "$WORKERS" "$TRAIN_SECONDS" <<'EOF' > "$OUT/gpu_check.json"
 import json, sys
 from pathlib import Path
 work = Path(sys.argv[1])
 names = ["train", "eval", "collapse_weights", "collapse_data", "collapse_resume", "fibers",
-         "pytest"]
+         "pytest", "ocean"]
 def load(name):
     p = work / name
     return json.loads(p.read_text()) if p.is_file() else None
-metrics = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()] \
-    if (work / "metrics.jsonl").is_file() else []
+def lines(name):
+    p = work / name
+    return [json.loads(l) for l in p.read_text().splitlines()] if p.is_file() else []
+metrics = lines("metrics.jsonl")
 summary = {
     "machine": load("machine.json"),
-    "exit_codes": dict(zip(names, sys.argv[2:9])),
-    "settings": {"num_envs": int(sys.argv[9]), "num_workers": int(sys.argv[10]),
-                 "train_seconds": int(sys.argv[11])},
+    "exit_codes": dict(zip(names, sys.argv[2:10])),
+    "settings": {"num_envs": int(sys.argv[10]), "num_workers": int(sys.argv[11]),
+                 "train_seconds": int(sys.argv[12])},
+    "ocean_sps_per_epoch": [round(m["sps"]) for m in lines("ocean_metrics.jsonl")],
     "sps_per_epoch": [round(m["sps"]) for m in metrics],
     "episode_return": [m.get("episode_return") for m in metrics],
     "epochs": len(metrics),
