@@ -342,7 +342,7 @@ def train_resume(
         optimizer_state = state.get("optimizer") if state.get("epoch") == epoch else None
         if optimizer_state is None:
             _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
-        hooks = resumed_hooks(hooks, state, cfg)
+        hooks = resumed_hooks(hooks, state)
         check_hooks(hooks, ckpt.policy)
         for hook, hook_state in zip(hooks, state.get("hooks") or [], strict=False):
             if hook_state is not None and hasattr(hook, "load_state_dict"):
@@ -458,7 +458,7 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return out
 
 
-def resumed_hooks(hooks: Sequence[Any], state: dict[str, Any], cfg: RunConfig) -> list[Any]:
+def resumed_hooks(hooks: Sequence[Any], state: dict[str, Any]) -> list[Any]:
     """Symmetry breaking continues with the run's stored settings when ``--break-symmetry`` is
     not given again; given settings that differ from the stored ones are reported."""
     from pufferfiber.breaking import SymmetryBreaker
