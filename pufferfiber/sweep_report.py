@@ -134,10 +134,15 @@ def summarise(rows: list[dict[str, Any]]) -> list[ArmSummary]:
 
 
 def sentence(env: str, arms: list[ArmSummary]) -> str:
-    """Which arms keep the original's final return, in words."""
+    """Which arms keep the original's final return, in words (with the difference and how many
+    seeds fell below every seed of the original, since a wide interval also "contains 0")."""
     mine = [a for a in arms if a.env == env and a.arm != ORIGINAL]
     if not mine:
         return f"{env}: no collapsed arm has finished yet."
+    originals = [
+        r["final_return"] for a in arms if a.env == env and a.arm == ORIGINAL for r in a.rows
+    ]
+    floor = min(originals) if originals else math.nan
     parts = []
     for verdict, words in (
         ("indistinguishable", "indistinguishable from the original"),
@@ -145,17 +150,23 @@ def sentence(env: str, arms: list[ArmSummary]) -> str:
         ("above", "above the original"),
         ("too few seeds to tell", "not comparable yet (fewer than 2 seeds)"),
     ):
-        names = [
-            f"{a.arm} ({a.params_pct[0]:.1f} % of the parameters)"
-            for a in mine
-            if a.verdict == verdict
-        ]
+        names = [_describe(a, floor) for a in mine if a.verdict == verdict]
         if names:
             parts.append(f"{'; '.join(names)}: {words}")
     n = max(a.final[2] for a in arms if a.env == env)
     return (
         f"{env}, final return (last 10 % of epochs, equal agent steps), paired over up to {n} "
         f"seeds, 95 % intervals of the difference: " + " | ".join(parts) + "."
+    )
+
+
+def _describe(arm: ArmSummary, floor: float) -> str:
+    mean, half, _ = arm.final_diff
+    below = sum(r["final_return"] < floor for r in arm.rows)
+    diff = f"Δ {mean:+.2f}" + (f" ± {half:.2f}" if math.isfinite(half) else "")
+    return (
+        f"{arm.arm} ({arm.params_pct[0]:.1f} % of the parameters, {diff}, {below} of "
+        f"{len(arm.rows)} seeds below every original seed)"
     )
 
 

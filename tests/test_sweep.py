@@ -136,14 +136,21 @@ def test_statistics() -> None:
     assert mean_ci([5.0])[:2][0] == 5.0 and mean_ci([])[2] == 0
     points = [(e, float(e)) for e in range(1, 21)]
     assert final_return(points, 20) == pytest.approx(19.5)  # epochs 19 and 20
-    same = ArmSummary("e", "tau=0.3", 0.3, [{}] * 3, (50.0, 1.0, 3), (0.01, 0.0, 3),
-                      (10.0, 1.0, 3), (10.0, 1.0, 3), (-0.5, 1.0, 3), (0.0, 1.0, 3))  # fmt: skip
-    worse = ArmSummary("e", "tau=0.5", 0.5, [{}] * 3, (10.0, 1.0, 3), (0.1, 0.0, 3),
-                       (5.0, 1.0, 3), (5.0, 1.0, 3), (-5.0, 1.0, 3), (-5.0, 1.0, 3))  # fmt: skip
+    original = ArmSummary("e", "original", 0.0, [{"final_return": 9.5}] * 3, (100.0, 0.0, 3),
+                          (0.0, 0.0, 3), (10.0, 1.0, 3), (10.0, 1.0, 3), (0.0, 0.0, 3),
+                          (0.0, 0.0, 3))  # fmt: skip
+    same = ArmSummary("e", "tau=0.3", 0.3, [{"final_return": 10.0}] * 3, (50.0, 1.0, 3),
+                      (0.01, 0.0, 3), (10.0, 1.0, 3), (10.0, 1.0, 3), (-0.5, 1.0, 3),
+                      (0.0, 1.0, 3))  # fmt: skip
+    worse = ArmSummary("e", "tau=0.5", 0.5, [{"final_return": 5.0}] * 3, (10.0, 1.0, 3),
+                       (0.1, 0.0, 3), (5.0, 1.0, 3), (5.0, 1.0, 3), (-5.0, 1.0, 3),
+                       (-5.0, 1.0, 3))  # fmt: skip
     assert same.verdict == "indistinguishable" and worse.verdict == "below"
-    text = sentence("e", [same, worse])
-    assert "tau=0.3 (50.0 % of the parameters): indistinguishable" in text
-    assert "tau=0.5 (10.0 % of the parameters): below the original" in text
+    text = sentence("e", [original, same, worse])
+    assert "tau=0.3 (50.0 % of the parameters, Δ -0.50 ± 1.00, 0 of 3 seeds below" in text
+    assert "tau=0.5 (10.0 % of the parameters, Δ -5.00 ± 1.00, 3 of 3 seeds below" in text
+    assert text.index("tau=0.3") < text.index("indistinguishable") < text.index("tau=0.5")
+    assert text.endswith("below the original.")
 
 
 # ---------------------------------------------------------------- --vec ray
