@@ -16,7 +16,7 @@ from pufferfiber import cli
 from pufferfiber.criteria import CRITERIA
 from pufferfiber.sweep import SUMMARY_COLUMNS, final_return
 from pufferfiber.sweep import main as sweep_main
-from pufferfiber.sweep_report import ArmSummary, mean_ci, sentence
+from pufferfiber.sweep_report import ArmSummary, mean_band, mean_ci, sentence
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--env", "cartpole", "--thresholds", "0.3", "--seeds", "2", "--collapse-epoch", "2",
@@ -176,3 +176,10 @@ def test_vec_ray_refuses_an_asynchronous_batch(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--vec ray steps every env at once" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_band_counts_every_running_seed() -> None:
+    """Seeds that finished no game in an epoch still count there (interpolated)."""
+    epochs, mean, half = mean_band([{1: 0.0, 3: 2.0}, {1: 0.0, 2: 1.0, 3: 2.0}], window=1)
+    assert epochs.tolist() == [1, 2, 3] and mean.tolist() == [0.0, 1.0, 2.0]
+    assert half.tolist() == [0.0, 0.0, 0.0]  # the seeds agree everywhere
