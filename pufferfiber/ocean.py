@@ -96,8 +96,6 @@ OCEAN_GAMES: dict[str, OceanGame] = {
     ),
 }
 
-OCEAN_ENVS = tuple(OCEAN_GAMES)
-
 
 class OceanError(ValueError):
     """An Ocean game that cannot be loaded or configured (one-line message)."""
@@ -167,7 +165,7 @@ class OceanEnv(PufferEnv):
         import gymnasium
 
         if name not in OCEAN_GAMES:
-            raise OceanError(f"unknown Ocean env {name!r}; valid: {', '.join(OCEAN_ENVS)}")
+            raise OceanError(f"unknown Ocean env {name!r}; valid: {', '.join(OCEAN_GAMES)}")
         if num_envs < 1:
             raise OceanError("an Ocean env needs num_envs >= 1")
         game = OCEAN_GAMES[name]

@@ -134,10 +134,15 @@ def summarise(rows: list[dict[str, Any]]) -> list[ArmSummary]:
 
 
 def sentence(env: str, arms: list[ArmSummary]) -> str:
-    """Which arms keep the original's final return, in words."""
+    """Which arms keep the original's final return, in words (with the difference and how many
+    seeds fell below every seed of the original, since a wide interval also "contains 0")."""
     mine = [a for a in arms if a.env == env and a.arm != ORIGINAL]
     if not mine:
         return f"{env}: no collapsed arm has finished yet."
+    originals = [
+        r["final_return"] for a in arms if a.env == env and a.arm == ORIGINAL for r in a.rows
+    ]
+    floor = min(originals) if originals else math.nan
     parts = []
     for verdict, words in (
         ("indistinguishable", "indistinguishable from the original"),
@@ -145,17 +150,23 @@ def sentence(env: str, arms: list[ArmSummary]) -> str:
         ("above", "above the original"),
         ("too few seeds to tell", "not comparable yet (fewer than 2 seeds)"),
     ):
-        names = [
-            f"{a.arm} ({a.params_pct[0]:.1f} % of the parameters)"
-            for a in mine
-            if a.verdict == verdict
-        ]
+        names = [_describe(a, floor) for a in mine if a.verdict == verdict]
         if names:
             parts.append(f"{'; '.join(names)}: {words}")
     n = max(a.final[2] for a in arms if a.env == env)
     return (
         f"{env}, final return (last 10 % of epochs, equal agent steps), paired over up to {n} "
         f"seeds, 95 % intervals of the difference: " + " | ".join(parts) + "."
+    )
+
+
+def _describe(arm: ArmSummary, floor: float) -> str:
+    mean, half, _ = arm.final_diff
+    below = sum(r["final_return"] < floor for r in arm.rows)
+    diff = f"Δ {mean:+.2f}" + (f" ± {half:.2f}" if math.isfinite(half) else "")
+    return (
+        f"{arm.arm} ({arm.params_pct[0]:.1f} % of the parameters, {diff}, {below} of "
+        f"{len(arm.rows)} seeds below every original seed)"
     )
 
 
@@ -174,25 +185,30 @@ def arm_curve(row: dict[str, Any], original_run: Path | None) -> dict[int, float
 def mean_band(
     curves: list[dict[int, float]], window: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Epochs, mean and 95 % half-width over the seeds' (smoothed) curves."""
+    """Epochs, mean and 95 % half-width over the seeds' smoothed curves.
+
+    Long games (pong) end in some epochs of a seed and not in others: each seed's smoothed
+    curve is interpolated onto every epoch between its first and last point, so that each
+    epoch's interval is taken over all the seeds running then, not over the few that happened
+    to finish a game in it."""
     from scipy import stats
 
-    smoothed = []
-    for c in curves:
+    curves = [c for c in curves if c]
+    if not curves:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    grid = np.arange(min(min(c) for c in curves), max(max(c) for c in curves) + 1)
+    table = np.full((len(curves), grid.size), np.nan)
+    for i, c in enumerate(curves):
         epochs = np.array(sorted(c))
         values = plots.smooth(np.array([c[e] for e in epochs]), window)
-        smoothed.append(dict(zip(epochs.tolist(), values, strict=True)))
-    epochs = np.array(sorted(set().union(*smoothed))) if smoothed else np.zeros(0)
-    mean, half = [], []
-    for e in epochs:
-        x = np.array([s[e] for s in smoothed if e in s])
-        mean.append(x.mean())
-        half.append(
-            stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-            if x.size > 1
-            else 0.0
-        )
-    return epochs, np.array(mean), np.array(half)
+        inside = (grid >= epochs[0]) & (grid <= epochs[-1])
+        table[i, inside] = np.interp(grid[inside], epochs, values)
+    n = np.sum(np.isfinite(table), axis=0)
+    mean = np.nanmean(table, axis=0)
+    spread = np.nanstd(table, axis=0, ddof=1) if len(curves) > 1 else np.zeros(grid.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * spread / np.sqrt(n), 0.0)
+    return grid, mean, np.nan_to_num(half)
 
 
 def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
@@ -202,7 +218,7 @@ def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
     originals = {r["seed"]: Path(r["run_dir"]) for a in mine if a.arm == ORIGINAL for r in a.rows}
     for i, arm in enumerate(mine):
         curves = [arm_curve(r, originals.get(r["seed"])) for r in arm.rows]
-        epochs, mean, half = mean_band([c for c in curves if c], window)
+        epochs, mean, half = mean_band(curves, window)
         if not epochs.size:
             continue
         colour = plots.COLOURS[i % len(plots.COLOURS)]

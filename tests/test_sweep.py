@@ -16,7 +16,7 @@ from pufferfiber import cli
 from pufferfiber.criteria import CRITERIA
 from pufferfiber.sweep import SUMMARY_COLUMNS, final_return
 from pufferfiber.sweep import main as sweep_main
-from pufferfiber.sweep_report import ArmSummary, mean_ci, sentence
+from pufferfiber.sweep_report import ArmSummary, mean_band, mean_ci, sentence
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--env", "cartpole", "--thresholds", "0.3", "--seeds", "2", "--collapse-epoch", "2",
@@ -136,14 +136,21 @@ def test_statistics() -> None:
     assert mean_ci([5.0])[:2][0] == 5.0 and mean_ci([])[2] == 0
     points = [(e, float(e)) for e in range(1, 21)]
     assert final_return(points, 20) == pytest.approx(19.5)  # epochs 19 and 20
-    same = ArmSummary("e", "tau=0.3", 0.3, [{}] * 3, (50.0, 1.0, 3), (0.01, 0.0, 3),
-                      (10.0, 1.0, 3), (10.0, 1.0, 3), (-0.5, 1.0, 3), (0.0, 1.0, 3))  # fmt: skip
-    worse = ArmSummary("e", "tau=0.5", 0.5, [{}] * 3, (10.0, 1.0, 3), (0.1, 0.0, 3),
-                       (5.0, 1.0, 3), (5.0, 1.0, 3), (-5.0, 1.0, 3), (-5.0, 1.0, 3))  # fmt: skip
+    original = ArmSummary("e", "original", 0.0, [{"final_return": 9.5}] * 3, (100.0, 0.0, 3),
+                          (0.0, 0.0, 3), (10.0, 1.0, 3), (10.0, 1.0, 3), (0.0, 0.0, 3),
+                          (0.0, 0.0, 3))  # fmt: skip
+    same = ArmSummary("e", "tau=0.3", 0.3, [{"final_return": 10.0}] * 3, (50.0, 1.0, 3),
+                      (0.01, 0.0, 3), (10.0, 1.0, 3), (10.0, 1.0, 3), (-0.5, 1.0, 3),
+                      (0.0, 1.0, 3))  # fmt: skip
+    worse = ArmSummary("e", "tau=0.5", 0.5, [{"final_return": 5.0}] * 3, (10.0, 1.0, 3),
+                       (0.1, 0.0, 3), (5.0, 1.0, 3), (5.0, 1.0, 3), (-5.0, 1.0, 3),
+                       (-5.0, 1.0, 3))  # fmt: skip
     assert same.verdict == "indistinguishable" and worse.verdict == "below"
-    text = sentence("e", [same, worse])
-    assert "tau=0.3 (50.0 % of the parameters): indistinguishable" in text
-    assert "tau=0.5 (10.0 % of the parameters): below the original" in text
+    text = sentence("e", [original, same, worse])
+    assert "tau=0.3 (50.0 % of the parameters, Δ -0.50 ± 1.00, 0 of 3 seeds below" in text
+    assert "tau=0.5 (10.0 % of the parameters, Δ -5.00 ± 1.00, 3 of 3 seeds below" in text
+    assert text.index("tau=0.3") < text.index("indistinguishable") < text.index("tau=0.5")
+    assert text.endswith("below the original.")
 
 
 # ---------------------------------------------------------------- --vec ray
@@ -169,3 +176,10 @@ def test_vec_ray_refuses_an_asynchronous_batch(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--vec ray steps every env at once" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_band_counts_every_running_seed() -> None:
+    """Seeds that finished no game in an epoch still count there (interpolated)."""
+    epochs, mean, half = mean_band([{1: 0.0, 3: 2.0}, {1: 0.0, 2: 1.0, 3: 2.0}], window=1)
+    assert epochs.tolist() == [1, 2, 3] and mean.tolist() == [0.0, 1.0, 2.0]
+    assert half.tolist() == [0.0, 0.0, 0.0]  # the seeds agree everywhere
