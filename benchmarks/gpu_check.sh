@@ -92,7 +92,7 @@ if [ -n "$LAST" ]; then
     fi
     epoch=$((10#$(basename "$LAST" .pt | sed 's/model_//')))
     stamp "(b) resume the collapsed model of epoch $epoch for two epochs"
-    timeout -k 10 120 "$PY" demo.py --mode train "${TRAIN[@]}" "${VEC[@]}" --exp-id "$(basename "$RUN")" \
+    timeout -k 10 150 "$PY" demo.py --mode train "${TRAIN[@]}" "${VEC[@]}" --exp-id "$(basename "$RUN")" \
         --collapse 0.3 --collapse-epoch "$epoch" --collapse-until $((epoch + 2)) \
         > "$WORK/log_collapsed.out" 2> "$WORK/log_collapsed.err"
     resume_rc=$?
