@@ -20,10 +20,8 @@ Settings:
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,12 +29,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_sps import timed_epochs
 
 from pufferfiber.config import load_config
-from pufferfiber.dashboard import Dashboard
-from pufferfiber.envs import architecture_for, make_vecenv
-from pufferfiber.policy import Policy
-from pufferfiber.trainer import Trainer
+from pufferfiber.envs import make_vecenv
 
 # Recorded trainer throughput on a 2-core machine of this kind (agent steps/s), issue 8.
 PUFFERLIB_SPS = {
@@ -74,19 +72,7 @@ def training_sps(env: str, overrides: dict[str, str], epochs: int) -> tuple[floa
     """Mean SPS of ``epochs`` training epochs after one warm-up, and the phase times."""
     cfg = load_config(env, {**overrides, "train.checkpoint_interval": "1000000"})
     vecenv = make_vecenv(env, "serial", cfg.vec.num_envs, env_kwargs=dict(cfg.env))
-    torch.manual_seed(cfg.train.seed)
-    policy = Policy(architecture_for(env, vecenv))
-    with tempfile.TemporaryDirectory() as tmp:
-        dashboard = Dashboard(stream=io.StringIO(), live=False)
-        trainer = Trainer(cfg, vecenv, policy, Path(tmp), end_epoch=10**6, dashboard=dashboard)
-        trainer.train_epoch()  # warm-up: reset, allocator, first-call overheads
-        trainer.profile.seconds.clear()
-        start = time.perf_counter()
-        for _ in range(epochs):
-            trainer.train_epoch()
-        elapsed = time.perf_counter() - start
-        trainer.close()
-    return epochs * cfg.train.batch_size / elapsed, dict(trainer.profile.seconds)
+    return timed_epochs(cfg, vecenv, epochs)
 
 
 def main() -> None:

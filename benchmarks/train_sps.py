@@ -17,13 +17,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pufferfiber.config import load_config
+from pufferfiber.config import RunConfig, load_config
 from pufferfiber.dashboard import Dashboard
 from pufferfiber.envs import architecture_for, make_vecenv
 from pufferfiber.policy import Policy
@@ -59,9 +60,14 @@ def training_sps(
         **overrides,
     }
     cfg = load_config(env, settings)
-    vecenv = make_vecenv(env, "serial", num_envs)
+    return timed_epochs(cfg, make_vecenv(env, "serial", num_envs), epochs)
+
+
+def timed_epochs(cfg: RunConfig, vecenv: Any, epochs: int) -> tuple[float, dict]:
+    """Mean SPS of ``epochs`` epochs of a fresh policy after one warm-up epoch, and the
+    trainer's phase times (the vector env is closed afterwards)."""
     torch.manual_seed(cfg.train.seed)
-    policy = Policy(architecture_for(env, vecenv))
+    policy = Policy(architecture_for(cfg.env_name, vecenv))
     with tempfile.TemporaryDirectory() as tmp:
         dashboard = Dashboard(stream=io.StringIO(), live=False)
         trainer = Trainer(cfg, vecenv, policy, Path(tmp), end_epoch=10**6, dashboard=dashboard)
@@ -72,7 +78,7 @@ def training_sps(
             trainer.train_epoch()
         elapsed = time.perf_counter() - start
         trainer.close()
-    return epochs * batch_size / elapsed, dict(trainer.profile.seconds)
+    return epochs * cfg.train.batch_size / elapsed, dict(trainer.profile.seconds)
 
 
 def main() -> None:
