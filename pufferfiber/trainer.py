@@ -572,10 +572,7 @@ class Trainer:
             order = torch.randperm(n_seq).to(self.device)
             for start in range(0, n_seq, seq_per_mb):
                 with prof("train_misc"):
-                    mb = {
-                        k: v[order[start : start + seq_per_mb]].to(self.device)
-                        for k, v in data.items()
-                    }
+                    mb = {k: v[order[start : start + seq_per_mb]] for k, v in data.items()}
                 stats = self._minibatch_step(mb)
                 with prof("train_misc"):
                     for k, v in stats.items():
