@@ -52,6 +52,8 @@ def published_lstm_fibers(
 
     ``inputs`` is the producer's colouring; only its labels are used (plain sums, as published).
     """
+    if node.gates != LSTM_GATES:
+        raise ValueError(f"the published criterion is defined for the LSTM, not {node.kind}")
     plain = Colouring.of(inputs.labels.numpy())
     w_in = input_part(node, params, plain)  # [H, 4, colours]
     w_hh = recurrent_view(node, params[node.recurrent_key or ""])

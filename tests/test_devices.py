@@ -124,7 +124,7 @@ def test_symmetry_breaking_on_device_keeps_the_function(device: str) -> None:
     policy(obs)[1].sum().backward()
     optimizer.step()
     before = copy.deepcopy(policy)
-    before.lstm.flatten_parameters()  # a deep copy's LSTM weights are not one cuDNN chunk
+    before.recurrent.flatten_parameters()  # a deep copy's LSTM weights are not one cuDNN chunk
     breaker = SymmetryBreaker(interval=1, fiber_threshold=0.0, maturity=0, fraction=1.0, seed=3)
     report = breaker.step(policy, optimizer, epoch=1)
     assert sum(report.broken.values()) > 0

@@ -23,6 +23,7 @@ from pufferfiber.fibers import (
     fibers_dict,
     load_fibers,
     node_rows,
+    recurrent_rows,
     relabel_first_occurrence,
     save_fibers,
 )
@@ -96,7 +97,8 @@ def test_clustering_equals_sklearn_on_trained_layers(shared_run: Path, tau: floa
         rows = node_rows(lin, params, conv3, pooled=pooled).numpy()
         assert np.array_equal(cluster_rows(rows, tau), sklearn_labels(rows, tau))
     lstm = g["lstm"]
-    rows = node_rows(lstm, params, Colouring.discrete(512), Colouring.discrete(512)).numpy()
+    # The production row builder of the recurrent layer, at its first approximate round.
+    rows = recurrent_rows(lstm, params, Colouring.discrete(lstm.in_units))(np.arange(lstm.size))
     assert np.array_equal(cluster_rows(rows, tau), sklearn_labels(rows, tau))
 
 
@@ -132,7 +134,7 @@ def test_larger_threshold_never_gives_more_fibers_in_a_network(arch: Architectur
 
 def test_bad_settings_are_rejected() -> None:
     policy = Policy(MLP)
-    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+    with pytest.raises(ValueError, match="between 0 and 2"):
         compute_fibers(policy, 2.5)
     with pytest.raises(ValueError, match="flatten_colours"):
         compute_fibers(policy, 0.3, flatten_colours="channels")
