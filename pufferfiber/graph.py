@@ -221,16 +221,63 @@ class LayerKind:
         dims = [d for d in range(act.dim()) if d != 1]
         return act.abs().mean(dim=dims)
 
-    # -- parameters
+    # -- construction
     def parameter_keys(self, name: str) -> tuple[str, tuple[str, ...], str | None]:
         """``(weight, biases, recurrent weight)`` state-dict keys of the module at ``name``."""
         return f"{name}.weight", (f"{name}.bias",), None
+
+    def shape(self, module: Any, name: str, producer: LayerNode | None, in_units: int) -> Shape:
+        """The node's sizes read from its module; ``in_units`` counts the observation's
+        channels / features when there is no producer."""
+        raise NotImplementedError
+
+    def node(
+        self, module: nn.Module, name: str, label: str, producer: LayerNode | None, in_units: int
+    ) -> LayerNode:
+        """The node of ``module`` (at ``name`` in ``named_modules()``), read by ``producer``'s
+        units (``None``: the observation)."""
+        if not isinstance(module, self.module_type):
+            raise ValueError(f"{name}: a {self.kind} layer needs {self.module_type.__name__}")
+        weight_key, bias_keys, recurrent_key = self.parameter_keys(name)
+        shape = self.shape(module, name, producer, in_units)
+        return LayerNode(
+            name=name,
+            label=label,
+            kind=self.kind,
+            size=shape.size,
+            activation=self.activation,
+            producer=None if producer is None else producer.name,
+            mapping=shape.mapping,
+            in_units=shape.in_units,
+            extent=shape.extent,
+            gates=self.gates,
+            weight_key=weight_key,
+            bias_keys=bias_keys,
+            recurrent_key=recurrent_key,
+            kernel=shape.kernel,
+        )
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A node's sizes (see :class:`LayerNode`)."""
+
+    size: int
+    in_units: int
+    mapping: InputMap = InputMap.IDENTITY
+    extent: int = 1
+    kernel: tuple[int, int] | None = None
 
 
 class ConvKind(LayerKind):
     kind = Kind.CONV
     module_type = nn.Conv2d
     arch_field = "channels"
+
+    def shape(self, module: Any, name: str, producer: LayerNode | None, in_units: int) -> Shape:
+        kh, kw = module.kernel_size
+        n_in = producer.size if producer is not None else in_units
+        return Shape(module.out_channels, n_in, extent=kh * kw, kernel=(kh, kw))
 
     def unview_weight(self, node: LayerNode, view: torch.Tensor) -> torch.Tensor:
         units, _, inputs, _ = view.shape
@@ -243,14 +290,28 @@ class ConvKind(LayerKind):
 class LinearKind(LayerKind):
     kind = Kind.LINEAR
     module_type = nn.Linear
-    arch_field = "hidden"
+    arch_field: ClassVar[str | None] = "hidden"
+
+    def shape(self, module: Any, name: str, producer: LayerNode | None, in_units: int) -> Shape:
+        if producer is None:
+            return Shape(module.out_features, module.in_features)
+        if module.in_features == producer.size:
+            return Shape(module.out_features, producer.size)
+        if producer.kernel is not None and module.in_features % producer.size == 0:
+            # conv → flatten → Linear: input k is (channel k // P, position k % P).
+            extent = module.in_features // producer.size
+            return Shape(module.out_features, producer.size, InputMap.FLATTEN, extent)
+        raise ValueError(
+            f"{name}: {module.in_features} inputs do not match the {producer.size} units of "
+            f"{producer.label}"
+        )
 
 
-class HeadKind(LayerKind):
+class HeadKind(LinearKind):
     kind = Kind.HEAD
-    module_type = nn.Linear
     activation = Activation.NONE
     hidden = False
+    arch_field = None
 
 
 class RecurrentKind(LayerKind):
@@ -282,6 +343,11 @@ class RecurrentKind(LayerKind):
         for g in self.separate_bias_gates:
             outside[:, g], inside[:, g] = b_ih[:, g], b_hh[:, g]
         return torch.stack([outside, inside], dim=-1)
+
+    def shape(self, module: Any, name: str, producer: LayerNode | None, in_units: int) -> Shape:
+        if module.num_layers != 1 or module.bidirectional or getattr(module, "proj_size", False):
+            raise ValueError(f"{name}: only a one-layer, unidirectional {self.kind} is supported")
+        return Shape(module.hidden_size, producer.size if producer is not None else in_units)
 
     def unit_outputs(self, output: Any) -> torch.Tensor:
         out = output[0]  # [T, B, H]: h at every step
@@ -433,61 +499,6 @@ def _kind_of(module: nn.Module) -> LayerKind | None:
     return next((s for s in KINDS.values() if s.hidden and isinstance(module, s.module_type)), None)
 
 
-def _node(
-    spec: LayerKind,
-    module: nn.Module,
-    name: str,
-    label: str,
-    producer: LayerNode | None,
-    in_units: int,
-    *,
-    flattened_from: LayerNode | None = None,
-) -> LayerNode:
-    """A node of kind ``spec`` for ``module`` (sizes read from the module itself)."""
-    weight_key, bias_keys, recurrent_key = spec.parameter_keys(name)
-    kernel: tuple[int, int] | None = None
-    mapping, extent = InputMap.IDENTITY, 1
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        kernel, extent, size = (kh, kw), kh * kw, module.out_channels
-        in_units = producer.size if producer is not None else in_units
-    elif isinstance(module, nn.Linear):
-        size, in_units = module.out_features, module.in_features
-        if producer is not None and flattened_from is producer and producer.kind == Kind.CONV:
-            # conv → flatten → Linear: input k is (channel k // P, position k % P).
-            if module.in_features % producer.size:
-                raise ValueError(
-                    f"{name}: {module.in_features} inputs do not split into "
-                    f"{producer.size} channels"
-                )
-            mapping, extent = InputMap.FLATTEN, module.in_features // producer.size
-            in_units = producer.size
-        elif producer is not None:
-            in_units = producer.size
-    elif isinstance(module, nn.RNNBase):
-        if module.num_layers != 1 or module.bidirectional or getattr(module, "proj_size", False):
-            raise ValueError(f"{name}: only a one-layer, unidirectional {spec.kind} is supported")
-        size = module.hidden_size
-    else:
-        raise ValueError(f"{name}: no layer kind for {type(module).__name__}")
-    return LayerNode(
-        name=name,
-        label=label,
-        kind=spec.kind,
-        size=size,
-        activation=spec.activation,
-        producer=None if producer is None else producer.name,
-        mapping=mapping,
-        in_units=in_units,
-        extent=extent,
-        gates=spec.gates,
-        weight_key=weight_key,
-        bias_keys=bias_keys,
-        recurrent_key=recurrent_key,
-        kernel=kernel,
-    )
-
-
 def build_graph(policy: Policy) -> LayerGraph:
     """Walk the encoder, the recurrent layer and the heads; no layer position is assumed.
 
@@ -499,7 +510,6 @@ def build_graph(policy: Policy) -> LayerGraph:
     nodes: list[LayerNode] = []
     producer: LayerNode | None = None
     in_units = policy.arch.obs_shape[0]
-    flattened_from: LayerNode | None = None
     pending = False  # the last node still waits for its ReLU
     counts: dict[Kind, int] = {}
     for module in policy.network:
@@ -510,14 +520,12 @@ def build_graph(policy: Policy) -> LayerGraph:
                 raise ValueError(f"{name}: ReLU without a preceding conv or Linear layer")
             producer, pending = nodes[-1], False
         elif isinstance(module, nn.Flatten):
-            flattened_from = producer
+            pass  # a Linear after a conv reads (channel, position) pairs: see LinearKind.shape
         elif spec is not None and spec.activation == Activation.RELU:
             counts[spec.kind] = counts.get(spec.kind, 0) + 1
             label = f"{spec.kind}{counts[spec.kind]}"
-            nodes.append(
-                _node(spec, module, name, label, producer, in_units, flattened_from=flattened_from)
-            )
-            flattened_from, pending = None, True
+            nodes.append(spec.node(module, name, label, producer, in_units))
+            pending = True
         else:
             raise ValueError(f"{name}: unsupported layer {type(module).__name__} in the encoder")
     if producer is None or pending:
@@ -526,10 +534,9 @@ def build_graph(policy: Policy) -> LayerGraph:
     spec = _kind_of(rnn)
     if spec is None or not isinstance(spec, RecurrentKind):
         raise ValueError(f"unsupported recurrent layer {type(rnn).__name__}")
-    recurrent = _node(spec, rnn, names[id(rnn)], str(spec.kind), producer, producer.size)
-    head_kind = KINDS[Kind.HEAD]
+    recurrent = spec.node(rnn, names[id(rnn)], str(spec.kind), producer, producer.size)
     heads = [
-        _node(head_kind, module, names[id(module)], label, recurrent, recurrent.size)
+        KINDS[Kind.HEAD].node(module, names[id(module)], label, recurrent, recurrent.size)
         for label, module in policy.heads.items()
     ]
     return LayerGraph([*nodes, recurrent, *heads])
