@@ -48,12 +48,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pufferfiber.clustering import meet
 from pufferfiber.criteria import FiberCriterion, WeightCriterion
 from pufferfiber.fibers import (
     Fibration,
     compute_opfibers,
     fiber_colourings,
-    meet,
     validate_threshold,
 )
 from pufferfiber.graph import (

@@ -40,6 +40,7 @@ from pufferfiber.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from pufferfiber.clustering import products_on
 from pufferfiber.collapse import collapse_policy
 from pufferfiber.criteria import (
     CRITERIA,
@@ -64,7 +65,6 @@ from pufferfiber.fibers import (
     Fibration,
     compute_fibers,
     fibers_dict,
-    products_on,
     save_fibers,
     validate_threshold,
 )

@@ -22,14 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pufferfiber.fibers import (
-    Colouring,
-    LayerFibers,
-    cluster_rows,
-    input_part,
-    relabel_first_occurrence,
-    sum_over_colours,
-)
+from pufferfiber.clustering import cluster_rows, relabel_first_occurrence
+from pufferfiber.fibers import Colouring, LayerFibers, input_part, sum_over_colours
 from pufferfiber.graph import LSTM_GATES, LayerNode, recurrent_view
 
 PUBLISHED_LSTM_ROUNDS = 5

@@ -19,9 +19,10 @@ import torch
 from pufferfiber import cli
 from pufferfiber.breaking import SymmetryBreaker
 from pufferfiber.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from pufferfiber.clustering import cluster_rows, products_on
 from pufferfiber.collapse import collapse_policy
 from pufferfiber.evaluate import policy_on
-from pufferfiber.fibers import cluster_rows, compute_fibers, products_on
+from pufferfiber.fibers import compute_fibers
 from pufferfiber.pipeline import collapse_to_folder
 from pufferfiber.policy import Architecture, Policy
 

@@ -11,20 +11,22 @@ import torch
 from scipy.spatial.distance import squareform
 from sklearn.cluster import AgglomerativeClustering
 
+from pufferfiber.clustering import (
+    average_linkage_labels,
+    cluster_rows,
+    cosine_distances_condensed,
+    exact_partition,
+    relabel_first_occurrence,
+)
 from pufferfiber.fibers import (
     Colouring,
     FibersFileError,
-    average_linkage_labels,
-    cluster_rows,
     compute_fibers,
     compute_opfibers,
-    cosine_distances_condensed,
-    exact_partition,
     fibers_dict,
     load_fibers,
     node_rows,
     recurrent_rows,
-    relabel_first_occurrence,
     save_fibers,
 )
 from pufferfiber.graph import build_graph, named_tensors, put_units, take_units
@@ -61,13 +63,12 @@ def test_cosine_distances_match_definition_including_zero_rows() -> None:
 
 
 def test_blocked_distances_equal_direct_computation(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pufferfiber.fibers as fibers
+    import pufferfiber.clustering as clustering
 
     rows = np.random.default_rng(0).normal(size=(37, 5))
     full = cosine_distances_condensed(rows)
-    monkeypatch.setattr(fibers, "_BLOCK", 8)
+    monkeypatch.setattr(clustering, "_BLOCK", 8)
     assert np.allclose(cosine_distances_condensed(rows), full, atol=1e-14)
-    monkeypatch.setattr(fibers, "_BLOCK", 8)
     assert exact_partition(np.repeat(rows, 2, axis=0), scale_free=False).max() == 36
 
 
