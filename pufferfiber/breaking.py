@@ -9,20 +9,21 @@ representative ``r`` (``docs/method.md`` §5):
 
 1. its outgoing weights are folded onto ``r``'s, ``w_out,r += s · w_out,j``, then zeroed. Here
    ``s = a_j / a_r`` is the fold factor (1 for duplicates; for ReLU units whose rows are positive
-   multiples, the ratio of their projections on the fiber's mean row). For an LSTM unit the
-   outgoing weights are the heads' columns *and* its ``W_hh`` column, i.e. how ``h_j`` feeds every
-   gate of every unit;
+   multiples, the ratio of their projections on the fiber's mean row). For a recurrent (LSTM or
+   GRU) unit the outgoing weights are the heads' columns *and* its ``W_hh`` column, i.e. how
+   ``h_j`` feeds every gate of every unit;
 2. its incoming weights get fresh random values with the layer's own scale (the standard
-   deviation of the tensor they live in), biases zero; for an LSTM unit these are its four gate
-   rows of ``W_ih`` and ``W_hh`` and both biases;
+   deviation of the tensor they live in), biases zero; for a recurrent unit these are its gate
+   rows (4 for the LSTM, 3 for the GRU) of ``W_ih`` and ``W_hh`` and both biases;
 3. its age is reset and every optimizer state tensor shaped like an edited parameter (Adam's
    ``exp_avg`` / ``exp_avg_sq``, SGD's momentum...) is zeroed at every edited entry: the broken
    unit's rows, its zeroed columns and the representative's columns that received the fold.
 
 Why the function is unchanged. Nothing reads a broken unit any more (all its outgoing weights are
 zero), and every reader of ``j`` now reads ``r`` with the weight ``j`` had: exact when
-``a_j = s · a_r`` for every input, i.e. for exact fibers (threshold 0). For the LSTM this needs
-``h_j = h_r`` *and* ``c_j = c_r`` in the state the network is run from; by induction over time
+``a_j = s · a_r`` for every input, i.e. for exact fibers (threshold 0). For the recurrent layer
+this needs equal states (LSTM: ``h_j = h_r`` *and* ``c_j = c_r``; GRU: ``h_j = h_r``) in the
+state the network is run from; by induction over time
 every other unit then follows its old trajectory (``r`` included), so the outputs are identical.
 Exact fibers keep equal states equal from the zero initial state, so this holds for states the
 network produced itself. At a threshold above 0 members only approximately compute the same
@@ -69,7 +70,7 @@ from pufferfiber.graph import (
     take_units,
     unit_view,
 )
-from pufferfiber.policy import Policy
+from pufferfiber.policy import Policy, RecurrentState
 
 BREAK_LOG = "breaking.jsonl"
 
@@ -488,10 +489,10 @@ def _check_settings(
 
 @torch.no_grad()
 def function_change(
-    before: Policy, after: Policy, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    before: Policy, after: Policy, obs: torch.Tensor, state: RecurrentState | None
 ) -> dict[str, float]:
     """How much ``after`` differs from ``before`` on sequences ``obs`` ``[B, T, *obs]`` from
-    LSTM ``state``: max |Δlogits|, max |Δvalue| and mean KL(before ‖ after) of the actions."""
+    recurrent ``state``: max |Δlogits|, max |Δvalue| and mean KL(before ‖ after) of the actions."""
     la, va, _ = before(obs, state)
     lb, vb, _ = after(obs, state)
     pa, pb = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
