@@ -23,7 +23,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from pufferfiber.policy import Architecture, Policy, observation_batch
-from pufferfiber.trainer import sequence_forward
 
 MINIBATCH, BPTT, STEPS_PER_UPDATE = 1024, 2, 30720 // 1024 * 3
 
@@ -50,7 +49,7 @@ def main() -> None:
     dones = torch.zeros(seqs, BPTT)
 
     def minibatch_step() -> None:
-        logits, values = sequence_forward(policy, obs, state, dones)
+        logits, values = policy.unroll(obs, state, dones)
         loss = logits.logsumexp(-1).mean() + values.pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

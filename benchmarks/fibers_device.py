@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fibers_speed import DEFAULT_CHECKPOINT, load_network, wide_layer_policy
 
-from pufferfiber.fibers import Fibration, compute_fibers, products_on
+from pufferfiber.clustering import products_on
+from pufferfiber.fibers import Fibration, compute_fibers
 from pufferfiber.policy import Policy
 
 

@@ -5,24 +5,25 @@ Every ``interval`` epochs :class:`SymmetryBreaker` computes the fibers of the po
 selected layer, picks a ``fraction`` of the *mature* redundant units: members of a non-trivial
 fiber other than its representative (the fiber's lowest unit index) whose age (epochs since
 their last (re)initialisation) is at least ``maturity``. For each broken unit ``j`` with
-representative ``r`` (SPEC §4):
+representative ``r`` (``docs/method.md`` §5):
 
 1. its outgoing weights are folded onto ``r``'s, ``w_out,r += s · w_out,j``, then zeroed. Here
    ``s = a_j / a_r`` is the fold factor (1 for duplicates; for ReLU units whose rows are positive
-   multiples, the ratio of their projections on the fiber's mean row). For an LSTM unit the
-   outgoing weights are the heads' columns *and* its ``W_hh`` column, i.e. how ``h_j`` feeds every
-   gate of every unit;
+   multiples, the ratio of their projections on the fiber's mean row). For a recurrent (LSTM or
+   GRU) unit the outgoing weights are the heads' columns *and* its ``W_hh`` column, i.e. how
+   ``h_j`` feeds every gate of every unit;
 2. its incoming weights get fresh random values with the layer's own scale (the standard
-   deviation of the tensor they live in), biases zero; for an LSTM unit these are its four gate
-   rows of ``W_ih`` and ``W_hh`` and both biases;
+   deviation of the tensor they live in), biases zero; for a recurrent unit these are its gate
+   rows (4 for the LSTM, 3 for the GRU) of ``W_ih`` and ``W_hh`` and both biases;
 3. its age is reset and every optimizer state tensor shaped like an edited parameter (Adam's
    ``exp_avg`` / ``exp_avg_sq``, SGD's momentum...) is zeroed at every edited entry: the broken
    unit's rows, its zeroed columns and the representative's columns that received the fold.
 
 Why the function is unchanged. Nothing reads a broken unit any more (all its outgoing weights are
 zero), and every reader of ``j`` now reads ``r`` with the weight ``j`` had: exact when
-``a_j = s · a_r`` for every input, i.e. for exact fibers (threshold 0). For the LSTM this needs
-``h_j = h_r`` *and* ``c_j = c_r`` in the state the network is run from; by induction over time
+``a_j = s · a_r`` for every input, i.e. for exact fibers (threshold 0). For the recurrent layer
+this needs equal states (LSTM: ``h_j = h_r`` *and* ``c_j = c_r``; GRU: ``h_j = h_r``) in the
+state the network is run from; by induction over time
 every other unit then follows its old trajectory (``r`` included), so the outputs are identical.
 Exact fibers keep equal states equal from the zero initial state, so this holds for states the
 network produced itself. At a threshold above 0 members only approximately compute the same
@@ -48,27 +49,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from pufferfiber.clustering import meet
 from pufferfiber.criteria import FiberCriterion, WeightCriterion
 from pufferfiber.fibers import (
-    Colouring,
     Fibration,
     compute_opfibers,
-    fold_scales,
-    meet,
-    node_rows,
+    fiber_colourings,
+    validate_threshold,
 )
 from pufferfiber.graph import (
     LayerGraph,
     LayerNode,
+    Role,
     UnitAxis,
     add_units,
     build_graph,
     named_tensors,
+    parse_layers,
     put_units,
     take_units,
     unit_view,
 )
-from pufferfiber.policy import Policy
+from pufferfiber.policy import Policy, RecurrentState
 
 BREAK_LOG = "breaking.jsonl"
 
@@ -136,7 +138,7 @@ def reinitialise_incoming(
     edits: list[Edit] = []
     for axis in graph.incoming_axes(node):
         tensor = tensors[axis.key]
-        if axis.role == "bias":
+        if axis.role == Role.BIAS:
             put_units(axis, tensor, idx, 0.0)
         else:
             shape = list(unit_view(axis, tensor).shape)
@@ -192,27 +194,15 @@ class BreakPlan:
 def layer_fold_scales(
     policy: Policy, graph: LayerGraph, fibration: Fibration
 ) -> dict[str, np.ndarray]:
-    """Fold factor of every unit relative to its fiber's mean row (1 for the LSTM).
+    """Fold factor of every unit relative to its fiber's mean row (1 for the recurrent layer).
 
-    Walks the layers like :func:`pufferfiber.fibers.compute_fibers` (same input colourings,
-    including the producers' factors) so that ReLU fibers of positive multiples fold exactly.
+    The factors :func:`pufferfiber.fibers.compute_fibers` stored with the fibers (the same walk
+    as the collapse, producers' factors included) so that ReLU fibers of positive multiples
+    fold exactly.
     """
     params = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
-    colourings: dict[str, Colouring] = {}
-    scales: dict[str, np.ndarray] = {}
-    for node in graph.hidden:
-        producer = graph.producer(node)
-        inputs = colourings[producer.name] if producer else Colouring.discrete(node.in_units)
-        fib = fibration.get(node)
-        labels = np.arange(node.size) if fib is None else fib.labels
-        colour = Colouring.of(labels)
-        if node.kind == "lstm":
-            s = torch.ones(node.size, dtype=torch.float64)
-        else:
-            s = fold_scales(node_rows(node, params, inputs, hidden=None), colour)
-        colourings[node.name] = Colouring(colour.labels, colour.count, s)
-        scales[node.label] = s.numpy()
-    return scales
+    colourings = fiber_colourings(graph, params, fibration)
+    return {n.label: colourings[n.name].scales.numpy() for n in graph.hidden}
 
 
 def redundant_members(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -486,8 +476,8 @@ def _check_settings(
     if int(interval) < 1:
         raise ValueError(f"break interval must be at least 1 epoch, got {interval}")
     for name, tau in (("fiber", fiber_threshold), ("opfiber", opfiber_threshold)):
-        if tau is not None and not 0.0 <= float(tau) <= 2.0:
-            raise ValueError(f"break {name} threshold must be in [0, 2], got {tau}")
+        if tau is not None:
+            validate_threshold(tau, f"break {name} threshold")
     if int(maturity) < 0:
         raise ValueError(f"break maturity must be >= 0 epochs, got {maturity}")
     if not 0.0 <= float(fraction) <= 1.0:
@@ -499,10 +489,10 @@ def _check_settings(
 
 @torch.no_grad()
 def function_change(
-    before: Policy, after: Policy, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    before: Policy, after: Policy, obs: torch.Tensor, state: RecurrentState | None
 ) -> dict[str, float]:
     """How much ``after`` differs from ``before`` on sequences ``obs`` ``[B, T, *obs]`` from
-    LSTM ``state``: max |Δlogits|, max |Δvalue| and mean KL(before ‖ after) of the actions."""
+    recurrent ``state``: max |Δlogits|, max |Δvalue| and mean KL(before ‖ after) of the actions."""
     la, va, _ = before(obs, state)
     lb, vb, _ = after(obs, state)
     pa, pb = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
@@ -587,12 +577,7 @@ def breaker_from_args(args: argparse.Namespace, seed: int = 0) -> SymmetryBreake
     ``--break-symmetry``. Raises ``ValueError`` (one line) for an invalid setting."""
     if not getattr(args, "break_symmetry", False):
         return None
-    layers_text = str(args.break_layers).strip()
-    layers = (
-        None
-        if layers_text in ("", "all")
-        else [s.strip() for s in layers_text.split(",") if s.strip()]
-    )
+    layers = parse_layers(str(args.break_layers))
     return SymmetryBreaker(
         interval=args.break_interval,
         fiber_threshold=args.break_fiber_threshold,

@@ -307,7 +307,7 @@ def train_new(cfg: RunConfig, hooks: Sequence[Any] = ()) -> int:
     _note_schedule(cfg)
     with opened_vecenv(cfg) as vecenv:
         torch.manual_seed(cfg.train.seed)
-        policy = Policy(architecture_for(cfg.env_name, vecenv))
+        policy = Policy(architecture_for(cfg.env_name, vecenv, rnn=cfg.policy.rnn))
         check_hooks(hooks, policy)
         with new_run(Path(cfg.train.data_dir), cfg.env_name) as run_dir:
             return run_training(cfg, vecenv, policy, run_dir, hooks=hooks)

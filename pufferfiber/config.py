@@ -26,9 +26,10 @@ from typing import Any
 
 from pufferfiber.envs import VEC_BACKENDS, check_env_name
 from pufferfiber.envs import family_of as envs_family_of
+from pufferfiber.policy import RNN_KINDS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
-SECTIONS = ("train", "vec", "env")
+SECTIONS = ("train", "vec", "env", "policy")
 PRECISIONS = ("float32", "bfloat16", "auto")
 
 
@@ -82,6 +83,13 @@ class VecConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """Choices of the network that are not sizes (the ``[policy]`` section)."""
+
+    rnn: str = "lstm"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything the trainer needs: env name, ``[train]``, ``[vec]`` and ``[env]`` settings."""
 
@@ -90,6 +98,7 @@ class RunConfig:
     vec: VecConfig
     env: Mapping[str, Any]
     sources: tuple[str, ...] = ()
+    policy: PolicyConfig = PolicyConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form stored in checkpoints (``torch.load(weights_only=True)``-safe)."""
@@ -98,6 +107,7 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
             "vec": dataclasses.asdict(self.vec),
             "env": dict(self.env),
+            "policy": dataclasses.asdict(self.policy),
             "sources": list(self.sources),
         }
 
@@ -139,6 +149,8 @@ OPTION_HELP: dict[str, str] = {
     "vec.num_envs": "environments stepped in parallel",
     "vec.num_workers": "worker processes (multiprocessing/ray; None = one per env)",
     "vec.env_batch_size": "envs returned per step (multiprocessing/ray; None = all, synchronous)",
+    "policy.rnn": "recurrent layer of a new network: lstm (PufferLib's) or gru; a resumed or "
+    "collapsed run keeps its own",
     "env.frameskip": "Atari frames per agent step",
     "env.repeat_action_probability": "Atari sticky-action probability",
 }
@@ -346,6 +358,10 @@ def validate(cfg: RunConfig) -> None:
             f"and be a multiple of the envs per worker ({per_worker})",
         )
     _require(
+        cfg.policy.rnn in RNN_KINDS,
+        f"policy.rnn must be one of {', '.join(RNN_KINDS)}, got {cfg.policy.rnn!r}",
+    )
+    _require(
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
         f"train.device must be auto, cpu or cuda[:N], got {t.device!r}",
     )
@@ -366,7 +382,8 @@ def load_config(
     train = _build(TrainConfig, "train", merged["train"])
     vec = _build(VecConfig, "vec", merged["vec"], backend=backend)
     env = {k: parse_value(text) for k, text in merged["env"].items()}
-    cfg = RunConfig(env_name, train, vec, env, tuple(str(p) for p in files))
+    policy = _build(PolicyConfig, "policy", merged["policy"])
+    cfg = RunConfig(env_name, train, vec, env, tuple(str(p) for p in files), policy)
     validate(cfg)
     return cfg
 

@@ -12,8 +12,8 @@ inputs and seeds):
 The criteria, by name (:data:`CRITERIA`, the one list other code should take names from):
 
 * ``"weights"`` (:class:`WeightCriterion`, the default): units whose input-collapsed weight rows
-  agree within cosine distance τ (average linkage), SPEC-style fibers; its LSTM part is ours
-  (``lstm_criterion="units"``) or the published reference's (``"published"``,
+  agree within cosine distance τ (average linkage), the fibers of ``docs/method.md``; its LSTM
+  part is ours (``lstm_criterion="units"``) or the published reference's (``"published"``,
   :mod:`pufferfiber.published`), see :data:`LSTM_CRITERIA`.
 * ``"data"`` (:class:`DataCriterion`): units whose outputs are constant or affinely related on
   a calibration set of real observation sequences (:mod:`pufferfiber.datafibers`).

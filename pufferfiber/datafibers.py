@@ -47,17 +47,19 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from pufferfiber.collapse import _unview_bias, _unview_weight
-from pufferfiber.fibers import Fibration, LayerFibers
+from pufferfiber.fibers import Fibration, LayerFibers, validate_threshold
 from pufferfiber.graph import (
     LayerGraph,
     LayerNode,
     bias_view,
     build_graph,
+    encoder_index,
     recurrent_view,
+    unview_bias,
+    unview_weight,
     weight_view,
 )
-from pufferfiber.policy import Policy
+from pufferfiber.policy import Architecture, Policy
 
 DATA_FITS = ("lstsq", "affine")
 # Calibration sequences: 32 streams × 128 steps (4,096 frames) by default, played on env seeds
@@ -115,24 +117,23 @@ class LayerInputs:
 
     @torch.inference_mode()
     def outputs(self, policy: Policy, node: LayerNode) -> torch.Tensor:
-        """``node``'s outputs ``[frames, units, *positions]`` (after its ReLU; LSTM: ``h``)."""
-        if node.kind == "lstm":  # whole sequences, state from zeros, as Policy.forward
+        """``node``'s outputs ``[frames, units, *positions]`` (after its ReLU; the recurrent
+        layer: ``h``)."""
+        if node.recurrent:  # whole sequences, state from zeros, as Policy.forward
             seq = self.x.float().reshape(self.batch, self.steps, -1).transpose(0, 1)
-            return policy.lstm(seq)[0].transpose(0, 1).reshape(-1, node.size)
-        modules = policy.network[self.after + 1 : _module_index(node) + 2]  # up to its ReLU
-        scale = policy._scale if self.raw else 1.0
+            return policy.recurrent(seq)[0].transpose(0, 1).reshape(-1, node.size)
+        modules = policy.network[self.after + 1 : encoder_index(policy, node) + 2]  # to its ReLU
+        scale = policy.input_scale if self.raw else 1.0
         return torch.cat([modules(chunk.float() * scale) for chunk in torch.split(self.x, _FRAMES)])
 
-    def advance(self, node: LayerNode, outputs: torch.Tensor, kept: np.ndarray | None) -> None:
+    def advance(
+        self, policy: Policy, node: LayerNode, outputs: torch.Tensor, kept: np.ndarray | None
+    ) -> None:
         """The next layer reads ``outputs`` of the ``kept`` units (``None``: all)."""
-        if node.kind == "lstm":
+        if node.recurrent:
             return
         self.x = outputs if kept is None else outputs.index_select(1, torch.from_numpy(kept))
-        self.raw, self.after = False, _module_index(node) + 1
-
-
-def _module_index(node: LayerNode) -> int:
-    return int(node.name.rsplit(".", 1)[1])
+        self.raw, self.after = False, encoder_index(policy, node) + 1
 
 
 def output_moments(outputs: torch.Tensor, node: LayerNode) -> Moments:
@@ -140,8 +141,7 @@ def output_moments(outputs: torch.Tensor, node: LayerNode) -> Moments:
     total = torch.zeros(node.size, dtype=torch.float64)
     outer = torch.zeros(node.size, node.size, dtype=torch.float64)
     for chunk in torch.split(outputs, _FRAMES):
-        a = chunk.transpose(1, -1) if node.kind == "conv" else chunk
-        a = a.reshape(-1, node.size).double()
+        a = node.spec.unit_samples(chunk, node.size).double()
         total += a.sum(0)
         outer += a.T @ a
     count = outputs.numel() // node.size
@@ -308,14 +308,14 @@ def _fold_columns(
     coef: torch.Tensor,
     offset: torch.Tensor,
 ) -> torch.Tensor:
-    """Replace a consumer's producer columns by ``view @ coef``; add ``view @ offset`` to its
-    (first) bias. Returns the new unit view."""
-    bias_key = consumer.bias_keys[-1]  # for the LSTM: b_hh (only b_ih + b_hh matters)
+    """Replace a consumer's producer columns by ``view @ coef``; add ``view @ offset`` to the
+    bias its kind pairs with ``weight_key``. Returns the new unit view."""
+    bias_key = consumer.spec.shift_bias_key(consumer, weight_key)
     shift = torch.einsum("ugne,n->ug", view, offset)
-    params[bias_key] = _unview_bias(bias_view(consumer, params[bias_key]) + shift)
+    params[bias_key] = unview_bias(consumer, bias_view(consumer, params[bias_key]) + shift)
     new = torch.einsum("ugne,nk->ugke", view, coef)
     if weight_key == consumer.weight_key:
-        params[weight_key] = _unview_weight(consumer, new, params[weight_key].shape)
+        params[weight_key] = unview_weight(consumer, new)
     return new
 
 
@@ -332,33 +332,23 @@ def fold_layer(
         view = weight_view(consumer, params[consumer.weight_key])
         _fold_columns(consumer, params, consumer.weight_key, view, coef, offset)
     w_in = weight_view(node, params[node.weight_key]).index_select(0, kept)
-    params[node.weight_key] = _unview_weight(node, w_in, params[node.weight_key].shape)
-    if node.recurrent_key is not None:  # the LSTM reads its own h: fold columns, then rows
+    params[node.weight_key] = unview_weight(node, w_in)
+    if node.recurrent_key is not None:  # a recurrent layer reads its own h: columns, then rows
         hh = recurrent_view(node, params[node.recurrent_key])
         hh = _fold_columns(node, params, node.recurrent_key, hh, coef, offset)
-        params[node.recurrent_key] = _unview_weight(node, hh.index_select(0, kept), hh.shape)
+        params[node.recurrent_key] = unview_weight(node, hh.index_select(0, kept))
     for key in node.bias_keys:
-        params[key] = _unview_bias(bias_view(node, params[key]).index_select(0, kept))
+        params[key] = unview_bias(node, bias_view(node, params[key]).index_select(0, kept))
     return params
 
 
-def _resized(policy: Policy, node: LayerNode, size: int) -> Any:
-    graph = build_graph(policy)
-    convs = [n.name for n in graph.hidden if n.kind == "conv"]
-    linears = [n.name for n in graph.hidden if n.kind == "linear"]
-    arch = policy.arch
-    if node.kind == "conv":
-        channels = list(arch.channels)
-        channels[convs.index(node.name)] = size
-        return arch.replace(channels=tuple(channels))
-    if node.kind == "linear":
-        hidden = list(arch.hidden)
-        hidden[linears.index(node.name)] = size
-        return arch.replace(hidden=tuple(hidden))
-    return arch.replace(lstm=size)
+def _resized(policy: Policy, node: LayerNode, size: int) -> Architecture:
+    return build_graph(policy).resized(policy.arch, {node.name: size})
 
 
-def policy_from_params(arch: Any, params: dict[str, torch.Tensor], dtype: torch.dtype) -> Policy:
+def policy_from_params(
+    arch: Architecture, params: dict[str, torch.Tensor], dtype: torch.dtype
+) -> Policy:
     """A :class:`Policy` of ``arch`` holding ``params`` (cast to ``dtype``), built without init."""
     with torch.device("meta"):
         policy = Policy(arch)
@@ -426,8 +416,7 @@ def data_fibers(
 
     ``heldout`` (other sequences) adds each layer's held-out error figures.
     """
-    if not 0.0 <= threshold <= 2.0:
-        raise ValueError(f"threshold must be in [0, 2], got {threshold}")
+    threshold = validate_threshold(threshold)
     dtype = next(policy.parameters()).dtype
     current = policy.cpu().eval()
     params = {k: v.detach().cpu().double() for k, v in policy.state_dict().items()}
@@ -444,7 +433,7 @@ def data_fibers(
         if node.name not in chosen:
             fibers.append(LayerFibers(original, np.arange(node.size), collapsed=False))
             for stream, out in zip(streams, outputs, strict=True):
-                stream.advance(node, out, None)
+                stream.advance(current, node, out, None)
             continue
         moments = output_moments(outputs[0], node)
         weights = outgoing_norms(graph, node, params)
@@ -463,7 +452,7 @@ def data_fibers(
         params = fold_layer(graph, params, rec)
         current = policy_from_params(_resized(current, node, len(kept)), params, dtype)
         for stream, out in zip(streams, outputs, strict=True):
-            stream.advance(node, out, kept)
+            stream.advance(current, node, out, kept)
         del outputs
         if progress is not None:
             progress(

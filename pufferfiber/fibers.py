@@ -1,24 +1,20 @@
 """Fibers (and opfibers) of a policy's layers: which units compute the same signal.
 
-The mathematics is SPEC §3. For each collapsible layer, in forward order along the layer graph
-(:mod:`pufferfiber.graph`), every unit gets an *input-collapsed row*: its incoming weights
-summed over each colour class (fiber) of the producer, with the bias as the last entry. Units
-whose rows agree form a fiber.
+The mathematics is in ``docs/method.md`` (§1). For each collapsible layer, in forward order
+along the layer graph (:mod:`pufferfiber.graph`, one :func:`walk`), every unit gets an
+*input-collapsed row*: its incoming weights summed over each colour class (fiber) of the
+producer, with the bias(es) last. Units whose rows agree form a fiber; the rows are clustered
+by :mod:`pufferfiber.clustering`.
 
 * ``threshold == 0`` gives the **exact** fibers (the coarsest balanced colouring): rows equal up
-  to a relative float tolerance :data:`EXACT_RTOL`. For ReLU layers rows are compared up to a
-  positive factor (ReLU is positively homogeneous; the collapse folds the factor into the
-  outgoing column); LSTM rows must be equal. The LSTM's recurrent weights are refined from one
-  colour to a true fixed point (at most ``n`` rounds).
+  to a relative float tolerance (``clustering.EXACT_RTOL``). For ReLU layers rows are compared up
+  to a positive factor (ReLU is positively homogeneous; the collapse folds the factor into the
+  outgoing column); rows of the recurrent layer (LSTM or GRU, gated) must be equal. Its
+  recurrent weights are refined from one colour to a true fixed point (at most ``n`` rounds).
 * ``0 < threshold <= 2`` gives **approximate** fibers: cosine distance ``1 - cos`` between rows,
-  agglomerative clustering with average linkage, merge while the distance is ``<= threshold``
-  (scipy ``linkage`` + ``fcluster(criterion="distance")``). For the LSTM the hidden colouring
-  starts from the exact fibers and is re-clustered for at most ``max_lstm_rounds`` rounds
-  (default :data:`DEFAULT_LSTM_ROUNDS` = 1): further rounds cascade (SPEC §6).
-
-Zero rows: the cosine distance between two all-zero rows is 0 (both units output the constant
-ReLU(0) / the same gate values, so they are the same signal) and between a zero row and a
-non-zero row it is 1 (no direction in common, as scikit-learn's ``cosine_distances``).
+  average-linkage clusters merged while the distance is ``<= threshold``. For the recurrent
+  layer the colouring starts from the exact fibers and is re-clustered for at most
+  ``max_lstm_rounds`` rounds (default :data:`DEFAULT_LSTM_ROUNDS` = 1): further rounds cascade.
 
 At the conv → Linear boundary the colour of Linear input ``k`` is ``(fiber of channel, position)``
 (``flatten_colours="positions"``, a true fibration). ``"pooled"`` reproduces the published
@@ -37,24 +33,21 @@ values only, read back with a restricted unpickler that refuses anything else.
 from __future__ import annotations
 
 import io
+import math
 import pickle
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from pufferfiber.clustering import cluster_rows, exact_partition, meet
 from pufferfiber.graph import (
+    InputMap,
     LayerGraph,
     LayerNode,
-    bias_view,
     build_graph,
     recurrent_view,
     weight_view,
@@ -63,21 +56,16 @@ from pufferfiber.policy import Policy
 
 FIBERS_FORMAT = "pufferfiber.fibers/1"
 FLATTEN_COLOURS = ("positions", "pooled")
+MAX_THRESHOLD = 2.0  # cosine distance lies in [0, 2]
 # LSTM criteria: "units" (ours: a unit's four gate rows with biases, exact fixed point, then
 # bounded re-clustering) or "published" (the reference's joint gate-row clustering, see
 # pufferfiber.published). The first is the default.
 LSTM_CRITERIA = ("units", "published")
-EXACT_RTOL = 1e-5  # relative Euclidean tolerance for "equal" rows (float32 weights summed)
 # Approximate LSTM re-clustering rounds. Round 1 compares full W_hh rows (hidden colouring =
 # the exact fibers); later rounds sum W_hh over the approximate clusters and cascade: on the
 # upstream BeamRider epoch-51 checkpoint at τ = 0.5 (positions) rounds 1..6 give 248, 48, 75,
 # 68, 68, 69 LSTM fibers (no fixed point). One round is the faithful default; more is opt-in.
 DEFAULT_LSTM_ROUNDS = 1
-_BLOCK = 1024  # rows per block of pairwise products (bounds peak memory to ~n·block floats)
-_SLACK = 1e-5  # float32 products: keep every edge that float64 could put at distance <= τ
-_MAX_EDGES_PER_ROW = 64  # denser "close" graphs are clustered whole (one big component anyway)
-# Where the pairwise products run (None = numpy on the CPU); set with :func:`products_on`.
-_PRODUCTS_DEVICE: ContextVar[torch.device | None] = ContextVar("products_device", default=None)
 
 
 # --------------------------------------------------------------------------- results
@@ -135,202 +123,8 @@ class Fibration:
 
     @property
     def lstm_rounds(self) -> int:
-        return max((f.rounds for f in self.layers if f.node.kind == "lstm"), default=0)
-
-
-# --------------------------------------------------------------------------- partitions
-
-
-def relabel_first_occurrence(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels 0, 1, ... in order of first appearance (deterministic fiber ids)."""
-    labels = np.asarray(labels)
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inverse.reshape(-1)]
-
-
-def meet(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The common refinement of two partitions (units together iff together in both)."""
-    _, inverse = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
-    return relabel_first_occurrence(inverse.reshape(-1))
-
-
-@contextmanager
-def products_on(device: str | torch.device | None) -> Iterator[None]:
-    """Run the pairwise row products (the ``n²·d`` part of finding fibers) on ``device``.
-
-    ``with products_on("cuda"): compute_fibers(...)`` gives the same fibers as the CPU: only
-    the candidate products move (full float32/float64 precision, TF32 off); the exact tests,
-    the clustering and the labels stay on the CPU. ``None`` or ``"cpu"``: numpy, the default.
-    """
-    target = None if device is None else torch.device(device)
-    token = _PRODUCTS_DEVICE.set(None if target is None or target.type == "cpu" else target)
-    try:
-        yield
-    finally:
-        _PRODUCTS_DEVICE.reset(token)
-
-
-def _gram_blocks(x: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``(i0, i1, x[i0:i1] @ x[i0:].T)`` for the row blocks of ``x`` (upper block rows only),
-    computed in ``x``'s dtype with numpy or on the device of :func:`products_on`."""
-    n, device = len(x), _PRODUCTS_DEVICE.get()
-    if device is None:
-        for i0 in range(0, n, _BLOCK):
-            i1 = min(n, i0 + _BLOCK)
-            yield i0, i1, x[i0:i1] @ x[i0:].T
-        return
-    on_device = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would break the float32 slack bounds
-    try:
-        for i0 in range(0, n, _BLOCK):
-            i1 = min(n, i0 + _BLOCK)
-            yield i0, i1, (on_device[i0:i1] @ on_device[i0:].T).cpu().numpy()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
-def cosine_distances_condensed(rows: np.ndarray) -> np.ndarray:
-    """Condensed (scipy ``pdist`` layout) cosine distances ``1 - cos`` in ``[0, 2]``.
-
-    Computed by blocks of matrix products (no per-unit loop); zero rows as the module says.
-    """
-    x = np.asarray(rows, dtype=np.float64)
-    n = x.shape[0]
-    norms = np.linalg.norm(x, axis=1)
-    zero = norms == 0
-    unit = x / np.where(zero, 1.0, norms)[:, None]
-    out = np.empty(n * (n - 1) // 2)
-    pos = 0
-    for i0, i1, gram in _gram_blocks(unit):
-        d = 1.0 - gram
-        d[zero[i0:i1, None] & zero[None, i0:]] = 0.0
-        np.clip(d, 0.0, 2.0, out=d)
-        # Strict upper triangle of this block row, row-major = the condensed segment.
-        upper = np.arange(n - i0)[None, :] > np.arange(i1 - i0)[:, None]
-        seg = d[upper]
-        out[pos : pos + seg.size] = seg
-        pos += seg.size
-    return out
-
-
-def exact_partition(rows: np.ndarray, *, scale_free: bool) -> np.ndarray:
-    """Units whose rows are equal (``scale_free``: equal up to a positive factor).
-
-    Equal means ``|a - b| <= EXACT_RTOL · max(|a|, |b|)``; groups are the connected components
-    of that relation (for truly equal rows it is already transitive).
-    """
-    x = np.asarray(rows, dtype=np.float64)
-    n = x.shape[0]
-    if n <= 1:
-        return np.zeros(n, dtype=np.int64)
-    sq = np.einsum("ij,ij->i", x, x)
-    if scale_free:
-        x = x / np.sqrt(np.where(sq == 0, 1.0, sq))[:, None]
-        sq = (sq > 0).astype(np.float64)
-    # Candidates from float32 products (loose bound), then the exact test in float64 on those
-    # pairs only: the float32 cancellation error (~1e-7·|a|²) is far above EXACT_RTOL².
-    x32, sq32 = x.astype(np.float32), sq.astype(np.float32)
-    src, dst = [], []
-    for i0, i1, gram in _gram_blocks(x32):
-        dist2 = sq32[i0:i1, None] + sq32[None, i0:] - 2.0 * gram
-        i, j = np.nonzero(dist2 <= 1e-4 * np.maximum(sq32[i0:i1, None], sq32[None, i0:]))
-        src.append(i + i0)
-        dst.append(j + i0)
-    s, d = np.concatenate(src), np.concatenate(dst)
-    diff2 = np.einsum("ij,ij->i", x[s] - x[d], x[s] - x[d])
-    keep = diff2 <= EXACT_RTOL**2 * np.maximum(sq[s], sq[d])
-    s, d = s[keep], d[keep]
-    graph = coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return relabel_first_occurrence(labels)
-
-
-def average_linkage_labels(rows: np.ndarray, threshold: float) -> np.ndarray:
-    """Average-linkage clusters of all ``rows`` at once (merge while distance ``<= threshold``)."""
-    if len(rows) <= 1:
-        return np.zeros(len(rows), dtype=np.int64)
-    tree = linkage(cosine_distances_condensed(rows), method="average")
-    return relabel_first_occurrence(fcluster(tree, t=threshold, criterion="distance"))
-
-
-def close_components(rows: np.ndarray, threshold: float) -> np.ndarray | None:
-    """Connected components of the graph "cosine distance <= threshold" (``None``: too dense).
-
-    Average-linkage clusters never span two components: merging clusters A and B needs an
-    average distance <= τ, hence some pair (a, b) at distance <= τ, hence an edge. So each
-    component can be clustered on its own, which avoids the ``n²`` condensed matrix. Products
-    are float32 with a small slack: an extra edge only joins components, never changes a result.
-    """
-    x = np.asarray(rows, dtype=np.float64)
-    n = len(x)
-    norms = np.linalg.norm(x, axis=1)
-    zero = norms == 0
-    unit = (x / np.where(zero, 1.0, norms)[:, None]).astype(np.float32)
-    src, dst, edges = [], [], 0
-    for i0, i1, gram in _gram_blocks(unit):
-        close = gram >= np.float32(1.0 - threshold - _SLACK)
-        close[zero[i0:i1, None] & zero[None, i0:]] = True
-        i, j = np.nonzero(close)
-        edges += i.size
-        if edges > _MAX_EDGES_PER_ROW * n:
-            return None
-        src.append(i + i0)
-        dst.append(j + i0)
-    s, d = np.concatenate(src), np.concatenate(dst)
-    graph = coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
-
-
-def cluster_rows(rows: np.ndarray, threshold: float, *, scale_free: bool = True) -> np.ndarray:
-    """Fiber labels of ``rows``: exact at ``threshold == 0``, else average-linkage clusters.
-
-    For ``threshold > 0`` clusters merge while their average cosine distance is ``<=
-    threshold`` (scipy semantics; scikit-learn's ``distance_threshold`` merges on ``<``, which
-    differs only on exact ties). Each component of the "distance <= τ" graph is clustered on
-    its own (same result, see :func:`close_components`); singletons and pairs need no linkage.
-    """
-    n = len(rows)
-    if threshold == 0 or n <= 1:
-        return exact_partition(rows, scale_free=scale_free)
-    components = close_components(rows, threshold)
-    if components is None:
-        return average_linkage_labels(rows, threshold)
-    order = np.argsort(components, kind="stable")
-    sizes = np.bincount(components)
-    labels = components.astype(np.int64) * n  # room for sub-cluster ids inside a component
-    groups = np.split(order, np.cumsum(sizes)[:-1])
-    triples = np.array([g for g in groups if len(g) == 3], dtype=np.int64).reshape(-1, 3)
-    labels[triples] += _triple_labels(np.asarray(rows, dtype=np.float64)[triples], threshold)
-    for members in (g for g in groups if len(g) > 3):  # loop over components, not units
-        labels[members] += average_linkage_labels(rows[members], threshold)
-    return relabel_first_occurrence(labels)
-
-
-def _triple_labels(rows: np.ndarray, threshold: float) -> np.ndarray:
-    """Average linkage of many 3-point components at once (``rows``: ``[m, 3, d]``).
-
-    The closest pair merges when its distance is <= τ; the third point joins when its mean
-    distance to that pair is <= τ (the linkage tree of three points, vectorised).
-    """
-    norms = np.linalg.norm(rows, axis=2, keepdims=True)
-    unit = rows / np.where(norms == 0, 1.0, norms)
-    zero = norms[..., 0] == 0
-    pairs = np.array([[0, 1], [0, 2], [1, 2]])
-    d = 1.0 - np.einsum("mpd,mpd->mp", unit[:, pairs[:, 0]], unit[:, pairs[:, 1]])
-    d[zero[:, pairs[:, 0]] & zero[:, pairs[:, 1]]] = 0.0
-    d = np.clip(d, 0.0, 2.0)
-    first = d.argmin(axis=1)  # pair (0,1), (0,2) or (1,2); the third point is 2, 1 or 0
-    d_first = d[np.arange(len(d)), first]
-    d_third = (d.sum(axis=1) - d_first) / 2.0
-    merge_pair = d_first <= threshold
-    merge_all = merge_pair & (d_third <= threshold)
-    out = np.tile(np.arange(3), (len(d), 1))
-    lone = 2 - first  # index of the point outside the closest pair
-    paired = np.where(merge_pair[:, None], np.where(np.arange(3) == lone[:, None], 1, 0), out)
-    return np.where(merge_all[:, None], 0, paired)
+        """Colouring rounds of the recurrent layer (0 when it was not collapsed)."""
+        return max((f.rounds for f in self.layers if f.node.recurrent), default=0)
 
 
 # --------------------------------------------------------------------------- rows
@@ -393,41 +187,54 @@ def sum_over_colours(view: torch.Tensor, colouring: Colouring, axis: int = 2) ->
 
 def node_rows(
     node: LayerNode,
-    params: dict[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor],
     inputs: Colouring,
-    hidden: Colouring | None = None,
     *,
     pooled: bool = False,
 ) -> torch.Tensor:
-    """Input-collapsed rows ``[units, d]`` of a node (float64), bias last per gate.
+    """Input-collapsed rows ``[units, d]`` of an encoder node (float64), bias last.
 
-    ``hidden`` is the current colouring of the LSTM's own units (its ``W_hh`` columns);
-    ``pooled`` also sums over positions after a flatten (the published reference).
+    ``pooled`` also sums over positions after a flatten (the published reference). The rows
+    of a recurrent layer also depend on its own colouring: see :func:`recurrent_rows`.
     """
-    parts = [input_part(node, params, inputs, pooled=pooled)]
-    if node.recurrent_key is not None:
-        if hidden is None:
-            raise ValueError("the LSTM rows need the hidden colouring")
-        hh = sum_over_colours(recurrent_view(node, params[node.recurrent_key]), hidden)
-        parts.append(hh.flatten(2))
-    parts.append(bias_part(node, params))
+    if node.recurrent:
+        raise ValueError(f"{node.label}: recurrent rows need the hidden colouring")
+    parts = [input_part(node, params, inputs, pooled=pooled), bias_part(node, params)]
     return torch.cat(parts, dim=2).flatten(1)
 
 
+def recurrent_rows(
+    node: LayerNode,
+    params: Mapping[str, torch.Tensor],
+    inputs: Colouring,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The rows of a recurrent layer as a function of its own partition ``labels``: per gate,
+    ``W_ih`` summed over the input colours, the combined biases, then ``W_hh`` summed over
+    ``labels`` (float64 ``[units, d]``). The input side is computed once."""
+    fixed = torch.cat([input_part(node, params, inputs), bias_part(node, params)], dim=2)
+    w_hh = recurrent_view(node, params[node.recurrent_key or ""])
+
+    def rows_for(labels: np.ndarray) -> np.ndarray:
+        hh = sum_over_colours(w_hh, Colouring.of(labels)).flatten(2)
+        return torch.cat([fixed, hh], dim=2).flatten(1).numpy()
+
+    return rows_for
+
+
 def input_part(
-    node: LayerNode, params: dict[str, torch.Tensor], inputs: Colouring, *, pooled: bool = False
+    node: LayerNode, params: Mapping[str, torch.Tensor], inputs: Colouring, *, pooled: bool = False
 ) -> torch.Tensor:
     """``[units, gates, colours·extent]``: incoming weights summed over input colours."""
     w = sum_over_colours(weight_view(node, params[node.weight_key]), inputs)
-    if pooled and node.mapping == "flatten":
+    if pooled and node.mapping == InputMap.FLATTEN:
         w = w.sum(dim=3, keepdim=True)
     return w.flatten(2)
 
 
-def bias_part(node: LayerNode, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[units, gates, 1]``: the summed biases (only ``b_ih + b_hh`` matters for the LSTM)."""
-    bias = sum(bias_view(node, params[k]).double() for k in node.bias_keys)
-    return torch.as_tensor(bias).unsqueeze(-1)
+def bias_part(node: LayerNode, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``[units, gates, k]``: the biases combined as the layer's kind uses them (one entry for
+    a single bias or the LSTM's ``b_ih + b_hh``; see :class:`pufferfiber.graph.LayerKind`)."""
+    return node.spec.combined_bias(node, params)
 
 
 def fold_scales(rows: torch.Tensor, colouring: Colouring) -> torch.Tensor:
@@ -452,22 +259,83 @@ def mean_over_fibers(x: torch.Tensor, colouring: Colouring, axis: int = 0) -> to
     return sum_over_colours(x, plain, axis)
 
 
+# --------------------------------------------------------------------------- the walk
+
+
+ColourFn = Callable[[LayerNode, Colouring], Colouring]
+
+
+def walk(
+    graph: LayerGraph, colour: ColourFn, nodes: Iterable[LayerNode] | None = None
+) -> dict[str, Colouring]:
+    """Colour the layers in forward order: ``colour(node, inputs)`` gets the colouring of the
+    node's producer (discrete for the observation) and returns the node's own colouring.
+
+    ``nodes`` defaults to the hidden layers; pass ``graph.nodes`` to visit the heads too. The
+    one walk behind fibers, their fold factors, the collapse and symmetry breaking.
+    """
+    colourings: dict[str, Colouring] = {}
+    for node in graph.hidden if nodes is None else nodes:
+        producer = graph.producer(node)
+        inputs = colourings[producer.name] if producer else Colouring.discrete(node.in_units)
+        colourings[node.name] = colour(node, inputs)
+    return colourings
+
+
+def fiber_colourings(
+    graph: LayerGraph,
+    params: Mapping[str, torch.Tensor],
+    fibration: Fibration,
+    *,
+    scale_aware: bool = True,
+) -> dict[str, Colouring]:
+    """Each hidden layer's fibers as a colouring with its fold factors (see :func:`fold_scales`).
+
+    The factors :func:`compute_fibers` stored are reused; only fibers made elsewhere (hand-made,
+    read from a file) get theirs from the rows here. Layers without a homogeneous activation
+    (the recurrent layer) and ``scale_aware=False`` use factor 1.
+    """
+
+    def colour(node: LayerNode, inputs: Colouring) -> Colouring:
+        fib = fibration.get(node)
+        own = Colouring.of(fib.labels) if fib is not None else Colouring.discrete(node.size)
+        if not (scale_aware and node.spec.homogeneous):
+            return own
+        scales = fib.scales if fib is not None else None
+        if scales is None:
+            scales = fold_scales(node_rows(node, params, inputs), own)
+        return Colouring(own.labels, own.count, scales)
+
+    return walk(graph, colour)
+
+
 # --------------------------------------------------------------------------- fibers
+
+
+def validate_threshold(tau: Any, what: str = "threshold") -> float:
+    """τ as a float in ``[0, 2]`` (cosine distance); ``ValueError`` with a clear message
+    otherwise. The one check of a fiber threshold."""
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number between 0 and 2, got {tau!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_THRESHOLD:
+        raise ValueError(f"{what} must be between 0 and 2 (cosine distance), got {tau}")
+    return value
 
 
 def _check(
     threshold: float, flatten_colours: str, max_lstm_rounds: int = 1, lstm_criterion: str = "units"
-) -> None:
+) -> float:
     if lstm_criterion not in LSTM_CRITERIA:
         raise ValueError(f"lstm_criterion must be one of {LSTM_CRITERIA}, got {lstm_criterion!r}")
     if max_lstm_rounds < 1:
         raise ValueError(f"max_lstm_rounds must be at least 1, got {max_lstm_rounds}")
-    if not 0.0 <= threshold <= 2.0:
-        raise ValueError(f"threshold must be in [0, 2], got {threshold}")
     if flatten_colours not in FLATTEN_COLOURS:
         raise ValueError(
             f"flatten_colours must be one of {FLATTEN_COLOURS}, got {flatten_colours!r}"
         )
+    return validate_threshold(threshold)
 
 
 def selected_layers(graph: LayerGraph, layers: list[str] | None) -> set[str]:
@@ -495,61 +363,39 @@ def compute_fibers(
     is one of :data:`LSTM_CRITERIA` (``"published"``: :mod:`pufferfiber.published`; its fiber
     count after each round goes to ``extra["published_lstm_counts"]``).
     """
-    _check(threshold, flatten_colours, max_lstm_rounds, lstm_criterion)
+    threshold = _check(threshold, flatten_colours, max_lstm_rounds, lstm_criterion)
     extra: dict[str, Any] = {"lstm_criterion": lstm_criterion}
     graph = build_graph(policy)
     params = _policy_params(policy)
     chosen = selected_layers(graph, layers)
-    colourings: dict[str, Colouring] = {}
+    pooled = flatten_colours == "pooled"
     result: list[LayerFibers] = []
-    for node in graph.hidden:
-        producer = graph.producer(node)
-        inputs = colourings[producer.name] if producer else Colouring.discrete(node.in_units)
-        pooled = flatten_colours == "pooled"
+
+    def colour(node: LayerNode, inputs: Colouring) -> Colouring:
         if node.name not in chosen:
             fib = LayerFibers(node, np.arange(node.size), collapsed=False)
-            colour = Colouring.discrete(node.size)
-        elif node.kind == "lstm" and lstm_criterion == "published":
+        elif node.recurrent and lstm_criterion == "published":
             from pufferfiber.published import published_lstm_fibers
 
             fib, extra["published_lstm_counts"] = published_lstm_fibers(
                 node, params, inputs, threshold
             )
-            colour = Colouring.of(fib.labels)
-        elif node.kind == "lstm":
-            fib = _lstm_fibers(node, params, inputs, threshold, max_lstm_rounds)
-            colour = Colouring.of(fib.labels)
+        elif node.recurrent:
+            rows_for = recurrent_rows(node, params, inputs)
+            labels, rounds = recurrent_partition(node.size, rows_for, threshold, max_lstm_rounds)
+            fib = LayerFibers(node, labels, rounds=rounds)
         else:
             rows = node_rows(node, params, inputs, pooled=pooled)
             fib = LayerFibers(node, cluster_rows(rows.numpy(), threshold, scale_free=True))
-            colour = Colouring.of(fib.labels)
-            if pooled and node.mapping == "flatten":  # fold factors of the quotient's rows
+            if pooled and node.mapping == InputMap.FLATTEN:  # fold factors of the quotient's rows
                 rows = node_rows(node, params, inputs)
             # ReLU: positive multiples are one signal up to a factor the consumer absorbs.
-            fib.scales = fold_scales(rows, colour)
-            colour = Colouring(colour.labels, colour.count, fib.scales)
-        colourings[node.name] = colour
+            fib.scales = fold_scales(rows, Colouring.of(fib.labels))
         result.append(fib)
+        return Colouring.of(fib.labels, fib.scales)
+
+    walk(graph, colour)
     return Fibration(threshold, flatten_colours, result, "in", max_lstm_rounds, extra)
-
-
-def _lstm_fibers(
-    node: LayerNode,
-    params: dict[str, torch.Tensor],
-    inputs: Colouring,
-    threshold: float,
-    max_rounds: int,
-) -> LayerFibers:
-    """Exact fixed point from one colour, then (approximate case) bounded re-clustering."""
-    fixed = torch.cat([input_part(node, params, inputs), bias_part(node, params)], dim=2)
-    w_hh = recurrent_view(node, params[node.recurrent_key or ""])
-
-    def rows_for(labels: np.ndarray) -> np.ndarray:
-        hh = sum_over_colours(w_hh, Colouring.of(labels)).flatten(2)
-        return torch.cat([fixed, hh], dim=2).flatten(1).numpy()
-
-    labels, rounds = recurrent_partition(node.size, rows_for, threshold, max_rounds)
-    return LayerFibers(node, labels, rounds=rounds)
 
 
 def recurrent_partition(
@@ -562,7 +408,7 @@ def recurrent_partition(
 
     Starts from one colour and refines with exact equality to a true fixed point (at most
     ``size`` rounds); for ``threshold > 0`` then re-clusters at most ``max_rounds`` times,
-    since approximate rounds can cascade (SPEC §6). Returns the labels and the rounds taken.
+    since approximate rounds can cascade. Returns the labels and the rounds taken.
     """
     labels = np.zeros(size, dtype=np.int64)
     rows, rows_labels = None, None
@@ -601,7 +447,7 @@ def compute_opfibers(
     consumer's opfiber colours (head outputs are discrete); the LSTM adds its ``W_hh`` columns
     over its own colouring (iterated as for fibers). Flatten positions stay separate.
     """
-    _check(threshold, "positions", max_lstm_rounds)
+    threshold = _check(threshold, "positions", max_lstm_rounds)
     graph = build_graph(policy)
     params = _policy_params(policy)
     chosen = selected_layers(graph, layers)
@@ -621,8 +467,8 @@ def compute_opfibers(
 
         if node.name not in chosen:
             fib = LayerFibers(node, np.arange(node.size), collapsed=False)
-        elif node.kind == "lstm":
-            fib = _lstm_opfibers(node, rows_for, threshold, max_lstm_rounds)
+        elif node.recurrent:
+            fib = _recurrent_opfibers(node, rows_for, threshold, max_lstm_rounds)
         else:
             # Exact opfibers need equal columns; approximate ones compare directions.
             fib = LayerFibers(node, cluster_rows(rows_for(None), threshold, scale_free=False))
@@ -641,7 +487,7 @@ def _out_columns_view(view: torch.Tensor, colouring: Colouring) -> torch.Tensor:
     return summed.permute(2, 0, 1, 3).flatten(1)
 
 
-def _lstm_opfibers(
+def _recurrent_opfibers(
     node: LayerNode, rows_for: Any, threshold: float, max_rounds: int
 ) -> LayerFibers:
     labels, rounds = recurrent_partition(
@@ -682,7 +528,7 @@ def fibers_dict(
             {
                 "name": f.node.name,
                 "label": f.node.label,
-                "kind": f.node.kind,
+                "kind": str(f.node.kind.value),
                 "size": int(f.node.size),
                 "n_fibers": int(f.n_fibers),
                 "collapsed": bool(f.collapsed),

@@ -1,4 +1,4 @@
-"""How faithful a collapsed policy is: measured, not assumed (SPEC §3, "Fidelity").
+"""How faithful a collapsed policy is: measured, not assumed (``docs/method.md`` §4).
 
 * ``kl``: mean KL(original ‖ collapsed) between the action distributions, over every step of a
   fixed batch of real observation sequences (the LSTM state carried along each sequence, from

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -41,6 +40,7 @@ from pufferfiber.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from pufferfiber.clustering import products_on
 from pufferfiber.collapse import collapse_policy
 from pufferfiber.criteria import (
     CRITERIA,
@@ -65,13 +65,13 @@ from pufferfiber.fibers import (
     Fibration,
     compute_fibers,
     fibers_dict,
-    products_on,
     save_fibers,
+    validate_threshold,
 )
 from pufferfiber.fidelity import fidelity_report, format_fidelity
+from pufferfiber.graph import parse_layers
 from pufferfiber.policy import Policy
 
-MAX_THRESHOLD = 2.0
 EXIT_BAD_INPUT = 2
 
 
@@ -89,17 +89,6 @@ class CollapseResult:
     fibers: dict[str, Any]
     fidelity: dict[str, Any]
     fibration: Fibration
-
-
-def validate_threshold(tau: Any) -> float:
-    """τ as a float in ``[0, 2]``; ``ValueError`` with a clear message otherwise."""
-    try:
-        value = float(tau)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number between 0 and 2, got {tau!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value <= MAX_THRESHOLD:
-        raise ValueError(f"threshold must be between 0 and 2 (cosine distance), got {tau}")
-    return value
 
 
 def threshold_tag(tau: float) -> str:
@@ -527,10 +516,7 @@ def _check_fits_env(ckpt: Checkpoint) -> None:
 
 
 def _layers_arg(text: str) -> list[str] | None:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or items == ["all"]:
-        return None
-    return items
+    return parse_layers(text)
 
 
 def _check_counts(args: argparse.Namespace) -> None:

@@ -7,6 +7,9 @@ Two families share one class, :class:`Policy`:
   critic Linear(k → 1). Observations are uint8 and scaled by 1/255.
 * ``mlp`` (vector observations): Flatten → Linear → ReLU (one or more) → LSTM → heads.
 
+The recurrent layer is PufferLib's LSTM by default, or a GRU (``Architecture.rnn = "gru"``,
+``--policy.rnn gru``); its width is ``Architecture.lstm`` either way.
+
 Every size is a field of :class:`Architecture`, so a collapsed network (fewer channels, fewer
 Linear or LSTM units) is the same class with smaller numbers. Parameter names are PufferLib
 2.0's (``policy.policy.network.0.weight``, ``policy.policy.actor.*``,
@@ -26,7 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-LSTMState = tuple[torch.Tensor, torch.Tensor]
+RecurrentState = tuple[torch.Tensor, ...]
+LSTMState = RecurrentState  # the name older callers use
+
+# The recurrent layer types (``Architecture.rnn``) and how many state tensors each carries.
+RNN_MODULES: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+STATE_TENSORS = {"lstm": 2, "gru": 1}
+RNN_KINDS = tuple(RNN_MODULES)
 
 # PufferLib 2.0's Atari convolutions: (kernel, stride) of each conv layer.
 ATARI_KERNELS: tuple[tuple[int, int], ...] = ((8, 4), (4, 2), (3, 1))
@@ -42,8 +51,11 @@ class Architecture:
         n_actions: number of discrete actions (actor head width).
         channels: output channels of each conv layer (``cnn`` only).
         kernels: ``(kernel, stride)`` of each conv layer (``cnn`` only).
-        hidden: widths of the Linear layers between flatten and the LSTM.
-        lstm: LSTM hidden size.
+        hidden: widths of the Linear layers between flatten and the recurrent layer.
+        lstm: width (hidden size) of the recurrent layer, LSTM or GRU (the name is the one
+            stored in checkpoints).
+        rnn: the recurrent layer, one of :data:`RNN_KINDS` (``"lstm"``, PufferLib's; or
+            ``"gru"``).
     """
 
     kind: str
@@ -53,10 +65,13 @@ class Architecture:
     kernels: tuple[tuple[int, int], ...] = ()
     hidden: tuple[int, ...] = (512,)
     lstm: int = 512
+    rnn: str = "lstm"
 
     def __post_init__(self) -> None:
         if self.kind not in ("cnn", "mlp"):
             raise ValueError(f"architecture kind must be 'cnn' or 'mlp', not {self.kind!r}")
+        if self.rnn not in RNN_KINDS:
+            raise ValueError(f"rnn must be one of {', '.join(RNN_KINDS)}, not {self.rnn!r}")
         if self.kind == "cnn" and len(self.channels) != len(self.kernels):
             raise ValueError("cnn architecture needs one (kernel, stride) per conv layer")
         if self.kind == "mlp" and self.channels:
@@ -75,18 +90,31 @@ class Architecture:
         channels: tuple[int, ...] = (32, 64, 64),
         hidden: int = 512,
         lstm: int = 512,
+        rnn: str = "lstm",
     ) -> Architecture:
         """PufferLib 2.0's Atari network (3,948,202 parameters for 9 actions)."""
         return cls(
-            "cnn", tuple(obs_shape), n_actions, tuple(channels), ATARI_KERNELS, (hidden,), lstm
+            "cnn",
+            tuple(obs_shape),
+            n_actions,
+            tuple(channels),
+            ATARI_KERNELS,
+            (hidden,),
+            lstm,
+            rnn,
         )
 
     @classmethod
     def mlp(
-        cls, obs_size: int, n_actions: int, hidden: Sequence[int] = (64,), lstm: int = 64
+        cls,
+        obs_size: int,
+        n_actions: int,
+        hidden: Sequence[int] = (64,),
+        lstm: int = 64,
+        rnn: str = "lstm",
     ) -> Architecture:
-        """An MLP encoder followed by the LSTM, for vector observations."""
-        return cls("mlp", (int(obs_size),), n_actions, (), (), tuple(hidden), lstm)
+        """An MLP encoder followed by the recurrent layer, for vector observations."""
+        return cls("mlp", (int(obs_size),), n_actions, (), (), tuple(hidden), lstm, rnn)
 
     def conv_output_shape(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` after the last conv layer (``cnn`` only)."""
@@ -124,22 +152,14 @@ class Architecture:
             kernels=tuple((int(k), int(s)) for k, s in d.get("kernels", ())),
             hidden=tuple(int(x) for x in d["hidden"]),
             lstm=int(d["lstm"]),
+            rnn=str(d.get("rnn", "lstm")),  # checkpoints before the GRU option: LSTM
         )
 
     def parameter_count(self) -> int:
-        """Number of parameters of the policy with these sizes (no model needed)."""
-        n = 0
-        c_in = self.obs_shape[0] if self.kind == "cnn" else 0
-        for c, (k, _) in zip(self.channels, self.kernels, strict=True):
-            n += c * c_in * k * k + c
-            c_in = c
-        d_in = self.flat_size()
-        for h in self.hidden:
-            n += h * d_in + h
-            d_in = h
-        n += 4 * self.lstm * (d_in + self.lstm) + 8 * self.lstm
-        n += (self.lstm + 1) * self.n_actions + self.lstm + 1
-        return n
+        """Number of parameters of the policy with these sizes, counted on its modules built
+        on the meta device (no memory, no initialisation cost)."""
+        with torch.device("meta"):
+            return Policy(self).parameter_count()
 
 
 def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
@@ -171,12 +191,12 @@ class _Encoder(nn.Module):
 
 
 class _Recurrent(nn.Module):
-    """The encoder wrapped with an LSTM (PufferLib's ``LSTMWrapper``)."""
+    """The encoder wrapped with a recurrent layer (PufferLib's ``LSTMWrapper``)."""
 
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.policy = _Encoder(arch)
-        self.recurrent = nn.LSTM(arch.hidden[-1], arch.lstm)
+        self.recurrent = RNN_MODULES[arch.rnn](arch.hidden[-1], arch.lstm)
         for name, param in self.recurrent.named_parameters():
             if "bias" in name:
                 nn.init.constant_(param, 0.0)
@@ -187,17 +207,27 @@ class _Recurrent(nn.Module):
 class Policy(nn.Module):
     """Recurrent actor-critic with PufferLib 2.0's parameter names.
 
-    ``forward(obs, state)`` takes observations shaped ``[B, *obs_shape]`` (one step) or
-    ``[B, T, *obs_shape]`` (a sequence) and an LSTM state ``(h, c)`` each ``[1, B, lstm]``
-    (``None`` = zeros). It returns ``(logits, value, state)`` with logits ``[B, A]`` /
-    ``[B, T, A]`` and value ``[B]`` / ``[B, T]``.
+    PufferLib's contract: :meth:`encode_observations` (observations → encoder features) and
+    :meth:`decode_actions` (recurrent outputs → logits and value), with the recurrence between
+    them owned here. The recurrent state is a tuple of ``[1, B, lstm]`` tensors (LSTM ``(h, c)``,
+    GRU ``(h,)``); :meth:`initial_state` gives zeros.
+
+    * :meth:`step` runs one step of ``B`` environments (the rollout);
+    * :meth:`unroll` runs ``[B, T]`` sequences, zeroing the state after every step whose
+      ``done`` is set (the PPO update);
+    * ``forward(obs, state)`` takes ``[B, *obs_shape]`` (one step) or ``[B, T, *obs_shape]``
+      (a sequence, no episode boundary) and returns ``(logits, value, state)`` with logits
+      ``[B, A]`` / ``[B, T, A]`` and value ``[B]`` / ``[B, T]`` (``state=None``: zeros).
+
+    ``encoder_bf16`` runs the encoder (convs + Linear) under bfloat16 autocast; the recurrent
+    layer and the heads stay float32.
     """
 
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.arch = arch
         self.policy = _Recurrent(arch)
-        self._scale = 1.0 / 255.0 if arch.kind == "cnn" else 1.0
+        self.input_scale = 1.0 / 255.0 if arch.kind == "cnn" else 1.0
 
     # Named views of the parts, so other modules never index into the Sequential.
     @property
@@ -205,8 +235,9 @@ class Policy(nn.Module):
         return cast(nn.Sequential, self.policy.policy.network)
 
     @property
-    def lstm(self) -> nn.LSTM:
-        return cast(nn.LSTM, self.policy.recurrent)
+    def recurrent(self) -> nn.RNNBase:
+        """The recurrent layer (``nn.LSTM`` or ``nn.GRU``, see ``Architecture.rnn``)."""
+        return cast(nn.RNNBase, self.policy.recurrent)
 
     @property
     def actor(self) -> nn.Linear:
@@ -216,35 +247,102 @@ class Policy(nn.Module):
     def value_fn(self) -> nn.Linear:
         return cast(nn.Linear, self.policy.policy.value_fn)
 
-    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> LSTMState:
-        zeros = torch.zeros(1, batch, self.arch.lstm, device=device)
-        return zeros, zeros.clone()
+    @property
+    def heads(self) -> dict[str, nn.Linear]:
+        """The output layers by label."""
+        return {"actor": self.actor, "value": self.value_fn}
 
-    def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """Encoder features ``[N, hidden[-1]]`` of a flat batch of observations."""
-        return self.network(obs.float() * self._scale)
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> RecurrentState:
+        """Zeros: one ``[1, batch, lstm]`` tensor per state tensor of the recurrent layer."""
+        shape = (1, batch, self.arch.lstm)
+        return tuple(torch.zeros(shape, device=device) for _ in range(STATE_TENSORS[self.arch.rnn]))
+
+    def encode_observations(self, obs: torch.Tensor, encoder_bf16: bool = False) -> torch.Tensor:
+        """Encoder features ``[N, hidden[-1]]`` (float32) of a flat batch of observations."""
+        with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=encoder_bf16):
+            hidden = self.network(obs.float() * self.input_scale)
+        return hidden.float()
+
+    def decode_actions(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [..., A], value [...])`` of recurrent outputs ``[..., lstm]``."""
+        return self.actor(hidden), self.value_fn(hidden).squeeze(-1)
+
+    def _recur(self, x: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
+        """The recurrent layer on ``x`` ``[T, B, F]`` from ``state`` (torch's own state form:
+        a tensor for the GRU, a tuple for the LSTM)."""
+        out, new = self.recurrent(x, state[0] if len(state) == 1 else state)
+        return out, tuple(new) if isinstance(new, tuple) else (new,)
+
+    def _masked(self, x: torch.Tensor, state: RecurrentState, dones: torch.Tensor) -> torch.Tensor:
+        """Outputs ``[T, B, H]`` with the state zeroed after every step whose done is set.
+
+        Sequences without a boundary inside run in one fused call; only those with one step
+        through time (a done at the last step changes nothing inside the sequence)."""
+        cut = dones[:, :-1].bool().any(dim=1)
+        n_cut = int(cut.sum())
+        if n_cut == 0:
+            return self._recur(x, state)[0]
+        if n_cut == len(cut):
+            return self._stepwise(x, state, dones)
+        loop, fused = cut.nonzero().squeeze(1), (~cut).nonzero().squeeze(1)
+        out_fused = self._recur(x[:, fused], tuple(s[:, fused] for s in state))[0]
+        out_loop = self._stepwise(x[:, loop], tuple(s[:, loop] for s in state), dones[loop])
+        inverse = torch.argsort(torch.cat([fused, loop]))
+        return torch.cat([out_fused, out_loop], dim=1)[:, inverse]
+
+    def _stepwise(
+        self, x: torch.Tensor, state: RecurrentState, dones: torch.Tensor
+    ) -> torch.Tensor:
+        steps = []
+        for k in range(x.shape[0]):
+            out, state = self._recur(x[k : k + 1], state)
+            keep = (1.0 - dones[:, k].to(out.dtype))[None, :, None]
+            state = tuple(s * keep for s in state)
+            steps.append(out)
+        return torch.cat(steps, dim=0)
+
+    def step(
+        self, obs: torch.Tensor, state: RecurrentState | None, encoder_bf16: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
+        """One step: ``(logits [B, A], values [B], new state)`` of observations ``[B, *obs]``."""
+        state = self.initial_state(obs.shape[0], obs.device) if state is None else state
+        hidden = self.encode_observations(obs, encoder_bf16)
+        out, new_state = self._recur(hidden[None], state)
+        logits, value = self.decode_actions(out[0])
+        return logits, value, new_state
+
+    def unroll(
+        self,
+        obs: torch.Tensor,
+        state: RecurrentState | None,
+        dones: torch.Tensor,
+        encoder_bf16: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, T, A], values [B, T])`` of sequences ``obs`` ``[B, T, *obs]`` from
+        ``state``; the state is zeroed after every step whose ``dones[b, t]`` is set, as during
+        the rollout."""
+        b, t = obs.shape[:2]
+        state = self.initial_state(b, obs.device) if state is None else state
+        hidden = self.encode_observations(obs.reshape(b * t, *obs.shape[2:]), encoder_bf16)
+        out = self._masked(hidden.reshape(b, t, -1).transpose(0, 1), state, dones)
+        return self.decode_actions(out.transpose(0, 1))
 
     def forward(
-        self, obs: torch.Tensor, state: LSTMState | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
+        self, obs: torch.Tensor, state: RecurrentState | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         n_obs_dims = len(self.arch.obs_shape)
         if tuple(obs.shape[-n_obs_dims:]) != self.arch.obs_shape:
             raise ValueError(
                 f"observation shape {tuple(obs.shape)} does not end with {self.arch.obs_shape}"
             )
-        single_step = obs.dim() == n_obs_dims + 1
-        if single_step:
-            obs = obs.unsqueeze(1)
+        if obs.dim() == n_obs_dims + 1:
+            return self.step(obs, state)
         b, t = obs.shape[:2]
-        hidden = self.encode(obs.reshape(b * t, *self.arch.obs_shape))
-        hidden = hidden.reshape(b, t, -1).transpose(0, 1)  # LSTM wants [T, B, H]
-        out, new_state = self.lstm(hidden, state)
-        out = out.transpose(0, 1)  # [B, T, lstm]
-        logits = self.actor(out)
-        value = self.value_fn(out).squeeze(-1)
-        if single_step:
-            logits, value = logits[:, 0], value[:, 0]
-        return logits, value, (new_state[0], new_state[1])
+        state = self.initial_state(b, obs.device) if state is None else state
+        hidden = self.encode_observations(obs.reshape(b * t, *self.arch.obs_shape))
+        out, new_state = self._recur(hidden.reshape(b, t, -1).transpose(0, 1), state)
+        logits, value = self.decode_actions(out.transpose(0, 1))
+        return logits, value, new_state
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -22,14 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pufferfiber.fibers import (
-    Colouring,
-    LayerFibers,
-    cluster_rows,
-    input_part,
-    relabel_first_occurrence,
-    sum_over_colours,
-)
+from pufferfiber.clustering import cluster_rows, relabel_first_occurrence
+from pufferfiber.fibers import Colouring, LayerFibers, input_part, sum_over_colours
 from pufferfiber.graph import LSTM_GATES, LayerNode, recurrent_view
 
 PUBLISHED_LSTM_ROUNDS = 5
@@ -52,6 +46,8 @@ def published_lstm_fibers(
 
     ``inputs`` is the producer's colouring; only its labels are used (plain sums, as published).
     """
+    if node.gates != LSTM_GATES:
+        raise ValueError(f"the published criterion is defined for the LSTM, not {node.kind}")
     plain = Colouring.of(inputs.labels.numpy())
     w_in = input_part(node, params, plain)  # [H, 4, colours]
     w_hh = recurrent_view(node, params[node.recurrent_key or ""])

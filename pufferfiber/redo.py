@@ -1,13 +1,15 @@
 """Dormant units and ReDo resets (Sokar et al., ICML 2023), the baseline for symmetry breaking.
 
 A unit's *activity* is its mean absolute activation on a batch of observations: the ReLU output
-of a Linear neuron, of a conv channel (averaged over positions too), or the LSTM's hidden output
-``h``. Its dormancy score is the activity divided by the layer's mean activity,
-``s_i = E|a_i| / mean_k E|a_k|``; a unit is *τ-dormant* when ``s_i <= τ`` (τ = 0: dead units).
+of a Linear neuron, of a conv channel (averaged over positions too), or the recurrent layer's
+(LSTM or GRU) hidden output ``h``; each layer kind reads its own
+(:meth:`pufferfiber.graph.LayerKind.activity`). Its dormancy score is the activity divided by
+the layer's mean activity, ``s_i = E|a_i| / mean_k E|a_k|``; a unit is *τ-dormant* when
+``s_i <= τ`` (τ = 0: dead units).
 
 :class:`DormantReset` is a per-epoch training hook that every ``interval`` epochs recycles the
 τ-dormant units as ReDo does: fresh incoming weights (same scale rule as symmetry breaking),
-outgoing weights zeroed (for an LSTM unit its heads' columns and its ``W_hh`` column), and the
+outgoing weights zeroed (for a recurrent unit its heads' columns and its ``W_hh`` column), and the
 optimizer moments of every edited entry zeroed. Unlike symmetry breaking nothing is folded: a
 dormant unit is not a copy of anything, so the function changes by whatever the unit still
 contributed (little, by definition of dormant). The unit surgery is shared with
@@ -34,24 +36,14 @@ from pufferfiber.breaking import (
     selected_labels,
 )
 from pufferfiber.graph import LayerNode, build_graph, named_tensors
-from pufferfiber.policy import Policy
+from pufferfiber.policy import Policy, RecurrentState
 
 REDO_LOG = "redo.jsonl"
 
 
-def _layer_activity(node: LayerNode, output: Any) -> torch.Tensor:
-    """Mean |activation| per unit from a module's forward output."""
-    if node.kind == "lstm":
-        out = output[0]  # [T, B, H]: h at every step
-        return out.abs().mean(dim=(0, 1))
-    act = torch.relu(output)
-    dims = [d for d in range(act.dim()) if d != 1]  # conv [N, C, H, W], Linear [N, U]
-    return act.abs().mean(dim=dims)
-
-
 @torch.no_grad()
 def unit_activity(
-    policy: Policy, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+    policy: Policy, obs: torch.Tensor, state: RecurrentState | None = None
 ) -> dict[str, np.ndarray]:
     """Layer label → mean |activation| of every unit on ``obs`` (``[B, *obs]`` or
     ``[B, T, *obs]``, run from ``state`` or zeros)."""
@@ -61,7 +53,7 @@ def unit_activity(
     for node in graph.hidden:
 
         def record(_m: Any, _i: Any, out: Any, node: LayerNode = node) -> None:
-            activity[node.label] = _layer_activity(node, out).double().cpu().numpy()
+            activity[node.label] = node.spec.activity(out).double().cpu().numpy()
 
         handles.append(policy.get_submodule(node.name).register_forward_hook(record))
     try:
@@ -134,7 +126,7 @@ class DormantReset:
 
     Parameters:
         observations: ``f(ctx) -> obs`` giving a recent batch (``[B, T, *obs]`` sequences are
-            run from a zero LSTM state), e.g. a slice of the trainer's rollout buffer. When
+            run from a zero recurrent state), e.g. a slice of the trainer's rollout buffer. When
             ``None`` the hook reads ``ctx.observations``.
         tau: dormancy threshold on ``s_i`` (ReDo uses 0.025-0.1; 0 = only dead units).
         interval: reset every ``interval`` epochs.

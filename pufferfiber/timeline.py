@@ -23,9 +23,8 @@ from pufferfiber.checkpoints import (
     load_checkpoint,
 )
 from pufferfiber.criteria import FiberCriterion, WeightCriterion
-from pufferfiber.fibers import DEFAULT_LSTM_ROUNDS
+from pufferfiber.fibers import DEFAULT_LSTM_ROUNDS, validate_threshold
 from pufferfiber.graph import build_graph
-from pufferfiber.pipeline import validate_threshold
 
 CACHE_NAME = "fibers_timeline.json"
 CACHE_FORMAT = "pufferfiber.timeline/1"
@@ -91,11 +90,7 @@ def fibers_at(
     fibration = criterion.fit_predict(ckpt.policy)
     counts = fibration.counts
     graph = build_graph(ckpt.policy)
-    collapsed_arch = ckpt.arch.replace(
-        channels=tuple(counts[n.label] for n in graph.hidden if n.kind == "conv"),
-        hidden=tuple(counts[n.label] for n in graph.hidden if n.kind == "linear"),
-        lstm=counts["lstm"],
-    )
+    collapsed_arch = graph.resized(ckpt.arch, counts)
     return {
         "epoch": ckpt.epoch,
         "global_step": ckpt.global_step,

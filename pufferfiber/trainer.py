@@ -246,52 +246,6 @@ def sample_actions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return actions, logp.gather(-1, actions[:, None]).squeeze(-1)
 
 
-def sequence_forward(
-    policy: Policy,
-    obs: torch.Tensor,
-    state: LSTMState,
-    dones: torch.Tensor,
-    encoder_bf16: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``[B, T, A]`` and values ``[B, T]`` of sequences ``obs`` ``[B, T, *obs]``.
-
-    The LSTM state is zeroed after every step whose ``done`` is set, as during the rollout.
-    ``encoder_bf16`` runs the encoder (convs + Linear) under bfloat16 autocast; the LSTM and
-    the heads stay float32.
-    """
-    b, t = obs.shape[:2]
-    with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=encoder_bf16):
-        hidden = policy.encode(obs.reshape(b * t, *obs.shape[2:]))
-    hidden = hidden.float().reshape(b, t, -1)
-    hidden = hidden.transpose(0, 1)  # [T, B, H] for nn.LSTM
-    h, c = state
-    if not bool(dones[:, :-1].any()):
-        out, _ = policy.lstm(hidden, (h, c))  # no episode boundary inside: one fused call
-    else:
-        steps = []
-        for k in range(t):
-            o, (h, c) = policy.lstm(hidden[k : k + 1], (h, c))
-            keep = (1.0 - dones[:, k])[None, :, None]
-            h, c = h * keep, c * keep
-            steps.append(o)
-        out = torch.cat(steps, dim=0)
-    out = out.transpose(0, 1)
-    return policy.actor(out), policy.value_fn(out).squeeze(-1)
-
-
-def step_forward(
-    policy: Policy, obs: torch.Tensor, state: LSTMState, encoder_bf16: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
-    """One rollout step: ``(logits [B, A], values [B], new state)`` of observations ``[B, *obs]``,
-    with the encoder in the same precision as :func:`sequence_forward` uses for the update."""
-    if not encoder_bf16:
-        return policy(obs, state)
-    with torch.autocast(obs.device.type, dtype=torch.bfloat16):
-        hidden = policy.encode(obs)
-    out, (h, c) = policy.lstm(hidden.float()[None], state)
-    return policy.actor(out[0]), policy.value_fn(out[0]).squeeze(-1), (h, c)
-
-
 # ----------------------------------------------------------------------------------------------
 # Trainer
 
@@ -503,8 +457,8 @@ class Trainer:
                 done = torch.from_numpy(np.logical_or(terms, truncs).astype(np.float32))
                 state = self._env_state(ids)
             with prof("eval_forward"):
-                logits, value, new_state = step_forward(
-                    self.policy, obs_t.to(self.device), state, self.encoder_bf16
+                logits, value, new_state = self.policy.step(
+                    obs_t.to(self.device), state, self.encoder_bf16
                 )
                 actions, logprob = sample_actions(logits)
             with prof("eval_misc"):
@@ -595,9 +549,7 @@ class Trainer:
         cfg, prof = self.cfg, self.profile
         with prof("train_forward"):
             state = (mb["h0"][None].contiguous(), mb["c0"][None].contiguous())
-            logits, newvalue = sequence_forward(
-                self.policy, mb["obs"], state, mb["dones"], self.encoder_bf16
-            )
+            logits, newvalue = self.policy.unroll(mb["obs"], state, mb["dones"], self.encoder_bf16)
             logp_all = torch.log_softmax(logits, dim=-1)
             newlogprob = logp_all.gather(-1, mb["actions"][..., None]).squeeze(-1).reshape(-1)
             entropy = -(logp_all.exp() * logp_all).sum(-1)

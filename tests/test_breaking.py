@@ -148,8 +148,8 @@ def test_layer_where_everything_is_redundant_keeps_one_unit() -> None:
     torch.testing.assert_close(logits1, logits0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(value1, value0, atol=1e-5, rtol=1e-5)
     # Every LSTM input now comes from the representative (the lowest index) alone.
-    assert torch.count_nonzero(policy.lstm.weight_ih_l0[:, 1:]) == 0
-    assert torch.count_nonzero(policy.lstm.weight_ih_l0[:, 0]) > 0
+    assert torch.count_nonzero(policy.recurrent.weight_ih_l0[:, 1:]) == 0
+    assert torch.count_nonzero(policy.recurrent.weight_ih_l0[:, 0]) > 0
 
 
 def test_everything_redundant_lstm() -> None:

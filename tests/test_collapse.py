@@ -31,7 +31,7 @@ def planted(arch: Architecture, seed: int = 0) -> Policy:
     for node in build_graph(policy).hidden:
         plant(policy, node.label, 1, 3)
         plant(policy, node.label, 0, 4)
-        if node.activation == "relu":
+        if node.spec.homogeneous:
             plant(policy, node.label, 1, 5, factor=2.5)
             plant(policy, node.label, 0, 2, factor=0.3)
     return policy
@@ -54,7 +54,7 @@ def test_planted_symmetries_collapse_exactly(arch: Architecture) -> None:
     policy = planted(arch)
     fibration = compute_fibers(policy, 0.0)
     for layer in fibration.layers:
-        removed = 2 if layer.node.kind == "lstm" else 4
+        removed = 4 if layer.node.spec.homogeneous else 2
         assert layer.n_fibers == layer.node.size - removed, layer.node.label
         assert layer.labels[3] == layer.labels[1] and layer.labels[4] == layer.labels[0]
     quotient = collapse_policy(policy, fibration)
@@ -127,7 +127,11 @@ def test_approximate_collapse_keeps_units_of_a_fiber_consistent() -> None:
     quotient = collapse_policy(policy, fibration)
     assert quotient.arch.hidden == tuple(fibration[f"linear{i}"].n_fibers for i in (1, 2))
     assert quotient.arch.lstm == fibration["lstm"].n_fibers
-    # The quotient's rows are fiber means: an all-singleton layer keeps its rows exactly.
-    if fibration["linear1"].n_fibers == MLP.hidden[0]:
-        w = quotient.state_dict()["policy.policy.network.1.weight"]
-        assert torch.allclose(w, policy.state_dict()["policy.policy.network.1.weight"])
+    # The quotient's rows are fiber means. linear1's inputs are the observation (discrete
+    # colours), so each of its quotient rows is exactly the mean of its fiber's rows.
+    w = policy.state_dict()["policy.policy.network.1.weight"].double()
+    labels = torch.as_tensor(fibration["linear1"].labels)
+    assert 1 < fibration["linear1"].n_fibers < MLP.hidden[0]  # merges and singletons both
+    means = torch.stack([w[labels == k].mean(dim=0) for k in range(int(labels.max()) + 1)])
+    quotient_w = quotient.state_dict()["policy.policy.network.1.weight"].double()
+    torch.testing.assert_close(quotient_w, means, atol=1e-6, rtol=1e-6)

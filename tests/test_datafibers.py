@@ -29,7 +29,7 @@ def small_policy(seed: int = 0) -> Policy:
     policy = Policy(arch).eval()
     with torch.no_grad():
         policy.actor.weight.mul_(300.0)  # a policy far from uniform, so KL measures something
-        policy.lstm.bias_ih_l0.normal_(0.0, 0.5)  # non-trivial LSTM biases
+        policy.recurrent.bias_ih_l0.normal_(0.0, 0.5)  # non-trivial LSTM biases
     return policy
 
 
@@ -63,7 +63,7 @@ def _gate_rows(unit: int) -> list[int]:
 def plant_all(policy: Policy, *, lstm_const_recurrent: bool = False) -> None:
     """A dead unit, an affine copy with s = -1 (and a constant unit) in every layer kind."""
     net = policy.network
-    lstm = policy.lstm
+    lstm = policy.recurrent
     with torch.no_grad():
         _plant_relu(net[0], dead=0, rep=1, copy=2, const=None)  # conv1
         _plant_relu(net[2], dead=0, rep=1, copy=2, const=3)  # conv2

@@ -19,9 +19,10 @@ import torch
 from pufferfiber import cli
 from pufferfiber.breaking import SymmetryBreaker
 from pufferfiber.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from pufferfiber.clustering import cluster_rows, products_on
 from pufferfiber.collapse import collapse_policy
 from pufferfiber.evaluate import policy_on
-from pufferfiber.fibers import cluster_rows, compute_fibers, products_on
+from pufferfiber.fibers import compute_fibers
 from pufferfiber.pipeline import collapse_to_folder
 from pufferfiber.policy import Architecture, Policy
 
@@ -124,7 +125,7 @@ def test_symmetry_breaking_on_device_keeps_the_function(device: str) -> None:
     policy(obs)[1].sum().backward()
     optimizer.step()
     before = copy.deepcopy(policy)
-    before.lstm.flatten_parameters()  # a deep copy's LSTM weights are not one cuDNN chunk
+    before.recurrent.flatten_parameters()  # a deep copy's LSTM weights are not one cuDNN chunk
     breaker = SymmetryBreaker(interval=1, fiber_threshold=0.0, maturity=0, fraction=1.0, seed=3)
     report = breaker.step(policy, optimizer, epoch=1)
     assert sum(report.broken.values()) > 0

@@ -11,19 +11,22 @@ import torch
 from scipy.spatial.distance import squareform
 from sklearn.cluster import AgglomerativeClustering
 
+from pufferfiber.clustering import (
+    average_linkage_labels,
+    cluster_rows,
+    cosine_distances_condensed,
+    exact_partition,
+    relabel_first_occurrence,
+)
 from pufferfiber.fibers import (
     Colouring,
     FibersFileError,
-    average_linkage_labels,
-    cluster_rows,
     compute_fibers,
     compute_opfibers,
-    cosine_distances_condensed,
-    exact_partition,
     fibers_dict,
     load_fibers,
     node_rows,
-    relabel_first_occurrence,
+    recurrent_rows,
     save_fibers,
 )
 from pufferfiber.graph import build_graph, named_tensors, put_units, take_units
@@ -60,13 +63,12 @@ def test_cosine_distances_match_definition_including_zero_rows() -> None:
 
 
 def test_blocked_distances_equal_direct_computation(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pufferfiber.fibers as fibers
+    import pufferfiber.clustering as clustering
 
     rows = np.random.default_rng(0).normal(size=(37, 5))
     full = cosine_distances_condensed(rows)
-    monkeypatch.setattr(fibers, "_BLOCK", 8)
+    monkeypatch.setattr(clustering, "_BLOCK", 8)
     assert np.allclose(cosine_distances_condensed(rows), full, atol=1e-14)
-    monkeypatch.setattr(fibers, "_BLOCK", 8)
     assert exact_partition(np.repeat(rows, 2, axis=0), scale_free=False).max() == 36
 
 
@@ -96,7 +98,8 @@ def test_clustering_equals_sklearn_on_trained_layers(shared_run: Path, tau: floa
         rows = node_rows(lin, params, conv3, pooled=pooled).numpy()
         assert np.array_equal(cluster_rows(rows, tau), sklearn_labels(rows, tau))
     lstm = g["lstm"]
-    rows = node_rows(lstm, params, Colouring.discrete(512), Colouring.discrete(512)).numpy()
+    # The production row builder of the recurrent layer, at its first approximate round.
+    rows = recurrent_rows(lstm, params, Colouring.discrete(lstm.in_units))(np.arange(lstm.size))
     assert np.array_equal(cluster_rows(rows, tau), sklearn_labels(rows, tau))
 
 
@@ -132,7 +135,7 @@ def test_larger_threshold_never_gives_more_fibers_in_a_network(arch: Architectur
 
 def test_bad_settings_are_rejected() -> None:
     policy = Policy(MLP)
-    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+    with pytest.raises(ValueError, match="between 0 and 2"):
         compute_fibers(policy, 2.5)
     with pytest.raises(ValueError, match="flatten_colours"):
         compute_fibers(policy, 0.3, flatten_colours="channels")

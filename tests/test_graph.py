@@ -40,7 +40,7 @@ def test_cnn_graph_nodes_and_links() -> None:
     assert (lin.mapping, lin.in_units, lin.extent) == ("flatten", c, h * w)
     assert g.producer(lin) is g["conv3"] and g.producer(g["conv1"]) is None
     assert [n.label for n in g.consumers(g["lstm"])] == ["actor", "value"]
-    assert g["conv2"].activation == "relu" and g["lstm"].activation == "lstm"
+    assert g["conv2"].activation == "relu" and g["lstm"].activation == "gates"
     assert g["lstm"].recurrent_key == "policy.recurrent.weight_hh_l0"
 
 

@@ -44,7 +44,7 @@ def test_activity_is_mean_absolute_activation() -> None:
     with torch.no_grad():
         a1 = torch.relu(policy.network[1](obs))
         a2 = torch.relu(policy.network[3](a1))
-        h, _ = policy.lstm(a2[None])
+        h, _ = policy.recurrent(a2[None])
     np.testing.assert_allclose(act["linear1"], a1.abs().mean(0).numpy(), rtol=1e-6)
     np.testing.assert_allclose(act["linear2"], a2.abs().mean(0).numpy(), rtol=1e-6)
     np.testing.assert_allclose(act["lstm"], h[0].abs().mean(0).numpy(), rtol=1e-6)

@@ -15,15 +15,13 @@ from pufferfiber.checkpoints import list_checkpoints, load_checkpoint, load_trai
 from pufferfiber.config import RunConfig, load_config
 from pufferfiber.dashboard import Dashboard
 from pufferfiber.envs import architecture_for, make_vecenv
-from pufferfiber.policy import Architecture, Policy, observation_batch
+from pufferfiber.policy import Policy
 from pufferfiber.trainer import (
     EpochContext,
     RolloutBuffer,
     Trainer,
     compute_gae,
     explained_variance,
-    sequence_forward,
-    step_forward,
 )
 
 
@@ -107,24 +105,6 @@ def test_rollout_buffer_async_and_sync_paths_agree() -> None:
     for name in ("obs", "actions", "logprobs", "values", "rewards", "dones", "h0", "c0"):
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name))
     assert slow.free_rows(np.arange(4)).sum() == 0
-
-
-def test_sequence_forward_matches_policy_and_resets_after_done() -> None:
-    torch.manual_seed(0)
-    policy = Policy(Architecture.mlp(4, 2, hidden=(8,), lstm=6))
-    obs = observation_batch(policy.arch, 3 * 5).reshape(3, 5, 4)
-    state = (torch.randn(1, 3, 6), torch.randn(1, 3, 6))
-    with torch.no_grad():
-        logits, value = sequence_forward(policy, obs, state, torch.zeros(3, 5))
-        ref_logits, ref_value, _ = policy(obs, state)
-        torch.testing.assert_close(logits, ref_logits)
-        torch.testing.assert_close(value, ref_value)
-        dones = torch.zeros(3, 5)
-        dones[1, 2] = 1.0  # env 1 ends at step 2: steps 3.. start from a zero state
-        logits, _ = sequence_forward(policy, obs, state, dones)
-        fresh, _, _ = policy(obs[1:2, 3:], None)
-        torch.testing.assert_close(logits[1, 3:], fresh[0])
-        torch.testing.assert_close(logits[0], ref_logits[0])
 
 
 def _cartpole(**train: Any) -> RunConfig:
@@ -248,27 +228,6 @@ def test_cartpole_learns(tmp_path: Path) -> None:
     first = np.mean([x["episode_return"] for x in lines[:3]])
     last = np.mean([x["episode_return"] for x in lines[-5:]])
     assert first < 60 and last > 150, (first, last)
-
-
-def test_bfloat16_encoder_stays_close_to_float32() -> None:
-    torch.manual_seed(0)
-    policy = Policy(Architecture.atari(4, channels=(4, 8, 8), hidden=16, lstm=8))
-    obs = observation_batch(policy.arch, 6).reshape(3, 2, *policy.arch.obs_shape)
-    state = policy.initial_state(3)
-    with torch.no_grad():
-        ref, ref_v = sequence_forward(policy, obs, state, torch.zeros(3, 2))
-        low, low_v = sequence_forward(policy, obs, state, torch.zeros(3, 2), encoder_bf16=True)
-    assert low.dtype == torch.float32 and not torch.equal(low, ref)  # really ran in bf16
-    with torch.no_grad():  # the rollout's single steps agree with the update's sequences
-        step_logits, step_value, _ = step_forward(policy, obs[:, 0], state, encoder_bf16=True)
-        f32_logits, _, f32_state = step_forward(policy, obs[:, 0], state)
-        ref_step, _, ref_state = policy(obs[:, 0], state)
-    torch.testing.assert_close(step_logits, low[:, 0], rtol=0, atol=1e-5)
-    torch.testing.assert_close(step_value, low_v[:, 0], rtol=0, atol=1e-5)
-    torch.testing.assert_close(f32_logits, ref_step)
-    torch.testing.assert_close(f32_state[0], ref_state[0])
-    torch.testing.assert_close(low, ref, rtol=0, atol=2e-2)
-    torch.testing.assert_close(low_v, ref_v, rtol=0, atol=2e-2)
 
 
 def test_dashboard_formats_and_modes(tmp_path: Path) -> None:
