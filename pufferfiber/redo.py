@@ -35,8 +35,7 @@ from pufferfiber.breaking import (
 )
 from pufferfiber.graph import LayerNode, build_graph, named_tensors
 from pufferfiber.policy import Policy
-
-REDO_LOG = "redo.jsonl"
+from pufferfiber.runfiles import REDO_LOG
 
 
 def _layer_activity(node: LayerNode, output: Any) -> torch.Tensor:

@@ -24,7 +24,6 @@ import html
 import io
 import json
 import math
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +35,22 @@ from matplotlib.figure import Figure
 
 from pufferfiber import plots
 from pufferfiber.logparse import EpochRecord, LogParseError, parse_log, read_metrics, series
+from pufferfiber.runfiles import (
+    COLLAPSE_DIR_RE,
+    FIBERS,
+    FIDELITY,
+    LOG,
+    LOG_NAMES,
+    METRICS,
+    REPORT_PNG,
+    RUN_DIR_RE,
+)
 
-RUN_NAME = re.compile(r"^(?P<env>.+)-(?P<id>[0-9a-f]{8})$")
-COLLAPSE_NAME = re.compile(r"^collapsed_model_thr_(?P<tt>\d+)_(?P<epoch>\d+)$")
-# Dashboard copies, most specific first; metrics.jsonl is preferred over all of them because it
-# holds full-precision numbers and untruncated names.
-LOG_NAMES = ("log_collapsed.out", "log.out")
-METRICS_NAME = "metrics.jsonl"
+RUN_NAME = RUN_DIR_RE
+COLLAPSE_NAME = COLLAPSE_DIR_RE
+# Dashboard copies (LOG_NAMES, most specific first); metrics.jsonl is preferred over all of them
+# because it holds full-precision numbers and untruncated names.
+METRICS_NAME = METRICS
 RETURN_KEY = "episode_return"
 MAX_DPI = 1200  # a 3-panel figure at 1200 dpi is already ~100 MB of pixels
 
@@ -127,7 +135,7 @@ def _why_no_history(run_dir: Path) -> str:
     """Why :func:`load_history` found nothing: no file, or files it could not parse."""
     found = _history_files(run_dir)
     if not found:
-        return f"no {METRICS_NAME} or log.out"
+        return f"no {METRICS_NAME} or {LOG}"
     reasons = []
     for path in found:
         try:
@@ -198,10 +206,10 @@ def read_collapse_folder(path: Path) -> CollapseFolder:
     """Threshold and epoch from ``fibers.pkl`` (or the folder name), plus the resumed runs."""
     m = COLLAPSE_NAME.match(path.name)
     assert m is not None
-    fibers = _read_fibers(path / "fibers.pkl")
+    fibers = _read_fibers(path / FIBERS)
     threshold = float(fibers["threshold"]) if fibers else _threshold_from_name(m["tt"])
     epoch = int(fibers["epoch"]) if fibers else int(m["epoch"])
-    folder = CollapseFolder(path, threshold, epoch, fibers, _read_json(path / "fidelity.json"))
+    folder = CollapseFolder(path, threshold, epoch, fibers, _read_json(path / FIDELITY))
     for run in sorted(p for p in path.iterdir() if p.is_dir() and RUN_NAME.match(p.name)):
         history = load_history(run)
         if history is not None:
@@ -223,7 +231,7 @@ def find_experiment(path: Path) -> Experiment:
         runs = [p for p in path.iterdir() if RUN_NAME.match(p.name) and _is_run(p)]
         if not runs:
             raise ReportError(
-                f"{path} holds no training run (no model_*.pt, {METRICS_NAME} or log.out)"
+                f"{path} holds no training run (no model_*.pt, {METRICS_NAME} or {LOG})"
             )
         path = max(runs, key=lambda p: p.stat().st_mtime)
         print(f"report: using the newest run {path} (pass a run folder to choose)", file=sys.stderr)
@@ -728,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _output_path(args: argparse.Namespace, exp: Experiment) -> Path:
-    out = Path(args.output) if args.output else exp.run_dir / "report.png"
+    out = Path(args.output) if args.output else exp.run_dir / REPORT_PNG
     if out.suffix.lower() not in (".png", ".html", ".htm"):
         raise ReportError(f"output must end in .png or .html, not {out.name!r}")
     if not out.parent.is_dir():

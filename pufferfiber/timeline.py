@@ -26,8 +26,9 @@ from pufferfiber.criteria import FiberCriterion, WeightCriterion
 from pufferfiber.fibers import DEFAULT_LSTM_ROUNDS
 from pufferfiber.graph import build_graph
 from pufferfiber.pipeline import validate_threshold
+from pufferfiber.runfiles import CHECKPOINT_GLOB, TIMELINE_CACHE
 
-CACHE_NAME = "fibers_timeline.json"
+CACHE_NAME = TIMELINE_CACHE
 CACHE_FORMAT = "pufferfiber.timeline/1"
 
 Progress = Callable[[int, int, int], None]  # (index, total, epoch)
@@ -130,7 +131,7 @@ def fibers_over_time(
     run_dir = Path(run_dir)
     found = list_checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"no checkpoints (model_XXXXXX.pt) in {run_dir}")
+        raise CheckpointError(f"no checkpoints ({CHECKPOINT_GLOB}) in {run_dir}")
     cache_path = run_dir / CACHE_NAME
     cache = _read_cache(cache_path)
     settings = _settings_key(threshold, flatten_colours, layers, max_lstm_rounds)

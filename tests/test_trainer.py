@@ -20,6 +20,7 @@ from pufferfiber.trainer import (
     EpochContext,
     RolloutBuffer,
     Trainer,
+    Transition,
     compute_gae,
     explained_variance,
     sequence_forward,
@@ -76,10 +77,9 @@ def test_explained_variance() -> None:
     assert np.isnan(explained_variance(y, np.ones(3)))
 
 
-def _store_args(rng: np.random.Generator, ids: np.ndarray, lstm: int) -> list[Any]:
+def _transition(rng: np.random.Generator, ids: np.ndarray, sizes: tuple[int, ...]) -> Transition:
     n = len(ids)
-    state = (torch.randn(1, n, lstm), torch.randn(1, n, lstm))
-    return [
+    return Transition(
         ids,
         torch.from_numpy(rng.integers(0, 255, (n, 1, 4, 4), dtype=np.uint8)),
         torch.randn(n),
@@ -87,26 +87,44 @@ def _store_args(rng: np.random.Generator, ids: np.ndarray, lstm: int) -> list[An
         torch.randint(0, 3, (n,)),
         torch.randn(n),
         torch.randn(n),
-        state,
-    ]
+        tuple(torch.randn(1, n, size) for size in sizes),
+    )
 
 
-def test_rollout_buffer_async_and_sync_paths_agree() -> None:
-    """Envs arriving in any order and subset land in the same slots as a synchronous step."""
+@pytest.mark.parametrize("sizes", [(3, 3), (5,)], ids=["lstm-state", "gru-state"])
+def test_rollout_buffer_async_and_sync_paths_agree(sizes: tuple[int, ...]) -> None:
+    """Envs arriving in any order and subset land in the same slots as a synchronous step,
+    for a recurrent state of any number of tensors."""
     rng = np.random.default_rng(1)
-    fast = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, 3)
-    slow = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, 3)
+    fast = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, sizes)
+    slow = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, sizes)
     for _ in range(4):
-        args = _store_args(rng, np.array([2, 0, 3, 1]), 3)
-        fast.store(*args)
-        for half in (np.array([0, 1]), np.array([2, 3])):  # the same step, two partial batches
-            sub = [a[half] if isinstance(a, np.ndarray | torch.Tensor) else a for a in args]
-            sub[-1] = (args[-1][0][:, half], args[-1][1][:, half])
-            slow.store(*sub)
+        step = _transition(rng, np.array([2, 0, 3, 1]), sizes)
+        fast.store(step)
+        for half in ([True, True, False, False], [False, False, True, True]):
+            slow.store(step, room=np.array(half))  # the same step, two partial batches
     assert fast.full and slow.full
-    for name in ("obs", "actions", "logprobs", "values", "rewards", "dones", "h0", "c0"):
+    for name in ("obs", "actions", "logprobs", "values", "rewards", "dones"):
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name))
+    assert len(fast.initial_state) == len(sizes)
+    for a, b in zip(fast.initial_state, slow.initial_state, strict=True):
+        torch.testing.assert_close(a, b)
     assert slow.free_rows(np.arange(4)).sum() == 0
+    # env 0's first sequence starts from the state stored with its first step (env 0 was
+    # second in the step's order)
+    data = fast.sequences(np.zeros((4, 4), dtype=np.float32))
+    assert [data[f"state{i}"].shape for i in range(len(sizes))] == [(8, s) for s in sizes]
+
+
+def test_buffer_drops_the_steps_of_full_envs() -> None:
+    rng = np.random.default_rng(2)
+    buf = RolloutBuffer(2, 2, 2, (1, 4, 4), torch.uint8, (3,))
+    first = _transition(rng, np.array([0]), (3,))
+    buf.store(first)
+    buf.store(_transition(rng, np.array([0]), (3,)))
+    buf.store(_transition(rng, np.array([0, 1]), (3,)), room=buf.free_rows(np.array([0, 1])))
+    assert list(buf.ptr) == [2, 1]  # env 0 was full: its third step was dropped
+    torch.testing.assert_close(buf.initial_state[0][0, 0], first.state[0][0, 0])
 
 
 def test_sequence_forward_matches_policy_and_resets_after_done() -> None:
