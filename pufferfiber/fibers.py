@@ -60,8 +60,8 @@ from pufferfiber.graph import (
     weight_view,
 )
 from pufferfiber.policy import Policy
+from pufferfiber.schemas import FIBERS_FORMAT, FibersHeader
 
-FIBERS_FORMAT = "pufferfiber.fibers/1"
 FLATTEN_COLOURS = ("positions", "pooled")
 # LSTM criteria: "units" (ours: a unit's four gate rows with biases, exact fixed point, then
 # bounded re-clustering) or "published" (the reference's joint gate-row clustering, see
@@ -725,6 +725,7 @@ def save_fibers(path: Path | str, fibers: dict[str, Any]) -> Path:
     """Write ``fibers.pkl`` atomically (checks it reads back with the restricted loader)."""
     from pufferfiber.checkpoints import atomic_write_bytes
 
+    FibersHeader.from_dict(fibers, path)  # what the readers rely on is there and typed
     data = pickle.dumps(fibers, protocol=4)
     _PlainUnpickler(io.BytesIO(data)).load()  # never write what load_fibers would refuse
     return atomic_write_bytes(Path(path), data)

@@ -16,7 +16,6 @@ two-digit name because τ ≤ 2 has a single integer digit.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -33,7 +32,6 @@ from pufferfiber.checkpoints import (
     Checkpoint,
     CheckpointError,
     atomic_dir,
-    atomic_write_text,
     check_fits_env,
     check_writable,
     describe_os_error,
@@ -76,6 +74,7 @@ from pufferfiber.runfiles import (
     collapse_dir_name,
     collapsed_model_name,
 )
+from pufferfiber.schemas import write_fidelity
 
 MAX_THRESHOLD = 2.0
 EXIT_BAD_INPUT = 2
@@ -238,7 +237,7 @@ def collapse_to_folder(
             meta=meta,
         )
         save_fibers(tmp / FIBERS, fibers)
-        atomic_write_text(tmp / FIDELITY, json.dumps(fidelity, indent=2) + "\n")
+        write_fidelity(tmp / FIDELITY, fidelity)
     if echo:
         print(format_fidelity(fidelity))
         if "calibration" in fidelity:

@@ -478,8 +478,8 @@ def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any
 
 def _history(run: Path) -> list[tuple[int, float]]:
     """``(epoch, episode_return)`` of a run's epochs that finished episodes."""
-    from pufferfiber.logparse import LogParseError, read_metrics, series
     from pufferfiber.report import RETURN_KEY
+    from pufferfiber.upstream_log import LogParseError, read_metrics, series
 
     try:
         epochs, values = series(read_metrics(run / METRICS), RETURN_KEY)

@@ -27,9 +27,10 @@ from pufferfiber.fibers import DEFAULT_LSTM_ROUNDS
 from pufferfiber.graph import build_graph
 from pufferfiber.pipeline import validate_threshold
 from pufferfiber.runfiles import CHECKPOINT_GLOB, TIMELINE_CACHE
+from pufferfiber.schemas import TIMELINE_FORMAT, TimelineEntry
 
 CACHE_NAME = TIMELINE_CACHE
-CACHE_FORMAT = "pufferfiber.timeline/1"
+CACHE_FORMAT = TIMELINE_FORMAT
 
 Progress = Callable[[int, int, int], None]  # (index, total, epoch)
 
@@ -46,9 +47,6 @@ def _file_key(path: Path) -> str:
     return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
 
 
-_ENTRY_KEYS = ("epoch", "global_step", "fibers", "sizes", "params_full", "params_collapsed")
-
-
 def _read_cache(path: Path) -> dict[str, Any]:
     """The cache, or an empty one if it is missing or damaged (it is then rebuilt and
     rewritten); entries that do not have the expected shape are dropped and recomputed."""
@@ -63,11 +61,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
     if not isinstance(entries, dict):
         return empty
     data["entries"] = {
-        settings: {
-            key: entry
-            for key, entry in per_file.items()
-            if isinstance(entry, dict) and all(k in entry for k in _ENTRY_KEYS)
-        }
+        settings: {key: entry for key, entry in per_file.items() if TimelineEntry.valid(entry)}
         for settings, per_file in entries.items()
         if isinstance(per_file, dict)
     }
@@ -97,15 +91,15 @@ def fibers_at(
         hidden=tuple(counts[n.label] for n in graph.hidden if n.kind == "linear"),
         lstm=counts["lstm"],
     )
-    return {
-        "epoch": ckpt.epoch,
-        "global_step": ckpt.global_step,
-        "fibers": counts,
-        "sizes": {n.label: n.size for n in graph.hidden},
-        "params_full": ckpt.arch.parameter_count(),
-        "params_collapsed": collapsed_arch.parameter_count(),
-        "lstm_rounds": fibration.lstm_rounds,
-    }
+    return TimelineEntry(
+        epoch=ckpt.epoch,
+        global_step=ckpt.global_step,
+        fibers=counts,
+        sizes={n.label: n.size for n in graph.hidden},
+        params_full=ckpt.arch.parameter_count(),
+        params_collapsed=collapsed_arch.parameter_count(),
+        lstm_rounds=fibration.lstm_rounds,
+    ).to_dict()
 
 
 def fibers_over_time(
