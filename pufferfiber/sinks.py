@@ -145,6 +145,24 @@ class TrackerError(ConfigError):
     """The chosen tracker cannot run here (one line)."""
 
 
+def run_sinks(
+    dashboard: Dashboard, run_dir: Path, tracker: str, start_step: int = 0
+) -> list[MetricSink]:
+    """A training run's sinks: the dashboard, ``metrics.jsonl`` and the ``train.tracker``."""
+    chosen = make_tracker(tracker, run_dir, start_step)
+    sinks: list[MetricSink] = [DashboardSink(dashboard), MetricsFile(run_dir)]
+    return sinks + ([chosen] if chosen is not None else [])
+
+
+def with_totals(seconds: dict[str, float]) -> dict[str, float]:
+    """Seconds per phase plus the dashboard's two totals, ``evaluate`` (env + forward + misc of
+    the rollout) and ``train`` (forward + learn + misc of the update)."""
+    times = dict(seconds)
+    times["evaluate"] = sum(times.get(k, 0.0) for k in ("env", "eval_forward", "eval_misc"))
+    times["train"] = sum(times.get(k, 0.0) for k in ("train_forward", "learn", "train_misc"))
+    return times
+
+
 def make_tracker(name: str, run_dir: Path, start_step: int = 0) -> MetricSink | None:
     """The sink of ``train.tracker`` (``None`` for ``none``)."""
     if name == "none":

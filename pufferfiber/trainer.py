@@ -61,14 +61,7 @@ from pufferfiber.rollout import (
     step_forward,
 )
 from pufferfiber.runfiles import LOG, METRICS
-from pufferfiber.sinks import (
-    DashboardSink,
-    EpochMetrics,
-    MetricsFile,
-    MetricSink,
-    make_tracker,
-    trim_metrics,
-)
+from pufferfiber.sinks import EpochMetrics, MetricSink, run_sinks, trim_metrics, with_totals
 
 # Names other modules (and experiments) import from here.
 __all__ = [
@@ -293,9 +286,7 @@ class Trainer:
         )
         self.checkpointer = Checkpointer(self.run_dir, t.checkpoint_interval)
         self.dashboard = dashboard or Dashboard(copy_path=self.run_dir / log_name)
-        tracker = make_tracker(t.tracker, self.run_dir, start_global_step)
-        self.sinks: list[MetricSink] = [DashboardSink(self.dashboard), MetricsFile(self.run_dir)]
-        self.sinks += [tracker] if tracker is not None else []
+        self.sinks = run_sinks(self.dashboard, self.run_dir, t.tracker, start_global_step)
         self.sinks += list(sinks)
         self.profile = Profile()
         self.message = f"Model Size: {abbreviate(policy.parameter_count())} parameters"
@@ -484,13 +475,6 @@ class Trainer:
     ) -> None:
         sps = self.cfg.batch_size / epoch_seconds if epoch_seconds > 0 else 0.0
         remaining = (self.end_epoch - self.epoch) * self.cfg.batch_size / sps if sps else 0.0
-        times = dict(self.profile.seconds)
-        times["evaluate"] = (
-            times.get("env", 0) + times.get("eval_forward", 0) + times.get("eval_misc", 0)
-        )
-        times["train"] = (
-            times.get("train_forward", 0) + times.get("learn", 0) + times.get("train_misc", 0)
-        )
         metrics = EpochMetrics(
             self.config.env_name,
             self.epoch,
@@ -498,7 +482,7 @@ class Trainer:
             sps,
             time.time() - self._start_time,
             remaining,
-            times,
+            with_totals(self.profile.seconds),
             losses,
             user_stats,
             self.message,
