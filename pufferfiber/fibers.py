@@ -725,9 +725,9 @@ def save_fibers(path: Path | str, fibers: dict[str, Any]) -> Path:
     """Write ``fibers.pkl`` atomically (checks it reads back with the restricted loader)."""
     from pufferfiber.checkpoints import atomic_write_bytes
 
-    FibersHeader.from_dict(fibers, path)  # what the readers rely on is there and typed
     data = pickle.dumps(fibers, protocol=4)
     _PlainUnpickler(io.BytesIO(data)).load()  # never write what load_fibers would refuse
+    FibersHeader.from_dict(fibers, path)  # nor a header the readers could not use
     return atomic_write_bytes(Path(path), data)
 
 
