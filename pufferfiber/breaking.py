@@ -71,8 +71,9 @@ from pufferfiber.graph import (
     unit_view,
 )
 from pufferfiber.policy import Policy, RecurrentState
+from pufferfiber.runfiles import BREAKING_LOG
 
-BREAK_LOG = "breaking.jsonl"
+BREAK_LOG = BREAKING_LOG
 
 # --------------------------------------------------------------------------- unit surgery
 

@@ -36,20 +36,23 @@ from typing import Any
 import torch
 
 from pufferfiber.policy import Architecture, Policy
+from pufferfiber.runfiles import (
+    CHECKPOINT_GLOB,
+    CHECKPOINT_RE,
+    LOCK,
+    RUN_DIR_RE,
+    STALE_TEMP_RE,
+    TRAINER_STATE,
+    run_dir_name,
+)
+from pufferfiber.runfiles import checkpoint_name as checkpoint_name  # re-exported
+from pufferfiber.schemas import SchemaError, TrainerState
 
 FORMAT = "pufferfiber.checkpoint/1"
-TRAINER_STATE = "trainer_state.pt"
-LOCK_NAME = ".pufferfiber.lock"
+LOCK_NAME = LOCK
 # A checkpoint larger than this is refused unread (the guide's 3.9M network is 16 MB; a link
 # to /dev/zero or a huge foreign file must not be read until memory runs out).
 MAX_CHECKPOINT_BYTES = 4 * 1024**3
-# Leftovers of a training write killed before its rename (``.<name>.<8 random>.tmp``, mkstemp):
-# only the files the lock holder writes, never another tool's (e.g. the report's cache).
-_STALE_FILE_RE = re.compile(
-    r"^\.(model_\d{6,}\.pt|trainer_state\.pt|metrics\.jsonl)\.[A-Za-z0-9_]{8}\.tmp$"
-)
-_CHECKPOINT_RE = re.compile(r"^model_(\d{6,})\.pt$")
-_RUN_RE = re.compile(r"^(?P<env>[a-z0-9_]+)-(?P<id>[0-9a-f]{8})$")
 
 
 def _current_umask() -> int:
@@ -185,10 +188,6 @@ def atomic_dir(final_dir: Path) -> Iterator[Path]:
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"model_{epoch:06d}.pt"
 
 
 def _plain(value: Any) -> Any:
@@ -472,8 +471,8 @@ def import_pufferlib(
             f"{path}: cannot import PufferLib checkpoint ({type(exc).__name__}: {str(exc)[:120]})"
         ) from None
     arch = _architecture_of_upstream(sd, path)
-    match = _CHECKPOINT_RE.match(path.name)
-    run = _RUN_RE.match(path.parent.name)
+    match = CHECKPOINT_RE.match(path.name)
+    run = RUN_DIR_RE.match(path.parent.name)
     # The run folder's name records the env the file was trained on; it wins over the caller's
     # env so that a checkpoint of another game is named as such instead of failing later.
     env_name = _known_env(run.group("env")) if run else ""
@@ -483,7 +482,7 @@ def import_pufferlib(
     return Checkpoint(
         policy=_policy_from_state(arch, sd, path),
         arch=arch,
-        epoch=int(match.group(1)) if match else 0,
+        epoch=int(match["epoch"]) if match else 0,
         global_step=0,
         env=env_name,
         config={},
@@ -502,19 +501,37 @@ def _known_env(name: str) -> str:
     return name
 
 
-def save_trainer_state(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Optimizer moments and counters beside the checkpoints, for ``--resume``."""
-    return atomic_torch_save(state, Path(run_dir) / TRAINER_STATE)
+def save_trainer_state(run_dir: Path, state: TrainerState | dict[str, Any]) -> Path:
+    """Optimizer moments and counters beside the checkpoints, for ``--resume`` (written
+    through :class:`~pufferfiber.schemas.TrainerState`, so it carries its format key)."""
+    path = Path(run_dir) / TRAINER_STATE
+    if not isinstance(state, TrainerState):
+        state = _trainer_state(state, path)
+    return atomic_torch_save(state.to_dict(), path)
 
 
-def load_trainer_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dict | None:
+def read_trainer_state(
+    run_dir: Path, map_location: str | torch.device = "cpu"
+) -> TrainerState | None:
+    """The run's ``trainer_state.pt`` as a record (``None`` if there is none); a file that is
+    not ours (e.g. PufferLib's, which has the same name) is a one-line :class:`CheckpointError`."""
     path = Path(run_dir) / TRAINER_STATE
     if not path.exists():
         return None
-    data = _torch_load_safe(path, map_location)
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a trainer state file")
-    return data
+    return _trainer_state(_torch_load_safe(path, map_location), path)
+
+
+def load_trainer_state(run_dir: Path, map_location: str | torch.device = "cpu") -> dict | None:
+    """:func:`read_trainer_state` as a plain dict (hook states keyed by hook name)."""
+    state = read_trainer_state(run_dir, map_location)
+    return None if state is None else state.to_dict()
+
+
+def _trainer_state(data: Any, path: Path) -> TrainerState:
+    try:
+        return TrainerState.from_dict(data, path)
+    except SchemaError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- run folders
@@ -527,7 +544,7 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for p in run_dir.iterdir():
-        m = _CHECKPOINT_RE.match(p.name)
+        m = CHECKPOINT_RE.match(p.name)
         if m and p.is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
@@ -537,7 +554,7 @@ def closest_checkpoint(run_dir: Path, epoch: int) -> tuple[int, Path]:
     """The checkpoint whose epoch is nearest ``epoch`` (on a tie, the later one)."""
     found = list_checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"no checkpoints (model_XXXXXX.pt) in {run_dir}")
+        raise CheckpointError(f"no checkpoints ({CHECKPOINT_GLOB}) in {run_dir}")
     return min(found, key=lambda item: (abs(item[0] - epoch), -item[0]))
 
 
@@ -548,7 +565,7 @@ def new_run_dir(parent: Path, env: str) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):
-            run = parent / f"{env}-{secrets.token_hex(4)}"
+            run = parent / run_dir_name(env, secrets.token_hex(4))
             try:
                 run.mkdir()
             except FileExistsError:
@@ -577,10 +594,10 @@ def find_run(data_dir: Path, env: str, exp_id: str | None = None) -> Path:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CheckpointError(f"data dir {data_dir} does not exist")
-    runs = [p for p in data_dir.iterdir() if p.is_dir() and (m := _RUN_RE.match(p.name))]
+    runs = [p for p in data_dir.iterdir() if p.is_dir() and (m := RUN_DIR_RE.match(p.name))]
     if exp_id is not None:
         for run in runs:
-            m = _RUN_RE.match(run.name)
+            m = RUN_DIR_RE.match(run.name)
             assert m is not None
             if exp_id in (run.name, m.group("id")):
                 if m.group("env") != env:
@@ -640,7 +657,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     before its rename; returns what was removed. Call it only while holding the run's lock."""
     removed = []
     for p in Path(folder).iterdir():
-        if _STALE_FILE_RE.match(p.name) and p.is_file():
+        if STALE_TEMP_RE.match(p.name) and p.is_file():
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed.append(p)

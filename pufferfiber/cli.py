@@ -29,6 +29,7 @@ from typing import Any, NoReturn  # noqa: E402
 from pufferfiber.config import ConfigError, RunConfig, help_epilog, load_config  # noqa: E402
 from pufferfiber.config import parse_overrides as parse_config_overrides  # noqa: E402
 from pufferfiber.envs import VEC_BACKENDS, EnvError  # noqa: E402
+from pufferfiber.runfiles import CHECKPOINT_GLOB, LOG, LOG_COLLAPSED  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -222,7 +223,7 @@ def run_training(
     start_global_step: int = 0,
     end_epoch: int | None = None,
     optimizer_state: dict[str, Any] | None = None,
-    log_name: str = "log.out",
+    log_name: str = LOG,
     meta: dict[str, Any] | None = None,
     hooks: Sequence[Any] = (),
 ) -> int:
@@ -328,6 +329,7 @@ def train_resume(
     The run keeps its own last epoch (a collapsed run stops at its ``--collapse-until``) unless
     ``--train.total-timesteps`` is given, which extends or shortens it.
     """
+    from pufferfiber.callbacks import restore_hook_states
     from pufferfiber.checkpoints import find_run, load_trainer_state, locked_run
     from pufferfiber.trainer import trim_metrics
 
@@ -344,9 +346,7 @@ def train_resume(
             _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
         hooks = resumed_hooks(hooks, state)
         check_hooks(hooks, ckpt.policy)
-        for hook, hook_state in zip(hooks, state.get("hooks") or [], strict=False):
-            if hook_state is not None and hasattr(hook, "load_state_dict"):
-                hook.load_state_dict(hook_state)  # e.g. symmetry breaking's unit ages
+        restore_hook_states(hooks, state.get("hooks"))  # e.g. symmetry breaking's unit ages
         new_schedule = "train.total_timesteps" in overrides
         end_epoch = cfg.train.end_epoch
         if not new_schedule and "end_epoch" in state:
@@ -356,7 +356,7 @@ def train_resume(
         if epoch >= end_epoch:
             _say(f"{run_dir.name} already finished at epoch {epoch} (schedule ends at {end_epoch})")
             return 0
-        log_name = "log_collapsed.out" if (run_dir / "log_collapsed.out").exists() else "log.out"
+        log_name = LOG_COLLAPSED if (run_dir / LOG_COLLAPSED).exists() else LOG
         _say(f"resuming {run_dir.name} from {path.name}")
         dropped = trim_metrics(run_dir, ckpt.epoch)
         if dropped:
@@ -463,7 +463,7 @@ def resumed_hooks(hooks: Sequence[Any], state: dict[str, Any]) -> list[Any]:
     not given again; given settings that differ from the stored ones are reported."""
     from pufferfiber.breaking import SymmetryBreaker
 
-    found = [h.get("settings") for h in (state.get("hooks") or []) if isinstance(h, dict)]
+    found = [h.get("settings") for h in (state.get("hooks") or {}).values() if isinstance(h, dict)]
     stored: list[dict[str, Any]] = [x for x in found if isinstance(x, dict)]
     if not stored:
         return list(hooks)
@@ -539,7 +539,7 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace, hooks: Sequence[Any]
                 start_epoch=collapsed.epoch,
                 start_global_step=steps,
                 end_epoch=until,
-                log_name="log_collapsed.out",
+                log_name=LOG_COLLAPSED,
                 meta=collapsed.meta,
                 hooks=hooks,
             )
@@ -637,7 +637,7 @@ def _latest_checkpoint(run_dir: Path) -> tuple[int, Path]:
 
     found = list_checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"no checkpoints (model_XXXXXX.pt) in {run_dir}")
+        raise CheckpointError(f"no checkpoints ({CHECKPOINT_GLOB}) in {run_dir}")
     return found[-1]
 
 

@@ -31,6 +31,7 @@ from pufferfiber.policy import RNN_KINDS
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 SECTIONS = ("train", "vec", "env", "policy")
 PRECISIONS = ("float32", "bfloat16", "auto")
+TRACKERS = ("none", "tensorboard")  # metric sinks beside the dashboard and metrics.jsonl
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,7 @@ class TrainConfig:
     target_kl: float | None
     checkpoint_interval: int
     data_dir: str
+    tracker: str = "none"
 
     @property
     def end_epoch(self) -> int:
@@ -146,6 +148,7 @@ OPTION_HELP: dict[str, str] = {
     "train.target_kl": "stop the update early when approx_kl exceeds this (None = never)",
     "train.checkpoint_interval": "save model_EEEEEE.pt every this many epochs (and at the end)",
     "train.data_dir": "parent folder of the run folders <env>-<id8>",
+    "train.tracker": "none; tensorboard (event files in <run>/tensorboard/, written offline)",
     "vec.num_envs": "environments stepped in parallel",
     "vec.num_workers": "worker processes (multiprocessing/ray; None = one per env)",
     "vec.env_batch_size": "envs returned per step (multiprocessing/ray; None = all, synchronous)",
@@ -312,6 +315,10 @@ def validate(cfg: RunConfig) -> None:
     _require(0.0 <= t.gae_lambda <= 1.0, "train.gae_lambda must be in [0, 1]")
     _require(t.learning_rate > 0, "train.learning_rate must be positive")
     _require(t.torch_threads >= 0, "train.torch_threads must be >= 0")
+    _require(
+        t.tracker in TRACKERS,
+        f"train.tracker must be one of {', '.join(TRACKERS)}, got {t.tracker!r}",
+    )
     _require(
         t.precision in PRECISIONS,
         f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}",

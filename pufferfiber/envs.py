@@ -125,7 +125,7 @@ def make_vecenv(
     ``env_kwargs`` go to the environment's constructor (e.g. Atari ``frameskip``).
 
     ``num_workers`` / ``env_batch_size`` only matter for multiprocessing and ray (defaults:
-    one worker per 2 envs capped at ``num_envs``, and a batch of every env).
+    one worker per env, and a batch of every env).
     """
     check_env_name(name)
     if backend not in VEC_BACKENDS:

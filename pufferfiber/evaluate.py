@@ -5,7 +5,8 @@ observation sequences for the KL) and by experiments. Environments are stepped o
 episode slot without PufferLib's vectoriser: evaluation wants exact episode accounting, not
 throughput.
 
-Both functions run the policy where it already lives (or on ``device``), without moving the
+Both play through :class:`pufferfiber.rollout.Actor`, the rollout helper the trainer uses too.
+They run the policy where it already lives (or on ``device``), without moving the
 caller's module: a hook may call them on the policy being trained on a GPU. Actions are sampled
 on the CPU from a seeded generator, so a seed plays the same episodes on any device.
 """
@@ -19,13 +20,7 @@ import torch
 
 from pufferfiber.envs import make_env
 from pufferfiber.policy import Policy
-
-
-def _act(logits: torch.Tensor, greedy: bool, gen: torch.Generator) -> np.ndarray:
-    if greedy:
-        return logits.argmax(-1).numpy()
-    probs = torch.softmax(logits.float(), -1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1).numpy()
+from pufferfiber.rollout import Actor
 
 
 def policy_on(policy: Policy, device: str | torch.device | None) -> tuple[Policy, torch.device]:
@@ -66,14 +61,13 @@ def play_episodes(
     gen = torch.Generator().manual_seed(seed)
     envs = [make_env(env_name) for _ in range(n)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
-    h, c = policy.initial_state(n, device)
+    actor = Actor(policy, n, device, greedy=greedy, generator=gen)
     started, returns, running = n, [], np.zeros(n)
     active = np.ones(n, dtype=bool)
     steps = 0
     try:
         while active.any() and (max_steps is None or steps < max_steps):
-            logits, _, (h, c) = policy(torch.as_tensor(obs, device=device), (h, c))
-            actions = _act(logits.cpu(), greedy, gen)
+            actions = actor.act(torch.as_tensor(obs)).actions.numpy()
             steps += 1
             for i, env in enumerate(envs):
                 if not active[i]:
@@ -84,7 +78,7 @@ def play_episodes(
                 if np.asarray(term).any() or np.asarray(trunc).any():
                     returns.append(running[i])
                     running[i] = 0.0
-                    h[:, i], c[:, i] = 0.0, 0.0
+                    actor.reset(i)
                     if started < episodes:
                         obs[i] = env.reset(seed=seed + started)[0]
                         started += 1
@@ -115,12 +109,12 @@ def collect_observations(
     envs = [make_env(env_name) for _ in range(batch)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
     frames = np.empty((batch, steps, *obs.shape[1:]), dtype=obs.dtype)
-    state = policy.initial_state(batch)
+    # The state is carried across restarts (not reset), as the fidelity replay does.
+    actor = Actor(policy, batch, torch.device("cpu"), generator=gen)
     try:
         for t in range(steps):
             frames[:, t] = obs
-            logits, _, state = policy(torch.as_tensor(obs), state)
-            actions = _act(logits, False, gen)
+            actions = actor.act(torch.as_tensor(obs)).actions.numpy()
             for i, env in enumerate(envs):
                 ob, _, term, trunc, _ = env.step(np.asarray(actions[i]))
                 if np.asarray(term).any() or np.asarray(trunc).any():

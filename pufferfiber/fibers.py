@@ -53,8 +53,8 @@ from pufferfiber.graph import (
     weight_view,
 )
 from pufferfiber.policy import Policy
+from pufferfiber.schemas import FIBERS_FORMAT, FibersHeader
 
-FIBERS_FORMAT = "pufferfiber.fibers/1"
 FLATTEN_COLOURS = ("positions", "pooled")
 MAX_THRESHOLD = 2.0  # cosine distance lies in [0, 2]
 # LSTM criteria: "units" (ours: a unit's four gate rows with biases, exact fixed point, then
@@ -573,6 +573,7 @@ def save_fibers(path: Path | str, fibers: dict[str, Any]) -> Path:
 
     data = pickle.dumps(fibers, protocol=4)
     _PlainUnpickler(io.BytesIO(data)).load()  # never write what load_fibers would refuse
+    FibersHeader.from_dict(fibers, path)  # nor a header the readers could not use
     return atomic_write_bytes(Path(path), data)
 
 

@@ -16,9 +16,7 @@ two-digit name because τ ≤ 2 has a single integer digit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -33,7 +31,6 @@ from pufferfiber.checkpoints import (
     Checkpoint,
     CheckpointError,
     atomic_dir,
-    atomic_write_text,
     check_fits_env,
     check_writable,
     describe_os_error,
@@ -71,6 +68,14 @@ from pufferfiber.fibers import (
 from pufferfiber.fidelity import fidelity_report, format_fidelity
 from pufferfiber.graph import parse_layers
 from pufferfiber.policy import Policy
+from pufferfiber.runfiles import (
+    COLLAPSED_MODEL_RE,
+    FIBERS,
+    FIDELITY,
+    collapse_dir_name,
+    collapsed_model_name,
+)
+from pufferfiber.schemas import write_fidelity
 
 EXIT_BAD_INPUT = 2
 
@@ -102,11 +107,7 @@ def threshold_tag(tau: float) -> str:
 
 def collapse_folder_name(threshold: float, epoch: int) -> str:
     """``collapsed_model_thr_03_000051`` for τ = 0.3 at epoch 51."""
-    return f"collapsed_model_thr_{threshold_tag(threshold)}_{int(epoch):06d}"
-
-
-def collapsed_model_name(epoch: int) -> str:
-    return f"model_{int(epoch):06d}_collapsed.pt"
+    return collapse_dir_name(threshold_tag(threshold), epoch)
 
 
 def collapse_to_folder(
@@ -224,8 +225,8 @@ def collapse_to_folder(
             config=ckpt.config,
             meta=meta,
         )
-        save_fibers(tmp / "fibers.pkl", fibers)
-        atomic_write_text(tmp / "fidelity.json", json.dumps(fidelity, indent=2) + "\n")
+        save_fibers(tmp / FIBERS, fibers)
+        write_fidelity(tmp / FIDELITY, fidelity)
     if echo:
         print(format_fidelity(fidelity))
         if "calibration" in fidelity:
@@ -311,15 +312,12 @@ def _collapse_meta(ckpt: Checkpoint, fibration: Fibration, fidelity: dict) -> di
 
 def _other_contents(out_dir: Path) -> list[str]:
     """What a collapse folder holds besides a collapse's own files (e.g. resumed runs)."""
-    own = ("fibers.pkl", "fidelity.json")
+    own = (FIBERS, FIDELITY)
     return sorted(
         p.name
         for p in out_dir.iterdir()
-        if not (p.name in own or _COLLAPSED_MODEL_RE.match(p.name) or p.name.startswith("."))
+        if not (p.name in own or COLLAPSED_MODEL_RE.match(p.name) or p.name.startswith("."))
     )
-
-
-_COLLAPSED_MODEL_RE = re.compile(r"^model_\d{6,}_collapsed\.pt$")
 
 
 class _output_folder:
@@ -354,7 +352,7 @@ class _output_folder:
                 for name in sorted(written):
                     os.replace(self._tmp / name, self.out_dir / name)
                 for stale in self.out_dir.iterdir():  # an earlier collapse of another epoch
-                    if _COLLAPSED_MODEL_RE.match(stale.name) and stale.name not in written:
+                    if COLLAPSED_MODEL_RE.match(stale.name) and stale.name not in written:
                         stale.unlink()
         except OSError as err:
             raise CheckpointError(f"cannot write into {self.out_dir}: {err.strerror}") from None

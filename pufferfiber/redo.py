@@ -37,8 +37,7 @@ from pufferfiber.breaking import (
 )
 from pufferfiber.graph import LayerNode, build_graph, named_tensors
 from pufferfiber.policy import Policy, RecurrentState
-
-REDO_LOG = "redo.jsonl"
+from pufferfiber.runfiles import REDO_LOG
 
 
 @torch.no_grad()

@@ -22,9 +22,7 @@ import argparse
 import base64
 import html
 import io
-import json
 import math
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,14 +33,24 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pufferfiber import plots
-from pufferfiber.logparse import EpochRecord, LogParseError, parse_log, read_metrics, series
+from pufferfiber.runfiles import (
+    COLLAPSE_DIR_RE,
+    FIBERS,
+    FIDELITY,
+    LOG,
+    LOG_NAMES,
+    METRICS,
+    REPORT_PNG,
+    RUN_DIR_RE,
+)
+from pufferfiber.schemas import FibersHeader, Fidelity, SchemaError, read_fidelity
+from pufferfiber.upstream_log import EpochRecord, LogParseError, parse_log, read_metrics, series
 
-RUN_NAME = re.compile(r"^(?P<env>.+)-(?P<id>[0-9a-f]{8})$")
-COLLAPSE_NAME = re.compile(r"^collapsed_model_thr_(?P<tt>\d+)_(?P<epoch>\d+)$")
-# Dashboard copies, most specific first; metrics.jsonl is preferred over all of them because it
-# holds full-precision numbers and untruncated names.
-LOG_NAMES = ("log_collapsed.out", "log.out")
-METRICS_NAME = "metrics.jsonl"
+RUN_NAME = RUN_DIR_RE
+COLLAPSE_NAME = COLLAPSE_DIR_RE
+# Dashboard copies (LOG_NAMES, most specific first); metrics.jsonl is preferred over all of them
+# because it holds full-precision numbers and untruncated names.
+METRICS_NAME = METRICS
 RETURN_KEY = "episode_return"
 MAX_DPI = 1200  # a 3-panel figure at 1200 dpi is already ~100 MB of pixels
 
@@ -74,7 +82,7 @@ class CollapseFolder:
     threshold: float
     epoch: int
     fibers: dict[str, Any] | None
-    fidelity: dict[str, Any] | None
+    fidelity: Fidelity | None
     resumed: list[RunHistory] = field(default_factory=list)
 
     @property
@@ -127,7 +135,7 @@ def _why_no_history(run_dir: Path) -> str:
     """Why :func:`load_history` found nothing: no file, or files it could not parse."""
     found = _history_files(run_dir)
     if not found:
-        return f"no {METRICS_NAME} or log.out"
+        return f"no {METRICS_NAME} or {LOG}"
     reasons = []
     for path in found:
         try:
@@ -142,66 +150,29 @@ def _threshold_from_name(tt: str) -> float:
     return int(tt) / 10 ** (len(tt) - 1)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def _read_fibers(path: Path) -> dict[str, Any] | None:
+    """``fibers.pkl`` if it loads and its header reads (see :class:`FibersHeader`), else None."""
     if not path.is_file():
         return None
     from pufferfiber.fibers import FibersFileError, load_fibers
 
     try:
         fibers = load_fibers(path)
-        check_fibers_schema(fibers, path)
-    except FibersFileError as e:
+        FibersHeader.from_dict(fibers, path)
+    except (FibersFileError, SchemaError) as e:
         print(f"report: warning: {e}; using the folder name instead", file=sys.stderr)
         return None
     return fibers
-
-
-# The fibers.pkl keys the report reads, with their types (see pufferfiber.fibers.fibers_dict).
-_FIBERS_KEYS: dict[str, type | tuple[type, ...]] = {
-    "threshold": (int, float),
-    "epoch": int,
-    "env": str,
-    "params_before": int,
-    "params_after": int,
-    "layers": list,
-}
-_LAYER_KEYS: dict[str, type | tuple[type, ...]] = {"label": str, "size": int, "n_fibers": int}
-
-
-def check_fibers_schema(fibers: dict[str, Any], path: Path) -> None:
-    """Raise ``FibersFileError`` (one line) for a ``fibers.pkl`` with missing or mistyped keys."""
-    from pufferfiber.fibers import FibersFileError
-
-    def check(record: Any, keys: dict[str, type | tuple[type, ...]], where: str) -> None:
-        if not isinstance(record, dict):
-            raise FibersFileError(f"{path}: {where} is not a dict")
-        for key, kind in keys.items():
-            value = record.get(key)
-            if isinstance(value, bool) or not isinstance(value, kind):
-                shown = "missing" if key not in record else f"{type(value).__name__} {value!r:.40}"
-                raise FibersFileError(f"{path}: {where}{key} is {shown}")
-
-    check(fibers, _FIBERS_KEYS, "")
-    for i, layer in enumerate(fibers["layers"]):
-        check(layer, _LAYER_KEYS, f"layers[{i}].")
 
 
 def read_collapse_folder(path: Path) -> CollapseFolder:
     """Threshold and epoch from ``fibers.pkl`` (or the folder name), plus the resumed runs."""
     m = COLLAPSE_NAME.match(path.name)
     assert m is not None
-    fibers = _read_fibers(path / "fibers.pkl")
+    fibers = _read_fibers(path / FIBERS)
     threshold = float(fibers["threshold"]) if fibers else _threshold_from_name(m["tt"])
     epoch = int(fibers["epoch"]) if fibers else int(m["epoch"])
-    folder = CollapseFolder(path, threshold, epoch, fibers, _read_json(path / "fidelity.json"))
+    folder = CollapseFolder(path, threshold, epoch, fibers, read_fidelity(path / FIDELITY))
     for run in sorted(p for p in path.iterdir() if p.is_dir() and RUN_NAME.match(p.name)):
         history = load_history(run)
         if history is not None:
@@ -223,7 +194,7 @@ def find_experiment(path: Path) -> Experiment:
         runs = [p for p in path.iterdir() if RUN_NAME.match(p.name) and _is_run(p)]
         if not runs:
             raise ReportError(
-                f"{path} holds no training run (no model_*.pt, {METRICS_NAME} or log.out)"
+                f"{path} holds no training run (no model_*.pt, {METRICS_NAME} or {LOG})"
             )
         path = max(runs, key=lambda p: p.stat().st_mtime)
         print(f"report: using the newest run {path} (pass a run folder to choose)", file=sys.stderr)
@@ -360,25 +331,13 @@ def _params_full(exp: Experiment, timelines: dict[tuple[Path, float], list[dict]
     return None
 
 
-def _fidelity_value(fidelity: dict[str, Any] | None, *names: str) -> float:
-    """The first of ``names`` found in fidelity.json (top level or one level down), else NaN."""
-    if not fidelity:
-        return math.nan
-    scopes = [fidelity] + [v for v in fidelity.values() if isinstance(v, dict)]
-    for name in names:
-        for scope in scopes:
-            value = scope.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-    return math.nan
-
-
 def _return_at_collapse(c: CollapseFolder) -> float:
-    return _fidelity_value(c.fidelity, "return_mean", "return", "mean_return")
+    ret = c.fidelity.return_mean if c.fidelity else None
+    return math.nan if ret is None else ret
 
 
 def kl_of(c: CollapseFolder) -> float:
-    return _fidelity_value(c.fidelity, "kl", "kl_mean", "mean_kl", "policy_kl")
+    return c.fidelity.kl if c.fidelity else math.nan
 
 
 def final_return(history: RunHistory | None, window: int) -> float:
@@ -585,7 +544,7 @@ def table_rows(data: ReportData) -> list[list[str]]:
             for layer in (c.fibers or {}).get("layers", [])
             if layer.get("collapsed", True) or layer["n_fibers"] < layer["size"]
         )
-        value_error = _fidelity_value(c.fidelity, "value_error", "value_mae", "value_abs_error")
+        value_error = c.fidelity.value_mae if c.fidelity else math.nan
         at_collapse = _return_at_collapse(c)
         common = [
             f"{c.threshold:g}", str(c.epoch), _int(after),
@@ -728,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _output_path(args: argparse.Namespace, exp: Experiment) -> Path:
-    out = Path(args.output) if args.output else exp.run_dir / "report.png"
+    out = Path(args.output) if args.output else exp.run_dir / REPORT_PNG
     if out.suffix.lower() not in (".png", ".html", ".htm"):
         raise ReportError(f"output must end in .png or .html, not {out.name!r}")
     if not out.parent.is_dir():

@@ -42,13 +42,24 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pufferfiber.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
+from pufferfiber.runfiles import (
+    FIDELITY,
+    METRICS,
+    RUN_DIR_RE,
+    SWEEP_EVAL,
+    SWEEP_LOG,
+    SWEEP_RESULTS,
+    SWEEP_SPEC,
+    SWEEP_SUMMARY,
+    sweep_seed_dir_name,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo.py"
-SPEC_NAME = "sweep.json"
-SUMMARY_NAME = "summary.csv"
-RESULTS_NAME = "results.json"
-EVAL_NAME = "eval.json"
+SPEC_NAME = SWEEP_SPEC
+SUMMARY_NAME = SWEEP_SUMMARY
+RESULTS_NAME = SWEEP_RESULTS
+EVAL_NAME = SWEEP_EVAL
 FLATTEN_CHOICES = ("positions", "pooled")
 DEFAULT_FLATTEN = "positions"
 FINAL_FRACTION = 0.1  # final return = mean over the last 10 % of the schedule's epochs
@@ -357,14 +368,13 @@ def _demo(args: list[str], log: Path) -> None:
 
 
 def _runs_in(folder: Path, env: str) -> list[Path]:
-    from pufferfiber.report import RUN_NAME
 
     if not folder.is_dir():
         return []
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_dir() and (m := RUN_NAME.match(p.name)) and m.group("env") == env
+        if p.is_dir() and (m := RUN_DIR_RE.match(p.name)) and m.group("env") == env
     )
 
 
@@ -383,7 +393,7 @@ def ensure_original(spec: SweepSpec, env: str, seed: int, seed_dir: Path, tag: s
         if _last_epoch(r) == 0:  # killed before its first checkpoint: nothing to keep
             shutil.rmtree(r)
     common = ["--env", env, "--train.data-dir", str(seed_dir), "--train.seed", str(seed)]
-    log = seed_dir / "sweep.log"
+    log = seed_dir / SWEEP_LOG
     if not runs:
         _say(tag, f"original: training epochs 1..{end}")
         _demo(["--mode", "train", *common, *spec.override_args()], log)
@@ -468,11 +478,11 @@ def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any
 
 def _history(run: Path) -> list[tuple[int, float]]:
     """``(epoch, episode_return)`` of a run's epochs that finished episodes."""
-    from pufferfiber.logparse import LogParseError, read_metrics, series
-    from pufferfiber.report import METRICS_NAME, RETURN_KEY
+    from pufferfiber.report import RETURN_KEY
+    from pufferfiber.upstream_log import LogParseError, read_metrics, series
 
     try:
-        epochs, values = series(read_metrics(run / METRICS_NAME), RETURN_KEY)
+        epochs, values = series(read_metrics(run / METRICS), RETURN_KEY)
     except LogParseError:
         return []
     return [(int(e), float(v)) for e, v in zip(epochs, values, strict=True) if math.isfinite(v)]
@@ -490,7 +500,7 @@ def run_cell(spec: SweepSpec, env: str, seed: int) -> list[dict[str, Any]]:
     from pufferfiber.checkpoints import atomic_write_text, load_checkpoint
 
     tag = f"{env} seed {seed}"
-    seed_dir = Path(spec.out) / env / f"seed_{seed}"
+    seed_dir = Path(spec.out) / env / sweep_seed_dir_name(seed)
     seed_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     original = ensure_original(spec, env, seed, seed_dir, tag)
@@ -532,7 +542,7 @@ def run_cell(spec: SweepSpec, env: str, seed: int) -> list[dict[str, Any]]:
     )
     for arm in spec.arms:
         folder, run = ensure_arm(spec, env, seed, original, arm, tag)
-        fidelity = json.loads((folder / "fidelity.json").read_text())
+        fidelity = json.loads((folder / FIDELITY).read_text())
         collapse_epoch = int(fidelity["epoch"])
         before = [(e, v) for e, v in _history(original) if e <= collapse_epoch]
         evaluation = evaluate_run(run, env, seed, spec.eval_episodes)
@@ -654,7 +664,7 @@ def write_summary(spec: SweepSpec) -> tuple[Path, int]:
     rows: list[dict[str, Any]] = []
     for env in spec.envs:
         for seed in spec.seeds:
-            path = Path(spec.out) / env / f"seed_{seed}" / RESULTS_NAME
+            path = Path(spec.out) / env / sweep_seed_dir_name(seed) / RESULTS_NAME
             if path.is_file():
                 rows.extend(json.loads(path.read_text()))
     buf = io.StringIO()

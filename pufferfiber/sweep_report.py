@@ -34,6 +34,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pufferfiber import plots
+from pufferfiber.runfiles import SWEEP_REPORT_HTML
 from pufferfiber.sweep import SPEC_NAME, SUMMARY_NAME, SweepSpec, _history
 
 ORIGINAL = "original"
@@ -325,7 +326,7 @@ def write_sweep_report(args: argparse.Namespace) -> int:
     from pufferfiber.checkpoints import atomic_write_bytes, atomic_write_text
 
     sweep_dir = Path(args.experiment_dir)
-    out = Path(args.output) if args.output else sweep_dir / "report.html"
+    out = Path(args.output) if args.output else sweep_dir / SWEEP_REPORT_HTML
     if out.suffix.lower() not in (".png", ".html", ".htm"):
         print(f"report: error: output must end in .png or .html, not {out.name!r}", file=sys.stderr)
         return 2

@@ -25,9 +25,11 @@ from pufferfiber.checkpoints import (
 from pufferfiber.criteria import FiberCriterion, WeightCriterion
 from pufferfiber.fibers import DEFAULT_LSTM_ROUNDS, validate_threshold
 from pufferfiber.graph import build_graph
+from pufferfiber.runfiles import CHECKPOINT_GLOB, TIMELINE_CACHE
+from pufferfiber.schemas import TIMELINE_FORMAT, TimelineEntry
 
-CACHE_NAME = "fibers_timeline.json"
-CACHE_FORMAT = "pufferfiber.timeline/1"
+CACHE_NAME = TIMELINE_CACHE
+CACHE_FORMAT = TIMELINE_FORMAT
 
 Progress = Callable[[int, int, int], None]  # (index, total, epoch)
 
@@ -44,9 +46,6 @@ def _file_key(path: Path) -> str:
     return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
 
 
-_ENTRY_KEYS = ("epoch", "global_step", "fibers", "sizes", "params_full", "params_collapsed")
-
-
 def _read_cache(path: Path) -> dict[str, Any]:
     """The cache, or an empty one if it is missing or damaged (it is then rebuilt and
     rewritten); entries that do not have the expected shape are dropped and recomputed."""
@@ -61,11 +60,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
     if not isinstance(entries, dict):
         return empty
     data["entries"] = {
-        settings: {
-            key: entry
-            for key, entry in per_file.items()
-            if isinstance(entry, dict) and all(k in entry for k in _ENTRY_KEYS)
-        }
+        settings: {key: entry for key, entry in per_file.items() if TimelineEntry.valid(entry)}
         for settings, per_file in entries.items()
         if isinstance(per_file, dict)
     }
@@ -91,15 +86,15 @@ def fibers_at(
     counts = fibration.counts
     graph = build_graph(ckpt.policy)
     collapsed_arch = graph.resized(ckpt.arch, counts)
-    return {
-        "epoch": ckpt.epoch,
-        "global_step": ckpt.global_step,
-        "fibers": counts,
-        "sizes": {n.label: n.size for n in graph.hidden},
-        "params_full": ckpt.arch.parameter_count(),
-        "params_collapsed": collapsed_arch.parameter_count(),
-        "lstm_rounds": fibration.lstm_rounds,
-    }
+    return TimelineEntry(
+        epoch=ckpt.epoch,
+        global_step=ckpt.global_step,
+        fibers=counts,
+        sizes={n.label: n.size for n in graph.hidden},
+        params_full=ckpt.arch.parameter_count(),
+        params_collapsed=collapsed_arch.parameter_count(),
+        lstm_rounds=fibration.lstm_rounds,
+    ).to_dict()
 
 
 def fibers_over_time(
@@ -125,7 +120,7 @@ def fibers_over_time(
     run_dir = Path(run_dir)
     found = list_checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"no checkpoints (model_XXXXXX.pt) in {run_dir}")
+        raise CheckpointError(f"no checkpoints ({CHECKPOINT_GLOB}) in {run_dir}")
     cache_path = run_dir / CACHE_NAME
     cache = _read_cache(cache_path)
     settings = _settings_key(threshold, flatten_colours, layers, max_lstm_rounds)

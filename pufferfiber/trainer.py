@@ -1,39 +1,38 @@
-"""PPO with an LSTM policy, following PufferLib 2.0's ``clean_pufferl`` (read top to bottom).
+"""PPO with a recurrent policy, following PufferLib 2.0's ``clean_pufferl`` (read top to bottom).
 
 One *epoch* = :meth:`Trainer.collect` ``batch_size`` agent steps from the vector environment
-(an LSTM state carried per env) + :meth:`Trainer.update`: GAE(γ, λ) advantages, then
-``update_epochs`` passes over the batch cut into sequences of ``bptt_horizon`` steps and
-minibatches of ``minibatch_size`` steps, each with the clipped policy loss, the clipped value
-loss, an entropy bonus, per-minibatch advantage normalisation, grad-norm clipping and Adam
-(eps 1e-5). After each epoch the hooks run, the dashboard is drawn, ``metrics.jsonl`` gets a line
-and, every ``checkpoint_interval`` epochs and at the end, ``model_EEEEEE.pt`` + the optimizer
-state are saved. Epochs and agent steps are absolute: a run resumed at epoch 51 continues at 52.
-Ctrl-C never leaves a checkpoint whose weights, optimizer state and step count disagree: during
-the rollout or the update the epoch is dropped (weights and Adam state go back to the last
-finished epoch), after the update the epoch finishes first; then that epoch is saved.
+(a recurrent state carried per env by the shared rollout helper, :class:`~pufferfiber.rollout.
+Actor`) + :meth:`Trainer.update`: GAE(γ, λ) advantages, then ``update_epochs`` passes over the
+batch cut into sequences of ``bptt_horizon`` steps and minibatches of ``minibatch_size`` steps,
+each with the clipped policy loss, the clipped value loss, an entropy bonus, per-minibatch
+advantage normalisation, grad-norm clipping and Adam (eps 1e-5). After each epoch the training
+hooks run (:mod:`pufferfiber.callbacks`), every ``checkpoint_interval`` epochs and at the end
+``model_EEEEEE.pt`` + ``trainer_state.pt`` are saved, and the epoch's numbers go to the metric
+sinks (:mod:`pufferfiber.sinks`: the dashboard, ``metrics.jsonl``, an optional tracker). Epochs
+and agent steps are absolute: a run resumed at epoch 51 continues at 52. Ctrl-C never leaves a
+checkpoint whose weights, optimizer state and step count disagree: during the rollout or the
+update the epoch is dropped (weights and Adam state go back to the last finished epoch), after
+the update the epoch finishes first; then that epoch is saved.
 
 Conventions (PufferLib's): the reward and done stored with observation ``o_t`` are those the
 environment returned with it, i.e. the outcome of the previous action; a done observation is the
 terminal one, its action is ignored and the next observation starts a new episode. Two
-deliberate differences: the LSTM state is zeroed after a done (so episodes never leak into each
-other, as in evaluation), and each training sequence starts from the LSTM state the rollout had
+deliberate differences: the recurrent state is zeroed after a done (so episodes never leak into
+each other, as in evaluation), and each training sequence starts from the state the rollout had
 at that point (CleanRL) rather than from the previous minibatch's final state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import math
-import os
 import random
 import signal
 import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +42,45 @@ import numpy as np
 import torch
 from torch import nn
 
+from pufferfiber.callbacks import (
+    HOOK_STEPS,
+    Checkpointer,
+    EpochContext,
+    Hook,
+    named_hooks,
+)
 from pufferfiber.config import ConfigError, RunConfig
-from pufferfiber.dashboard import Dashboard, DashboardState, abbreviate, machine_usage
-from pufferfiber.policy import LSTMState, Policy
+from pufferfiber.dashboard import Dashboard, abbreviate
+from pufferfiber.policy import Policy
+from pufferfiber.rollout import (
+    Actor,
+    RolloutBuffer,
+    Transition,
+    sample_actions,
+)
+from pufferfiber.runfiles import LOG, METRICS
+from pufferfiber.sinks import EpochMetrics, MetricSink, run_sinks, trim_metrics, with_totals
+
+# Names other modules (and experiments) import from here.
+__all__ = [
+    "HOOK_STEPS",
+    "METRICS_FILE",
+    "EpochContext",
+    "Hook",
+    "RolloutBuffer",
+    "TrainResult",
+    "Trainer",
+    "TrainingInterrupted",
+    "Transition",
+    "compute_gae",
+    "explained_variance",
+    "resolve_device",
+    "sample_actions",
+    "trim_metrics",
+    "use_bf16",
+]
+
+METRICS_FILE = METRICS  # one JSON line per finished epoch, in the run folder
 
 # ----------------------------------------------------------------------------------------------
 # Advantages
@@ -86,191 +121,7 @@ def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Rollout storage
-
-
-class RolloutBuffer:
-    """One epoch of experience, stored per environment: ``[num_envs, steps_per_env, ...]``.
-
-    Every env contributes the same number of steps so that GAE runs along real trajectories
-    and each env's steps cut into whole ``bptt_horizon`` sequences. Each env has its own write
-    pointer, so asynchronous vector envs (which return a subset of envs per step) fill it too;
-    steps of an env that is already full are dropped.
-    """
-
-    def __init__(
-        self,
-        num_envs: int,
-        steps: int,
-        bptt: int,
-        obs_shape: tuple[int, ...],
-        obs_dtype: torch.dtype,
-        lstm_size: int,
-    ) -> None:
-        self.num_envs, self.steps, self.bptt = num_envs, steps, bptt
-        self.obs = torch.zeros(num_envs, steps, *obs_shape, dtype=obs_dtype)
-        self.actions = torch.zeros(num_envs, steps, dtype=torch.int64)
-        self.logprobs = torch.zeros(num_envs, steps)
-        self.values = torch.zeros(num_envs, steps)
-        self.rewards = torch.zeros(num_envs, steps)
-        self.dones = torch.zeros(num_envs, steps)
-        # LSTM state at the first step of every training sequence.
-        self.h0 = torch.zeros(num_envs, steps // bptt, lstm_size)
-        self.c0 = torch.zeros(num_envs, steps // bptt, lstm_size)
-        self.ptr = np.zeros(num_envs, dtype=np.int64)
-
-    @property
-    def full(self) -> bool:
-        return bool(self.ptr.min() >= self.steps)
-
-    def reset(self) -> None:
-        self.ptr[:] = 0
-
-    def free_rows(self, env_ids: np.ndarray) -> np.ndarray:
-        """Boolean mask of the envs in ``env_ids`` that still have room."""
-        return self.ptr[env_ids] < self.steps
-
-    def store(
-        self,
-        env_ids: np.ndarray,
-        obs: torch.Tensor,
-        rewards: torch.Tensor,
-        dones: torch.Tensor,
-        actions: torch.Tensor,
-        logprobs: torch.Tensor,
-        values: torch.Tensor,
-        state: LSTMState,
-    ) -> None:
-        """Write one step of the envs ``env_ids`` (all arrays indexed like ``env_ids``)."""
-        slots = self.ptr[env_ids]
-        if len(env_ids) == self.num_envs and (slots == slots[0]).all():
-            self._store_all(
-                int(slots[0]), env_ids, obs, rewards, dones, actions, logprobs, values, state
-            )
-            return
-        e, s = torch.from_numpy(env_ids), torch.from_numpy(slots)
-        self.obs[e, s] = obs
-        self.rewards[e, s] = rewards
-        self.dones[e, s] = dones
-        self.actions[e, s] = actions
-        self.logprobs[e, s] = logprobs
-        self.values[e, s] = values
-        starts = torch.from_numpy(slots % self.bptt == 0)
-        if bool(starts.any()):
-            seq = s[starts] // self.bptt
-            self.h0[e[starts], seq] = state[0][0, starts].cpu()
-            self.c0[e[starts], seq] = state[1][0, starts].cpu()
-        self.ptr[env_ids] += 1
-
-    def store_where(
-        self,
-        room: np.ndarray,
-        env_ids: np.ndarray,
-        obs: torch.Tensor,
-        rewards: torch.Tensor,
-        dones: torch.Tensor,
-        actions: torch.Tensor,
-        logprobs: torch.Tensor,
-        values: torch.Tensor,
-        state: LSTMState,
-    ) -> None:
-        """:meth:`store` for the envs where ``room`` is set; the others' steps are dropped."""
-        if room.all():
-            self.store(env_ids, obs, rewards, dones, actions, logprobs, values, state)
-            return
-        r = torch.from_numpy(room)
-        self.store(
-            env_ids[room],
-            obs[r],
-            rewards[r],
-            dones[r],
-            actions[r],
-            logprobs[r],
-            values[r],
-            (state[0][:, r], state[1][:, r]),
-        )
-
-    def _store_all(
-        self,
-        slot: int,
-        env_ids: np.ndarray,
-        obs: torch.Tensor,
-        rewards: torch.Tensor,
-        dones: torch.Tensor,
-        actions: torch.Tensor,
-        logprobs: torch.Tensor,
-        values: torch.Tensor,
-        state: LSTMState,
-    ) -> None:
-        """Fast path of :meth:`store` when every env steps at the same slot (synchronous envs):
-        plain slice copies instead of scatter."""
-        order = torch.from_numpy(np.argsort(env_ids))
-        identity = bool((env_ids == np.arange(self.num_envs)).all())
-        pick = (lambda x: x) if identity else (lambda x: x[order])
-        self.obs[:, slot] = pick(obs)
-        self.rewards[:, slot] = pick(rewards)
-        self.dones[:, slot] = pick(dones)
-        self.actions[:, slot] = pick(actions)
-        self.logprobs[:, slot] = pick(logprobs)
-        self.values[:, slot] = pick(values)
-        if slot % self.bptt == 0:
-            self.h0[:, slot // self.bptt] = pick(state[0][0].cpu())
-            self.c0[:, slot // self.bptt] = pick(state[1][0].cpu())
-        self.ptr[env_ids] += 1
-
-    def sequences(self, advantages: np.ndarray) -> dict[str, torch.Tensor]:
-        """The batch as ``[num_sequences, bptt, ...]`` tensors (plus ``h0``/``c0`` per sequence)."""
-        n, b = self.num_envs * (self.steps // self.bptt), self.bptt
-        adv = torch.from_numpy(advantages)
-        return {
-            "obs": self.obs.reshape(n, b, *self.obs.shape[2:]),
-            "actions": self.actions.reshape(n, b),
-            "logprobs": self.logprobs.reshape(n, b),
-            "values": self.values.reshape(n, b),
-            "dones": self.dones.reshape(n, b),
-            "advantages": adv.reshape(n, b),
-            "returns": (adv + self.values).reshape(n, b),
-            "h0": self.h0.reshape(n, -1),
-            "c0": self.c0.reshape(n, -1),
-        }
-
-
-# ----------------------------------------------------------------------------------------------
-# Policy evaluation helpers
-
-
-def sample_actions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one action per row; returns ``(actions, log-probabilities)``."""
-    logp = torch.log_softmax(logits, dim=-1)
-    actions = torch.multinomial(logp.exp(), 1).squeeze(-1)
-    return actions, logp.gather(-1, actions[:, None]).squeeze(-1)
-
-
-# ----------------------------------------------------------------------------------------------
 # Trainer
-
-
-@dataclass
-class EpochContext:
-    """What a per-epoch hook sees (after the update of ``epoch``).
-
-    ``observations`` is a read-only view of this epoch's rollout: ``[num_envs, T, *obs]``
-    sequences (the first ``HOOK_STEPS`` steps of every env), e.g. for measuring activations.
-    """
-
-    policy: Policy
-    optimizer: torch.optim.Optimizer
-    epoch: int
-    global_step: int
-    run_dir: Path
-    observations: torch.Tensor | None = None
-
-
-Hook = Callable[[EpochContext], "dict[str, float] | None"]
-
-
-HOOK_STEPS = 64  # rollout steps per env shown to hooks as EpochContext.observations
-METRICS_FILE = "metrics.jsonl"  # one JSON line per finished epoch, in the run folder
 
 
 class TrainingInterrupted(Exception):
@@ -366,16 +217,20 @@ class Trainer:
     """PPO on one vector environment; see the module docstring for the algorithm.
 
     Args:
-        config: the run's settings (``config.train`` hyperparameters, ``config.vec.num_envs``).
+        config: the run's settings (``config.train`` hyperparameters, ``config.vec.num_envs``,
+            ``config.train.tracker``).
         vecenv: a PufferLib vector env of ``config.vec.num_envs`` envs (not yet reset).
         policy: the network to train (any :class:`Architecture`, e.g. a collapsed one).
         run_dir: where checkpoints, ``trainer_state.pt``, the log copy and metrics go.
         start_epoch / start_global_step: where the run resumes (0 for a new run).
         end_epoch: last epoch to train (default ``config.train.end_epoch``).
         optimizer_state: Adam state to resume from (``--resume``), else a fresh optimizer.
-        hooks: called after every epoch's update; returned numbers become User Stats.
+        hooks: called after every epoch's update; returned numbers become User Stats; their
+            state is saved by name (see :mod:`pufferfiber.callbacks`).
+        dashboard: the dashboard to draw (default: stdout, copied to ``run_dir/log_name``).
         log_name: name of the plain-text dashboard copy in ``run_dir``.
         meta: extra metadata stored in every checkpoint (e.g. what it was collapsed from).
+        sinks: more metric sinks, beside the dashboard, ``metrics.jsonl`` and the tracker.
     """
 
     def __init__(
@@ -391,8 +246,9 @@ class Trainer:
         optimizer_state: dict[str, Any] | None = None,
         hooks: Sequence[Hook] = (),
         dashboard: Dashboard | None = None,
-        log_name: str = "log.out",
+        log_name: str = LOG,
         meta: dict[str, Any] | None = None,
+        sinks: Sequence[MetricSink] = (),
     ) -> None:
         t = config.train
         self.config, self.cfg, self.vecenv, self.run_dir = config, t, vecenv, Path(run_dir)
@@ -403,10 +259,18 @@ class Trainer:
             self.optimizer.load_state_dict(optimizer_state)
         self.epoch, self.global_step = start_epoch, start_global_step
         self.end_epoch = t.end_epoch if end_epoch is None else end_epoch
-        self.hooks = list(hooks)
+        self.hooks = named_hooks(hooks)
         self.meta = dict(meta or {})
-        self.dashboard = dashboard or Dashboard(copy_path=self.run_dir / log_name)
         self.num_envs = config.vec.num_envs
+        if policy.arch.kind == "cnn":
+            # oneDNN's convolutions (forward and backward) run ~1.5-2x faster in NHWC on CPU.
+            self.policy.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # CPU threads for the update: torch's default on a CPU; one beside a GPU, where the CPU
+        # only does GAE and copies, and more OpenMP threads spin against the env workers.
+        cpu_default = torch.get_num_threads() if self.device.type == "cpu" else 1
+        self.update_threads = t.torch_threads or cpu_default
+        self.encoder_bf16 = use_bf16(t.precision, self.device)
+        self.actor = Actor(self.policy, self.num_envs, self.device, encoder_bf16=self.encoder_bf16)
         obs_space = vecenv.single_observation_space
         self.buffer = RolloutBuffer(
             self.num_envs,
@@ -414,27 +278,24 @@ class Trainer:
             t.bptt_horizon,
             tuple(obs_space.shape),
             torch.from_numpy(np.zeros(0, dtype=obs_space.dtype)).dtype,
-            policy.arch.lstm,
+            [s.shape[-1] for s in self.actor.state],
         )
-        self.lstm_state = policy.initial_state(self.num_envs, self.device)
-        self._all_ids = np.arange(self.num_envs)
-        if policy.arch.kind == "cnn":
-            # oneDNN's convolutions (forward and backward) run ~1.5-2x faster in NHWC on CPU.
-            self.policy.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.checkpointer = Checkpointer(self.run_dir, t.checkpoint_interval)
+        self.dashboard = dashboard or Dashboard(copy_path=self.run_dir / log_name)
+        self.sinks = run_sinks(self.dashboard, self.run_dir, t.tracker, start_global_step)
+        self.sinks += list(sinks)
         self.profile = Profile()
         self.message = f"Model Size: {abbreviate(policy.parameter_count())} parameters"
-        self.checkpoints: list[Path] = []
-        # CPU threads for the update: torch's default on a CPU; one beside a GPU, where the CPU
-        # only does GAE and copies, and more OpenMP threads spin against the env workers.
-        cpu_default = torch.get_num_threads() if self.device.type == "cpu" else 1
-        self.update_threads = t.torch_threads or cpu_default
-        self.encoder_bf16 = use_bf16(t.precision, self.device)
         self._started = False
         self._start_time = time.time()
         # State at the start of the epoch in progress (see _drop_unfinished_epoch).
         self._epoch_start_step: int | None = None
         self._before_update: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
-        self._saved_epoch: int | None = None
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        """The checkpoints this trainer has written, in order."""
+        return self.checkpointer.saved
 
     # -- rollout -------------------------------------------------------------------------------
 
@@ -455,50 +316,28 @@ class Trainer:
                 ids = np.asarray(env_ids, dtype=np.int64)
                 obs_t = torch.from_numpy(obs)
                 done = torch.from_numpy(np.logical_or(terms, truncs).astype(np.float32))
-                state = self._env_state(ids)
             with prof("eval_forward"):
-                logits, value, new_state = self.policy.step(
-                    obs_t.to(self.device), state, self.encoder_bf16
-                )
-                actions, logprob = sample_actions(logits)
+                # A done observation ends its episode: that env's next step starts from zeros.
+                acted = self.actor.act(obs_t, ids, reset=done)
+                actions = acted.actions.cpu()
             with prof("eval_misc"):
-                self._set_env_state(ids, new_state, done)
-                room = buf.free_rows(ids) & np.asarray(mask, dtype=bool)
-                buf.store_where(
-                    room,
+                step = Transition(
                     ids,
                     obs_t,
                     torch.from_numpy(rewards),
                     done,
-                    actions.cpu(),
-                    logprob.cpu(),
-                    value.cpu(),
-                    state,
+                    actions,
+                    acted.logprobs.cpu(),
+                    acted.values.cpu(),
+                    acted.state,
                 )
-                for key, value_ in _numeric_infos(infos):
-                    episode_stats[key].append(value_)
+                buf.store(step, room=buf.free_rows(ids) & np.asarray(mask, dtype=bool))
+                for key, value in _numeric_infos(infos):
+                    episode_stats[key].append(value)
             with prof("env"):
-                self.vecenv.send(actions.cpu().numpy())
+                self.vecenv.send(actions.numpy())
         self.global_step += self.cfg.batch_size
         return {k: float(np.mean(v)) for k, v in episode_stats.items() if v}
-
-    def _everyone(self, ids: np.ndarray) -> bool:
-        return len(ids) == self.num_envs and bool((ids == self._all_ids).all())
-
-    def _env_state(self, ids: np.ndarray) -> LSTMState:
-        """LSTM state of the envs ``ids`` (no gather when every env steps, in order)."""
-        if self._everyone(ids):
-            return self.lstm_state
-        return self.lstm_state[0][:, ids], self.lstm_state[1][:, ids]
-
-    def _set_env_state(self, ids: np.ndarray, new: LSTMState, done: torch.Tensor) -> None:
-        """Store the envs' new LSTM state, zeroed where an episode just ended."""
-        keep = 1.0 - done.to(self.device)[None, :, None]
-        if self._everyone(ids):
-            self.lstm_state = (new[0] * keep, new[1] * keep)
-        else:
-            self.lstm_state[0][:, ids] = new[0] * keep
-            self.lstm_state[1][:, ids] = new[1] * keep
 
     # -- update --------------------------------------------------------------------------------
 
@@ -548,7 +387,9 @@ class Trainer:
     def _minibatch_step(self, mb: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg, prof = self.cfg, self.profile
         with prof("train_forward"):
-            state = (mb["h0"][None].contiguous(), mb["c0"][None].contiguous())
+            # The recurrent state at the start of each sequence: [1, B, H] tensors.
+            n_state = len(self.buffer.initial_state)
+            state = tuple(mb[f"state{i}"][None].contiguous() for i in range(n_state))
             logits, newvalue = self.policy.unroll(mb["obs"], state, mb["dones"], self.encoder_bf16)
             logp_all = torch.log_softmax(logits, dim=-1)
             newlogprob = logp_all.gather(-1, mb["actions"][..., None]).squeeze(-1).reshape(-1)
@@ -594,49 +435,22 @@ class Trainer:
             "clipfrac": clipfrac.item(),
         }
 
-    # -- bookkeeping ---------------------------------------------------------------------------
+    # -- after the update: hooks, checkpoint, metrics --------------------------------------------
 
     def save(self) -> Path:
-        """Checkpoint of the current epoch + optimizer state (both written atomically).
-
-        The two files always agree: if the trainer state cannot be written (e.g. the disk is
-        full), a checkpoint this call created is removed again and the error is raised.
-        """
-        from pufferfiber.checkpoints import checkpoint_name, save_checkpoint, save_trainer_state
-
-        target = self.run_dir / checkpoint_name(self.epoch)
-        existed = target.exists()
-        path = save_checkpoint(
-            target,
+        """Checkpoint of the current epoch + optimizer state and hook states (see
+        :meth:`pufferfiber.callbacks.Checkpointer.save`)."""
+        path = self.checkpointer.save(
             self.policy,
+            self.optimizer,
             epoch=self.epoch,
             global_step=self.global_step,
+            end_epoch=self.end_epoch,
             env=self.config.env_name,
             config=self.config.to_dict(),
             meta=self.meta,
+            hooks=self.hooks,
         )
-        try:
-            save_trainer_state(
-                self.run_dir,
-                {
-                    "optimizer": self.optimizer.state_dict(),
-                    "epoch": self.epoch,
-                    "global_step": self.global_step,
-                    "checkpoint": path.name,
-                    "end_epoch": self.end_epoch,
-                    # e.g. symmetry breaking's unit ages, so --resume continues them
-                    "hooks": [
-                        h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks
-                    ],
-                },
-            )
-        except BaseException:
-            if not existed:
-                path.unlink(missing_ok=True)
-            raise
-        if path not in self.checkpoints:
-            self.checkpoints.append(path)
-        self._saved_epoch = self.epoch
         self.message = f"Checkpoint saved at update {self.epoch}"
         return path
 
@@ -646,51 +460,32 @@ class Trainer:
             self.policy, self.optimizer, self.epoch, self.global_step, self.run_dir, recent
         )
         stats: dict[str, float] = {}
-        for hook in self.hooks:
+        for hook in self.hooks.values():
             stats.update({k: float(v) for k, v in (hook(ctx) or {}).items()})
         return stats
 
     def _report(
         self, losses: dict[str, float], user_stats: dict[str, float], epoch_seconds: float
     ) -> None:
-        uptime = time.time() - self._start_time
         sps = self.cfg.batch_size / epoch_seconds if epoch_seconds > 0 else 0.0
         remaining = (self.end_epoch - self.epoch) * self.cfg.batch_size / sps if sps else 0.0
-        times = dict(self.profile.seconds)
-        times["evaluate"] = (
-            times.get("env", 0) + times.get("eval_forward", 0) + times.get("eval_misc", 0)
+        metrics = EpochMetrics(
+            self.config.env_name,
+            self.epoch,
+            self.global_step,
+            sps,
+            time.time() - self._start_time,
+            remaining,
+            with_totals(self.profile.seconds),
+            losses,
+            user_stats,
+            self.message,
         )
-        times["train"] = (
-            times.get("train_forward", 0) + times.get("learn", 0) + times.get("train_misc", 0)
-        )
-        self.dashboard.show(
-            DashboardState(
-                self.config.env_name,
-                self.global_step,
-                self.epoch,
-                sps,
-                uptime,
-                remaining,
-                times,
-                losses,
-                user_stats,
-                self.message,
-                **machine_usage(),
-            )
-        )
-        record = {
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "sps": sps,
-            "uptime": uptime,
-            **losses,
-            **user_stats,
-        }
-        line = json.dumps({k: _json_number(v) for k, v in record.items()}) + "\n"
-        _append_line(self.run_dir / METRICS_FILE, line)
+        for sink in self.sinks:
+            sink.write(metrics)
 
     def train_epoch(self) -> None:
-        """Collect, update, run hooks, report, and checkpoint when due.
+        """Collect, update, run hooks, checkpoint when due, report to the sinks.
 
         Ctrl-C during the collection or the update drops the epoch (see
         :meth:`_drop_unfinished_epoch`); once the update is done, the rest of the epoch (hooks,
@@ -714,7 +509,7 @@ class Trainer:
             self.epoch += 1
             self._epoch_start_step, self._before_update = None, None
             user_stats = {**episode_stats, **self._run_hooks()}
-            if self.epoch % self.cfg.checkpoint_interval == 0 or self.epoch >= self.end_epoch:
+            if self.checkpointer.due(self.epoch, self.end_epoch):
                 self.save()
             self._report(losses, user_stats, time.perf_counter() - start)
 
@@ -733,8 +528,6 @@ class Trainer:
     def train(self) -> TrainResult:
         """Train until ``end_epoch``; Ctrl-C saves a checkpoint of the last finished epoch and
         raises :class:`TrainingInterrupted`."""
-        from pufferfiber.checkpoints import checkpoint_name
-
         seed_everything(self.cfg.seed + self.epoch, self.cfg.torch_deterministic)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.policy.train()
@@ -746,15 +539,25 @@ class Trainer:
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 self._drop_unfinished_epoch()
-                path = self.run_dir / checkpoint_name(self.epoch)
-                if self._saved_epoch != self.epoch or not path.is_file():
+                path = self.checkpointer.path(self.epoch)
+                if self.checkpointer.saved_epoch != self.epoch or not path.is_file():
                     path = self.save()
             finally:
                 signal.signal(signal.SIGINT, previous)
             raise TrainingInterrupted(self.epoch, path) from None
+        finally:
+            self._close_sinks()
         return TrainResult(self.epoch, self.global_step, self.checkpoints, self.run_dir)
 
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # a tracker failing to flush must not hide the outcome
+                print(f"warning: closing a metric sink failed: {exc}", file=sys.stderr)
+
     def close(self) -> None:
+        self._close_sinks()
         try:
             self.vecenv.close()
         except Exception as exc:  # closing dead workers must not hide the real outcome
@@ -777,55 +580,6 @@ def _sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def trim_metrics(run_dir: Path, epoch: int) -> list[int]:
-    """Drop the ``metrics.jsonl`` lines of epochs after ``epoch`` (a run killed between
-    checkpoints logged epochs that a resume trains again); returns the dropped epochs."""
-    from pufferfiber.checkpoints import atomic_write_text
-
-    path = Path(run_dir) / METRICS_FILE
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    except (OSError, UnicodeDecodeError):
-        return []
-    keep, dropped = [], []
-    for line in lines:
-        try:
-            line_epoch = json.loads(line).get("epoch")
-        except (ValueError, AttributeError):
-            line_epoch = None  # a damaged line: drop it too, it cannot be plotted
-        if isinstance(line_epoch, int) and line_epoch <= epoch:
-            keep.append(line if line.endswith("\n") else line + "\n")
-        else:
-            dropped.append(line_epoch if isinstance(line_epoch, int) else -1)
-    if dropped:
-        atomic_write_text(path, "".join(keep))
-    return dropped
-
-
-def _append_line(path: Path, line: str) -> None:
-    """Append one whole line to ``path``; a failed write (full disk) is cut off again, so the
-    file never ends in half a line, and raised as a one-line ``CheckpointError``."""
-    from pufferfiber.checkpoints import CheckpointError, describe_os_error
-
-    data = line.encode("utf-8")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise CheckpointError(describe_os_error(path, exc)) from exc
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            view = memoryview(data)
-            while view:  # unbuffered: a short write is retried, an error is cut off below
-                view = view[os.write(fd, view) :]
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            raise CheckpointError(describe_os_error(path, exc)) from exc
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     """Run a block with ``n`` torch CPU threads, then restore the previous count."""
@@ -837,10 +591,3 @@ def _torch_threads(n: int) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
-
-
-def _json_number(value: Any) -> Any:
-    """NaN/inf are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -378,13 +378,13 @@ def test_resume_keeps_symmetry_breaking_state(tmp_path: Path) -> None:
     (run,) = run_dirs(tmp_path)
     saved = load_trainer_state(run)
     assert saved is not None
-    (breaker_state,) = saved["hooks"]
+    (breaker_state,) = saved["hooks"].values()  # one hook, saved under its name
     assert breaker_state["born"] and sum(breaker_state["total_broken"].values()) > 0
     resumed = demo(*common, "--train.total-timesteps", "2048", "--resume", *breaking)
     assert resumed.returncode == 0, resumed.stderr
     after = load_trainer_state(run)
     assert after is not None and after["epoch"] == 4
-    totals = after["hooks"][0]["total_broken"]
+    totals = after["hooks"]["SymmetryBreaker"]["total_broken"]
     log = [json.loads(line) for line in (run / "breaking.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4]
     # totals continue from the first run's (epochs 1-2 broke units) instead of restarting at zero

@@ -451,7 +451,7 @@ def test_resume_without_break_flags_continues_the_runs_symmetry_breaking(tmp_pat
 
 
 def test_metrics_line_on_a_full_disk_is_cut_off_whole(small_disk: Path) -> None:
-    from pufferfiber.trainer import _append_line
+    from pufferfiber.sinks import append_line as _append_line
 
     path = small_disk / "metrics.jsonl"
     path.write_text('{"epoch": 1}\n')

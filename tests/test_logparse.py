@@ -1,4 +1,4 @@
-"""The dashboard log parser on real captured logs (upstream PufferLib 2.0 and our trainer)."""
+"""The importer of upstream dashboard logs on real captured logs (PufferLib 2.0 and our trainer)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pufferfiber.logparse import (
+from pufferfiber.upstream_log import (
     LOSS_FIELDS,
     LogParseError,
     columns,
+    import_log,
     parse_dashboard,
     parse_duration,
     parse_log,
@@ -29,7 +30,47 @@ UPSTREAM_BATCH = 30_720  # the run's batch_size: agent steps per epoch
 
 @pytest.fixture(scope="module")
 def upstream_text(shared_run: Path) -> str:
+    if not (shared_run / "log.out").is_file():
+        pytest.skip(f"the upstream BeamRider log.out is not at {shared_run}")
     return (shared_run / "log.out").read_text(encoding="utf-8")
+
+
+def test_import_upstream_log_writes_our_metrics_record(
+    shared_run: Path, upstream_text: str, tmp_path: Path
+) -> None:
+    """The real upstream log becomes a metrics.jsonl that reads back as the same numbers."""
+    out = tmp_path / "metrics.jsonl"
+    imported = import_log(shared_run / "log.out", out)
+    assert [r.epoch for r in imported] == [r.epoch for r in parse_log(shared_run / "log.out")]
+    back = read_metrics(out)
+    assert [r.epoch for r in back] == [r.epoch for r in imported]
+    for a, b in zip(imported, back, strict=True):
+        assert b.losses == a.losses and b.user_stats == a.user_stats
+        assert b.summary["agent_steps"] == int(a.summary["agent_steps"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(list(row)[:4] == ["epoch", "global_step", "sps", "uptime"] for row in rows)
+    assert all("policy_loss" in row for row in rows)
+    assert any("episode_return" in row for row in rows)
+
+
+def test_import_log_of_our_dashboard(tmp_path: Path) -> None:
+    """Blocks our dashboard printed import as the numbers that were shown."""
+    from pufferfiber.dashboard import DashboardState, render_text
+
+    blocks = [
+        render_text(DashboardState("cartpole", 300 * e, e, 300.0, 10.0 * e, 5.0,
+                                   losses={"policy_loss": -0.01 * e},
+                                   user_stats={"episode_return": 20.0 + e}))
+        for e in (1, 2)
+    ]  # fmt: skip
+    (tmp_path / "log.out").write_text("\n".join(blocks))
+    import_log(tmp_path / "log.out", tmp_path / "metrics.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["global_step"], r["episode_return"]) for r in rows] == [
+        (1, 300, 21.0),
+        (2, 600, 22.0),
+    ]
+    assert rows[1]["policy_loss"] == -0.02
 
 
 def _block_values(block: str, label: str) -> list[str]:

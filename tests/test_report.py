@@ -21,7 +21,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from pufferfiber import report
-from pufferfiber.logparse import read_metrics
+from pufferfiber.upstream_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = "cartpole"

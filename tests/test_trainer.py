@@ -15,11 +15,12 @@ from pufferfiber.checkpoints import list_checkpoints, load_checkpoint, load_trai
 from pufferfiber.config import RunConfig, load_config
 from pufferfiber.dashboard import Dashboard
 from pufferfiber.envs import architecture_for, make_vecenv
-from pufferfiber.policy import Policy
+from pufferfiber.policy import Architecture, Policy
 from pufferfiber.trainer import (
     EpochContext,
     RolloutBuffer,
     Trainer,
+    Transition,
     compute_gae,
     explained_variance,
 )
@@ -74,10 +75,9 @@ def test_explained_variance() -> None:
     assert np.isnan(explained_variance(y, np.ones(3)))
 
 
-def _store_args(rng: np.random.Generator, ids: np.ndarray, lstm: int) -> list[Any]:
+def _transition(rng: np.random.Generator, ids: np.ndarray, sizes: tuple[int, ...]) -> Transition:
     n = len(ids)
-    state = (torch.randn(1, n, lstm), torch.randn(1, n, lstm))
-    return [
+    return Transition(
         ids,
         torch.from_numpy(rng.integers(0, 255, (n, 1, 4, 4), dtype=np.uint8)),
         torch.randn(n),
@@ -85,26 +85,44 @@ def _store_args(rng: np.random.Generator, ids: np.ndarray, lstm: int) -> list[An
         torch.randint(0, 3, (n,)),
         torch.randn(n),
         torch.randn(n),
-        state,
-    ]
+        tuple(torch.randn(1, n, size) for size in sizes),
+    )
 
 
-def test_rollout_buffer_async_and_sync_paths_agree() -> None:
-    """Envs arriving in any order and subset land in the same slots as a synchronous step."""
+@pytest.mark.parametrize("sizes", [(3, 3), (5,)], ids=["lstm-state", "gru-state"])
+def test_rollout_buffer_async_and_sync_paths_agree(sizes: tuple[int, ...]) -> None:
+    """Envs arriving in any order and subset land in the same slots as a synchronous step,
+    for a recurrent state of any number of tensors."""
     rng = np.random.default_rng(1)
-    fast = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, 3)
-    slow = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, 3)
+    fast = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, sizes)
+    slow = RolloutBuffer(4, 4, 2, (1, 4, 4), torch.uint8, sizes)
     for _ in range(4):
-        args = _store_args(rng, np.array([2, 0, 3, 1]), 3)
-        fast.store(*args)
-        for half in (np.array([0, 1]), np.array([2, 3])):  # the same step, two partial batches
-            sub = [a[half] if isinstance(a, np.ndarray | torch.Tensor) else a for a in args]
-            sub[-1] = (args[-1][0][:, half], args[-1][1][:, half])
-            slow.store(*sub)
+        step = _transition(rng, np.array([2, 0, 3, 1]), sizes)
+        fast.store(step)
+        for half in ([True, True, False, False], [False, False, True, True]):
+            slow.store(step, room=np.array(half))  # the same step, two partial batches
     assert fast.full and slow.full
-    for name in ("obs", "actions", "logprobs", "values", "rewards", "dones", "h0", "c0"):
+    for name in ("obs", "actions", "logprobs", "values", "rewards", "dones"):
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name))
+    assert len(fast.initial_state) == len(sizes)
+    for a, b in zip(fast.initial_state, slow.initial_state, strict=True):
+        torch.testing.assert_close(a, b)
     assert slow.free_rows(np.arange(4)).sum() == 0
+    # env 0's first sequence starts from the state stored with its first step (env 0 was
+    # second in the step's order)
+    data = fast.sequences(np.zeros((4, 4), dtype=np.float32))
+    assert [data[f"state{i}"].shape for i in range(len(sizes))] == [(8, s) for s in sizes]
+
+
+def test_buffer_drops_the_steps_of_full_envs() -> None:
+    rng = np.random.default_rng(2)
+    buf = RolloutBuffer(2, 2, 2, (1, 4, 4), torch.uint8, (3,))
+    first = _transition(rng, np.array([0]), (3,))
+    buf.store(first)
+    buf.store(_transition(rng, np.array([0]), (3,)))
+    buf.store(_transition(rng, np.array([0, 1]), (3,)), room=buf.free_rows(np.array([0, 1])))
+    assert list(buf.ptr) == [2, 1]  # env 0 was full: its third step was dropped
+    torch.testing.assert_close(buf.initial_state[0][0, 0], first.state[0][0, 0])
 
 
 def _cartpole(**train: Any) -> RunConfig:
@@ -294,3 +312,148 @@ def test_precision_setting(monkeypatch: Any) -> None:
         assert trainer_mod.use_bf16("auto", cpu) is native
     assert load_config("beam_rider").train.precision == "auto"
     assert load_config("cartpole").train.precision == "float32"
+
+
+class _OneTensorState(torch.nn.Module):
+    """A GRU-like recurrent policy: the state is a 1-tuple ``(h,)``; ``h`` counts steps since the
+    last reset, and the logits prefer action ``h mod 2`` (so actions reveal the state)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def initial_state(self, batch: int, device: Any = "cpu") -> tuple[torch.Tensor]:
+        return (torch.zeros(1, batch, 2, device=device),)
+
+    def step(
+        self, obs: torch.Tensor, state: tuple[torch.Tensor], encoder_bf16: bool = False
+    ) -> Any:
+        return self(obs, state)  # the Policy.step contract the rollout calls
+
+    def forward(self, obs: torch.Tensor, state: tuple[torch.Tensor]) -> Any:
+        (h,) = state
+        h = h + 1
+        parity = h[0, :, 0] % 2
+        logits = torch.stack([parity * 50.0, (1 - parity) * 50.0], dim=-1)
+        return logits, obs.float().sum(-1), (h,)
+
+
+def test_actor_carries_a_one_tensor_state_and_resets_it() -> None:
+    from pufferfiber.rollout import Actor
+
+    actor = Actor(_OneTensorState(), 3, torch.device("cpu"), greedy=True)  # type: ignore[arg-type]
+    obs = torch.zeros(3, 4)
+    first = actor.act(obs)
+    assert first.actions.tolist() == [0, 0, 0] and first.state[0].abs().sum() == 0
+    # env 1 reports the end of its episode with this observation: its next step starts at zero
+    second = actor.act(obs, reset=torch.tensor([0.0, 1.0, 0.0]))
+    assert second.actions.tolist() == [1, 1, 1] and actor.state[0][0, :, 0].tolist() == [2, 0, 2]
+    # an async vector env steps a subset: only those envs' states move
+    third = actor.act(obs[:2], env_ids=np.array([2, 1]))
+    assert third.state[0][0, :, 0].tolist() == [2, 0]  # the states before the step
+    assert actor.state[0][0, :, 0].tolist() == [2, 1, 3]
+    actor.reset(2)
+    assert actor.state[0][0, :, 0].tolist() == [2, 1, 0]
+
+
+class _PushAfter(_OneTensorState):
+    """Pushes left for 4 steps after a reset, then always right (a short, deterministic
+    episode whose length depends on the state being reset)."""
+
+    def forward(self, obs: torch.Tensor, state: tuple[torch.Tensor]) -> Any:
+        (h,) = state
+        h = h + 1
+        right = (h[0, :, 0] > 4).float()
+        return torch.stack([(1 - right) * 50, right * 50], -1), obs.float().sum(-1), (h,)
+
+
+def _plain_loop(policy: Any, episodes: int, n: int, seed: int, greedy: bool) -> list[float]:
+    """Evaluation as a plain loop: policy on the batch, CPU sampling from the seeded
+    generator (or argmax), the state zeroed when an episode ends."""
+    from pufferfiber.envs import make_env
+
+    gen = torch.Generator().manual_seed(seed)
+    envs = [make_env("cartpole") for _ in range(n)]
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    state = policy.initial_state(n)
+    started, returns, running, active = n, [], np.zeros(n), np.ones(n, dtype=bool)
+    with torch.no_grad():
+        while active.any():
+            logits, _, state = policy(torch.as_tensor(obs), state)
+            probs = torch.softmax(logits, -1)
+            actions = probs.argmax(-1) if greedy else torch.multinomial(probs, 1, generator=gen)
+            for i, env in enumerate(envs):
+                if not active[i]:
+                    continue
+                ob, reward, term, trunc, _ = env.step(np.asarray(actions[i].item()))
+                running[i] += float(reward)
+                obs[i] = ob
+                if term or trunc:
+                    returns.append(running[i])
+                    running[i] = 0.0
+                    for s in state:
+                        s[:, i] = 0.0
+                    if started < episodes:
+                        obs[i] = env.reset(seed=seed + started)[0]
+                        started += 1
+                    else:
+                        active[i] = False
+    return returns
+
+
+@pytest.mark.parametrize("which", ["lstm-sampled", "one-tensor-greedy"])
+def test_play_episodes_matches_a_plain_loop(which: str) -> None:
+    """The shared rollout helper plays the same episodes as a plain evaluation loop."""
+    from pufferfiber.evaluate import play_episodes
+
+    torch.manual_seed(3)
+    greedy = which.endswith("greedy")
+    policy: Any = _PushAfter() if greedy else Policy(Architecture.mlp(4, 2, (8,), lstm=6))
+    want = _plain_loop(policy.eval(), 6, 2, 11, greedy)
+    assert play_episodes(policy, "cartpole", 6, seed=11, num_envs=2, greedy=greedy) == want
+
+
+def test_collect_observations_is_seeded() -> None:
+    from pufferfiber.evaluate import collect_observations
+
+    policy = Policy(Architecture.mlp(4, 2, hidden=(8,), lstm=6))
+    frames = collect_observations(policy, "cartpole", 3, 20, seed=1)
+    assert frames.shape == (3, 20, 4) and frames.abs().sum() > 0
+    assert torch.equal(frames, collect_observations(policy, "cartpole", 3, 20, seed=1))
+    assert not torch.equal(frames, collect_observations(policy, "cartpole", 3, 20, seed=2))
+
+
+class _Counter:
+    """A stateful hook: counts the epochs it has seen, saved under its ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.seen = name, 0
+
+    def __call__(self, ctx: EpochContext) -> dict[str, float]:
+        self.seen += 1
+        return {f"{self.name}_seen": float(self.seen)}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seen = state["seen"]
+
+
+def test_hook_state_is_saved_and_restored_by_name(tmp_path: Path) -> None:
+    from pufferfiber.callbacks import named_hooks, restore_hook_states
+
+    cfg = _cartpole(total_timesteps=1024, checkpoint_interval=1)
+    a, b = _Counter("alpha"), _Counter("beta")
+    b.seen = 10
+    trainer = _trainer(cfg, tmp_path, hooks=[a, b, lambda ctx: None])
+    trainer.train()
+    trainer.close()
+    state = load_trainer_state(tmp_path)
+    assert state is not None and state["hooks"] == {"alpha": {"seen": 2}, "beta": {"seen": 12}}
+    # resumed with the hooks in another order (and one more): each gets its own state back
+    new_b, new_a, extra = _Counter("beta"), _Counter("alpha"), _Counter("gamma")
+    restored = restore_hook_states([new_b, extra, new_a], state["hooks"])
+    assert sorted(restored) == ["alpha", "beta"]
+    assert (new_a.seen, new_b.seen, extra.seen) == (2, 12, 0)
+    assert list(named_hooks([a, _Counter("alpha")])) == ["alpha", "alpha#2"]
