@@ -42,8 +42,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
 
 from pufferfiber.breaking import SymmetryBreaker  # noqa: E402
 from pufferfiber.checkpoints import (  # noqa: E402

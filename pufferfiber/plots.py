@@ -216,13 +216,6 @@ def draw_fibers(
     return fig
 
 
-def fibers_figure(timelines: Mapping[str, Sequence[Mapping[str, Any]]], **kw: Any) -> Figure:
-    """:func:`draw_fibers` on a new figure."""
-    fig = new_figure(11, 6)
-    draw_fibers(fig, timelines, **kw)
-    return fig
-
-
 # ---------------------------------------------------------------- thresholds
 
 
@@ -276,11 +269,4 @@ def draw_tradeoff(
     twin.set_ylim(0, 105)
     right.grid(alpha=0.3)
     fig.suptitle(title)
-    return fig
-
-
-def tradeoff_figure(points: Sequence[TradeoffPoint], **kw: Any) -> Figure:
-    """:func:`draw_tradeoff` on a new figure."""
-    fig = new_figure(11, 4.5)
-    draw_tradeoff(fig, points, **kw)
     return fig
