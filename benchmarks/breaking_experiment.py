@@ -81,7 +81,7 @@ class EnvPlan:
 PLANS = {
     "cartpole": EnvPlan(
         env="cartpole",
-        # config/classic_control/cartpole.ini: 40 epochs of 1,024 steps.
+        # pufferfiber/configs/classic_control/cartpole.ini: 40 epochs of 1,024 steps.
         overrides={
             "train.device": "cpu",
             "train.precision": "float32",

@@ -14,7 +14,7 @@ Settings:
   to PufferLib 2.0.6 (pong 79k, breakout 63k SPS) and 3.0 (35k / 40k) on this kind of machine is
   against those recorded numbers (their trainers are not importable from the 2.0.2 wheel), so
   run it on an idle machine and read the load printed with it.
-* ``config``: our ``config/ocean/<env>.ini`` settings (the sweep's).
+* ``config``: our ``pufferfiber/configs/ocean/<env>.ini`` settings (the sweep's).
 """
 
 from __future__ import annotations

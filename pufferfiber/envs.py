@@ -9,8 +9,8 @@
 * ``puffer_pong``, ``puffer_breakout``: PufferLib's Ocean games, compiled C vectorised inside
   one env object (see :mod:`pufferfiber.ocean`).
 
-Each env belongs to one *family* (:data:`ENV_FAMILIES`), which names its ``config/<family>/``
-folder and its default policy.
+Each env belongs to one *family* (:data:`ENV_FAMILIES`), which names its config folder
+(``pufferfiber/configs/<family>/``) and its default policy.
 
 Vectorisation is PufferLib's: ``serial``, ``multiprocessing`` or ``ray`` (an optional extra).
 Ocean games are already vectorised in C: ``serial`` runs all ``num_envs`` games in one object.
@@ -55,7 +55,7 @@ def atari_games() -> tuple[str, ...]:
         return tuple(sorted(ale_py.roms.get_all_rom_ids()))
 
 
-# family -> its env names (the config folder is config/<family>/).
+# family -> its env names (its config folder is pufferfiber/configs/<family>/).
 ENV_FAMILIES: dict[str, Callable[[], tuple[str, ...]]] = {
     "classic_control": lambda: FAST_ENVS,
     "ocean": lambda: OCEAN_ENVS,
@@ -95,7 +95,7 @@ def make_env(name: str, **kwargs: Any) -> Any:
         from pufferfiber.config import load_config
         from pufferfiber.ocean import OceanSingle
 
-        # Evaluation plays the game as configured in config/ocean/<env>.ini unless told otherwise.
+        # Evaluation plays the game as configured in configs/ocean/<env>.ini unless told otherwise.
         return OceanSingle(name, **(kwargs or dict(load_config(name).env)))
     with _quiet_imports():
         if name == "cartpole":
@@ -125,7 +125,7 @@ def make_vecenv(
     ``env_kwargs`` go to the environment's constructor (e.g. Atari ``frameskip``).
 
     ``num_workers`` / ``env_batch_size`` only matter for multiprocessing and ray (defaults:
-    one worker per 2 envs capped at ``num_envs``, and a batch of every env).
+    one worker per env, and a batch of every env).
     """
     check_env_name(name)
     if backend not in VEC_BACKENDS:
