@@ -177,7 +177,7 @@ def _ocean_vecenv(name: str, backend: str, num_envs: int, env_kwargs: dict[str, 
         raise EnvError(str(exc)) from None
 
 
-def architecture_for(name: str, vecenv: Any = None, **sizes: Any) -> Architecture:
+def architecture_for(name: str, vecenv: Any = None) -> Architecture:
     """The default policy architecture for ``name``: Atari CNN, CartPole MLP (64 → LSTM 64), or
     PufferLib's Ocean default (MLP 128 → LSTM 128)."""
     if vecenv is None:
@@ -188,7 +188,7 @@ def architecture_for(name: str, vecenv: Any = None, **sizes: Any) -> Architectur
         obs_space, act_space = vecenv.single_observation_space, vecenv.single_action_space
     n_actions = int(act_space.n)
     if is_atari(name):
-        return Architecture.atari(n_actions, tuple(obs_space.shape), **sizes)
+        return Architecture.atari(n_actions, tuple(obs_space.shape))
     if is_ocean(name):
-        sizes = {"hidden": (128,), "lstm": 128, **sizes}
-    return Architecture.mlp(int(obs_space.shape[0]), n_actions, **sizes)
+        return Architecture.mlp(int(obs_space.shape[0]), n_actions, hidden=(128,), lstm=128)
+    return Architecture.mlp(int(obs_space.shape[0]), n_actions)

@@ -14,7 +14,7 @@ report can stack several into one PNG) and returns it; nothing here reads files.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib as mpl
@@ -48,7 +48,6 @@ class TradeoffPoint:
     params_full: float
     final_return: float
     kl: float
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def percent(self) -> float:

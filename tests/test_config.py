@@ -305,3 +305,24 @@ def test_replace_train_revalidates() -> None:
     with pytest.raises(ConfigError):
         cfg.replace_train(batch_size=1000)
     assert cfg.to_dict()["train"]["batch_size"] == cfg.train.batch_size
+
+
+def test_resume_of_a_run_saved_before_break_was_a_section() -> None:
+    """Older runs stored their symmetry-breaking settings only with the hook state: resuming
+    restores them from there (and the rest from the stored sections)."""
+    from types import SimpleNamespace
+
+    stored = load_config("cartpole", {"train.learning_rate": "0.001"}).to_dict()
+    del stored["break"], stored["collapse"]
+    ckpt = SimpleNamespace(config=stored, path=Path("model_000002.pt"))
+    settings = {"interval": 3, "fiber_threshold": 0.5, "opfiber_threshold": None, "maturity": 0,
+                "fraction": 1.0, "layers": ["lstm"], "seed": 1}  # fmt: skip
+    state = {"hooks": [{"settings": settings, "born": {}}]}
+    cfg = cli.resumed_config(load_config("cartpole"), ckpt, {}, None, state)
+    assert cfg.train.learning_rate == 0.001
+    b = cfg.breaking
+    assert (b.enabled, b.interval, b.fiber_threshold, b.maturity, b.layers) == (
+        True, 3, 0.5, 0, "lstm"
+    )  # fmt: skip
+    plain = cli.resumed_config(load_config("cartpole"), ckpt, {}, None, {})
+    assert plain.breaking.enabled is False
