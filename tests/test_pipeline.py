@@ -226,24 +226,40 @@ def test_existing_folder_needs_force_and_keeps_other_contents(tmp_path: Path, ca
     ]
 
 
-def test_help_explains_every_option(capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        collapse_main(["--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    for option in (
-        "CHECKPOINT",
-        "--threshold",
-        "--out",
-        "--allow-pickle",
-        "--flatten-colours",
-        "--layers",
-        "--episodes",
-        "--env",
-        "--lstm-rounds",
-        "--force",
+def test_help_explains_every_option(capsys, tmp_path: Path) -> None:
+    """Every ``[collapse]`` setting of a standalone collapse is an option whose help shows the
+    value it runs with: the base file's, or a ``--config`` file's."""
+    import re
+
+    from pufferfiber.config import CollapseConfig, load_section, option_fields
+
+    mine = tmp_path / "mine.ini"
+    mine.write_text("[collapse]\nlstm_rounds = 4\nfit = affine\n")
+    for extra, settings in (
+        ([], load_section(CollapseConfig)),
+        (["--config", str(mine)], load_section(CollapseConfig, extra_files=[mine])),
     ):
-        assert option in text
+        with pytest.raises(SystemExit) as exit_info:
+            collapse_main(["--help", *extra])
+        assert exit_info.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        for option in ("CHECKPOINT", "--threshold", "--out", "--allow-pickle", "--env", "--force",
+                       "--seed", "--device", "--config"):  # fmt: skip
+            assert option in text
+        for field in option_fields(CollapseConfig):
+            option = f"--{field.name.replace('_', '-')}"
+            if field.name == "threshold":  # -t/--threshold TAU, required
+                assert "--threshold TAU, -t TAU" in text
+                continue
+            if field.name in CollapseConfig.TRAINING_ONLY:  # settings of collapse-and-retrain
+                assert f"{option} " not in text
+                continue
+            start = text.index(f"{option} ", text.index("[collapse] settings:"))
+            match = re.compile(r"\(default: ([^)]*)\)").search(text, start)
+            assert match is not None
+            value = getattr(settings, field.name)
+            assert match.group(1) == (value if isinstance(value, str) else repr(value)), option
+    assert settings.lstm_rounds == 4 and settings.fit == "affine"
 
 
 def test_timeline_counts_every_checkpoint_and_caches(
