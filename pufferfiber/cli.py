@@ -41,6 +41,7 @@ from pufferfiber.config import (  # noqa: E402
     CollapseConfig,
     ConfigError,
     RunConfig,
+    field_type,
     load_config,
     load_section,
     merge_files,
@@ -160,7 +161,7 @@ def add_section_options(
             [f"--{_dashed(field.name)}"] if short_names else [f"--{section}.{_dashed(field.name)}"]
         )
         flag = meta.get("flag")
-        switch = flag is not None and type_name(_annotation(cls, field.name)) == "BOOL"
+        switch = flag is not None and type_name(field_type(cls, field.name)) == "BOOL"
         if flag and not switch and not short_names:
             names.insert(0, flag)
         group.add_argument(
@@ -170,7 +171,7 @@ def add_section_options(
             choices=meta.get("choices"),
             metavar=None
             if meta.get("choices")
-            else meta.get("metavar") or type_name(_annotation(cls, field.name)),
+            else meta.get("metavar") or type_name(field_type(cls, field.name)),
             help=_help_text(meta["help"], _shown(defaults.get(field.name))),
         )
         if flag and switch and not short_names:  # --break-symmetry: a switch for a boolean
@@ -182,12 +183,6 @@ def add_section_options(
                 default=argparse.SUPPRESS,
                 help=f"same as --{section}.{_dashed(field.name)} True",
             )
-
-
-def _annotation(cls: type, name: str) -> Any:
-    from pufferfiber.config import field_type
-
-    return field_type(cls, name)
 
 
 def _shown(text: str | None) -> str | None:
