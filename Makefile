@@ -7,10 +7,14 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+# The pinned, tested stack first, then pufferfiber itself, editable and without dependencies
+# (they are the pinned ones): the `pufferfiber` command, `python -m pufferfiber`, the benchmarks
+# and the notebook then import this checkout from any directory.
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(BIN)/.installed
@@ -24,8 +28,8 @@ demo: setup
 		2> log.err | tee log.out
 	$(BIN)/python demo.py --mode train --env cartpole --train.data-dir $(DEMO) \
 		--collapse 0.3 --collapse-epoch 20 2> log_collapsed.err | tee log_collapsed.out
-	$(BIN)/python -m pufferfiber report $(DEMO) -o $(DEMO)/report.html
-	$(BIN)/python -m pufferfiber report $(DEMO) -o $(DEMO)/report.png -q
+	$(BIN)/pufferfiber report $(DEMO) -o $(DEMO)/report.html
+	$(BIN)/pufferfiber report $(DEMO) -o $(DEMO)/report.png -q
 	@echo "demo done: $(DEMO)/report.html, $(DEMO)/report.png, run folders in $(DEMO)/"
 
 lint: setup

@@ -42,8 +42,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
 
 from pufferfiber.breaking import SymmetryBreaker  # noqa: E402
 from pufferfiber.checkpoints import (  # noqa: E402
@@ -83,7 +81,7 @@ class EnvPlan:
 PLANS = {
     "cartpole": EnvPlan(
         env="cartpole",
-        # config/classic_control/cartpole.ini: 40 epochs of 1,024 steps.
+        # pufferfiber/configs/classic_control/cartpole.ini: 40 epochs of 1,024 steps.
         overrides={
             "train.device": "cpu",
             "train.precision": "float32",

@@ -19,12 +19,9 @@ import contextlib
 import io
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pufferfiber import cli
 from pufferfiber.checkpoints import find_run, list_checkpoints, load_checkpoint

@@ -19,15 +19,12 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pufferfiber.checkpoints import atomic_write_text, load_checkpoint
 from pufferfiber.criteria import DataCriterion, FiberCriterion, WeightCriterion

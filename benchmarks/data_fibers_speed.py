@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pufferfiber.checkpoints import load_checkpoint
 from pufferfiber.criteria import DataCriterion, WeightCriterion

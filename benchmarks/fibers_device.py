@@ -27,10 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from fibers_speed import DEFAULT_CHECKPOINT, load_network, wide_layer_policy
 
 from pufferfiber.clustering import products_on

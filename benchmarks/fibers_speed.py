@@ -24,15 +24,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pufferfiber.collapse import collapse_policy
 from pufferfiber.fibers import compute_fibers

@@ -14,23 +14,17 @@ Settings:
   to PufferLib 2.0.6 (pong 79k, breakout 63k SPS) and 3.0 (35k / 40k) on this kind of machine is
   against those recorded numbers (their trainers are not importable from the 2.0.2 wheel), so
   run it on an idle machine and read the load printed with it.
-* ``config``: our ``config/ocean/<env>.ini`` settings (the sweep's).
+* ``config``: our ``pufferfiber/configs/ocean/<env>.ini`` settings (the sweep's).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from train_sps import timed_epochs
 
 from pufferfiber.config import load_config

@@ -6,14 +6,13 @@ Raw env SPS steps the same serial PufferLib vector env with random actions (no p
 SPS is whole epochs of :class:`pufferfiber.trainer.Trainer` (collect + PPO update) with the
 guide's BeamRider hyperparameters except the batch size. The first epoch is a warm-up and is
 not counted. Ratios are printed against raw stepping and against PufferLib 2.0's own trainer
-on this kind of machine (SPEC §6: about 380 SPS serial; targets: ≥ 1.2× and ≥ 30 % of raw).
+on this kind of machine (README, Benchmarks: ~380 SPS serial; targets: ≥ 1.2× and ≥ 30 % of raw).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,15 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
 from pufferfiber.config import RunConfig, load_config
 from pufferfiber.dashboard import Dashboard
 from pufferfiber.envs import architecture_for, make_vecenv
 from pufferfiber.policy import Policy
 from pufferfiber.trainer import Trainer
 
-PUFFERLIB_SERIAL_SPS = 380.0  # SPEC §6, PufferLib 2.0 clean_pufferl on this 2-core machine
+# PufferLib 2.0 clean_pufferl on this 2-core machine, recorded in the README (Benchmarks)
+PUFFERLIB_SERIAL_SPS = 380.0
 
 
 def raw_env_sps(env: str, num_envs: int, steps: int, seed: int = 0) -> float:

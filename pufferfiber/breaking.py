@@ -36,7 +36,6 @@ unit views; no layer position is assumed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -65,7 +64,6 @@ from pufferfiber.graph import (
     add_units,
     build_graph,
     named_tensors,
-    parse_layers,
     put_units,
     take_units,
     unit_view,
@@ -503,88 +501,3 @@ def function_change(
         "max_value_diff": float((va - vb).abs().max()),
         "mean_kl": float(kl),
     }
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_break_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The ``--break-symmetry`` group (off by default) for training and resumed runs."""
-    d = SymmetryBreaker()
-    g = parser.add_argument_group(
-        "symmetry breaking",
-        "re-initialise mature redundant units during training without changing the function",
-    )
-    g.add_argument(
-        "--break-symmetry",
-        action="store_true",
-        dest="break_symmetry",
-        help="enable symmetry breaking (default: off)",
-    )
-    g.add_argument(
-        "--break.interval",
-        dest="break_interval",
-        type=int,
-        default=d.interval,
-        metavar="EPOCHS",
-        help=f"break every EPOCHS epochs (default: {d.interval})",
-    )
-    g.add_argument(
-        "--break.fiber-threshold",
-        dest="break_fiber_threshold",
-        type=float,
-        default=d.fiber_threshold,
-        metavar="TAU",
-        help="fiber threshold τ in [0, 2]; 0 = exact fibers, function exactly "
-        f"preserved (default: {d.fiber_threshold})",
-    )
-    g.add_argument(
-        "--break.opfiber-threshold",
-        dest="break_opfiber_threshold",
-        type=float,
-        default=None,
-        metavar="TAU",
-        help="also require the same opfiber at this τ (default: off)",
-    )
-    g.add_argument(
-        "--break.maturity",
-        dest="break_maturity",
-        type=int,
-        default=d.maturity,
-        metavar="EPOCHS",
-        help=f"only break units at least this many epochs old (default: {d.maturity})",
-    )
-    g.add_argument(
-        "--break.fraction",
-        dest="break_fraction",
-        type=float,
-        default=d.fraction,
-        help="share of the mature redundant units broken each time, in [0, 1] "
-        f"(default: {d.fraction})",
-    )
-    g.add_argument(
-        "--break.layers",
-        dest="break_layers",
-        default="all",
-        metavar="LAYERS",
-        help="comma-separated layers (conv1, linear1, lstm...) or kinds (conv, "
-        "linear, lstm) (default: all)",
-    )
-    return g
-
-
-def breaker_from_args(args: argparse.Namespace, seed: int = 0) -> SymmetryBreaker | None:
-    """A :class:`SymmetryBreaker` from parsed arguments, or ``None`` without
-    ``--break-symmetry``. Raises ``ValueError`` (one line) for an invalid setting."""
-    if not getattr(args, "break_symmetry", False):
-        return None
-    layers = parse_layers(str(args.break_layers))
-    return SymmetryBreaker(
-        interval=args.break_interval,
-        fiber_threshold=args.break_fiber_threshold,
-        opfiber_threshold=args.break_opfiber_threshold,
-        maturity=args.break_maturity,
-        fraction=args.break_fraction,
-        layers=layers,
-        seed=seed,
-    )

@@ -1,13 +1,21 @@
-"""``demo.py``: the guide's command line (train, resume, evaluate, collapse-and-retrain).
+"""The command line: ``demo.py`` (the guide's), the ``pufferfiber`` command and their errors.
 
     python demo.py --mode train --vec multiprocessing --env beam_rider > log.out 2> log.err
     python demo.py --mode train --env beam_rider --resume [--exp-id ID]
     python demo.py --mode train --env beam_rider --collapse 0.3 > log_collapsed.out
     python demo.py --mode eval --env beam_rider [--eval-model-path PATH] [--eval-episodes N]
 
-The dashboard goes to stdout, everything else (run folder, warnings, errors) to stderr. Bad
-input gives one ``error:`` line on stderr and exit code 2, never a traceback; Ctrl-C during
-training saves a checkpoint, says how to resume, and exits 130.
+    pufferfiber train|eval [the options of demo.py but --mode]
+    pufferfiber collapse CHECKPOINT -t TAU      (also: python -m pufferfiber ...)
+    pufferfiber report EXPERIMENT_DIR | SWEEP_DIR
+    pufferfiber sweep --env ENV --thresholds TAU,... --out DIR
+
+The run settings are options generated from the typed sections of :mod:`pufferfiber.config`
+(``--train.batch-size``, ``--break.interval``, ``--collapse TAU``...), and ``--help`` shows the
+values merged for the chosen ``--env``. Every command reports bad input the same way: one
+``COMMAND: error: ...`` line on stderr and exit code 2, never a traceback. The dashboard goes
+to stdout, everything else (run folder, warnings, errors) to stderr; Ctrl-C during training
+saves a checkpoint, says how to resume, and exits 130.
 """
 
 from __future__ import annotations
@@ -18,53 +26,247 @@ import warnings
 warnings.filterwarnings("ignore", message=".*pynvml package is deprecated.*")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
-from pufferfiber.config import ConfigError, RunConfig, help_epilog, load_config  # noqa: E402
-from pufferfiber.config import parse_overrides as parse_config_overrides  # noqa: E402
+from pufferfiber.config import (  # noqa: E402
+    CONFIG_DIR,
+    ENV_HELP,
+    CollapseConfig,
+    ConfigError,
+    RunConfig,
+    field_type,
+    load_config,
+    load_section,
+    merge_files,
+    merged_settings,
+    option_fields,
+    parse_layers,
+    parse_overrides,
+    section_classes,
+    section_name,
+    section_names,
+    shown_value,
+    type_name,
+)
 from pufferfiber.envs import VEC_BACKENDS, EnvError  # noqa: E402
 from pufferfiber.runfiles import CHECKPOINT_GLOB, LOG, LOG_COLLAPSED  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-DEFAULT_COLLAPSE_EPOCH = 50
+DEFAULT_ENV = "beam_rider"
+CONFIG_DEST = "cfg:"  # argparse dest prefix of the generated --section.key options
 
 
 class UsageError(Exception):
     """Bad command-line usage (reported as one line)."""
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one-line :class:`UsageError` s (exit code 2, no usage
+    block), like every other bad input."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="demo.py",
+def run_command(
+    prog: str, body: Callable[[], int], errors: tuple[type[Exception], ...] = ()
+) -> int:
+    """Run a command's ``body``; bad input of any kind (``errors``: the command's own error
+    types) becomes ``PROG: error: ...`` (one line) and exit code 2, Ctrl-C exit code 130."""
+    from pufferfiber.checkpoints import CheckpointError, describe_os_error
+    from pufferfiber.fibers import FibersFileError
+
+    try:
+        return body()
+    except (UsageError, ConfigError, EnvError, CheckpointError, FibersFileError) as exc:
+        _say(f"{prog}: error: {_one_line(exc)}")
+    except errors as exc:
+        _say(f"{prog}: error: {_one_line(exc)}")
+    except OSError as exc:  # e.g. the dashboard's log copy on a full disk
+        _say(f"{prog}: error: {describe_os_error(Path(exc.filename or '?'), exc)}")
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+    return EXIT_BAD_INPUT
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        exc = Exception(exc.args[0])
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Options generated from the config sections
+
+
+def _dashed(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def normalise_argv(argv: Sequence[str]) -> list[str]:
+    """``--train.batch_size`` → ``--train.batch-size``: config keys take dashes or
+    underscores, argparse knows the dashed form."""
+    out = []
+    for token in argv:
+        name, eq, value = token.partition("=")
+        if token.startswith("--") and "." in name:
+            section, _, key = name[2:].partition(".")
+            token = f"--{section}.{_dashed(key)}{eq}{value}"
+        out.append(token)
+    return out
+
+
+def _help_text(text: str, default: str | None) -> str:
+    shown = f"{text} (default: {default})" if default is not None else text
+    return shown.replace("%", "%%")
+
+
+def add_section_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    defaults: dict[str, str],
+    *,
+    short_names: bool = False,
+    skip: Sequence[str] = (),
+) -> None:
+    """One option per field of section ``cls``: ``--section.key`` and the field's own flag
+    (``short_names``: ``--key`` instead, for a command about that section alone), with the
+    field's help and its value in ``defaults`` (the ini texts merged for the chosen env).
+    Options not given leave no attribute; :func:`given_settings` collects the given ones."""
+    section = section_name(cls)
+    group = parser.add_argument_group(f"[{section}] settings", (cls.__doc__ or "").strip())
+    for field in option_fields(cls):
+        if field.name in skip:
+            continue
+        meta = field.metadata
+        dotted = f"{section}.{field.name}"
+        names = (
+            [f"--{_dashed(field.name)}"] if short_names else [f"--{section}.{_dashed(field.name)}"]
+        )
+        flag = meta.get("flag")
+        switch = flag is not None and type_name(field_type(cls, field.name)) == "BOOL"
+        if flag and not switch and not short_names:
+            names.insert(0, flag)
+        group.add_argument(
+            *names,
+            dest=CONFIG_DEST + dotted,
+            default=argparse.SUPPRESS,
+            choices=meta.get("choices"),
+            metavar=None
+            if meta.get("choices")
+            else meta.get("metavar") or type_name(field_type(cls, field.name)),
+            help=_help_text(meta["help"], _shown(defaults.get(field.name))),
+        )
+        if flag and switch and not short_names:  # --break-symmetry: a switch for a boolean
+            group.add_argument(
+                flag,
+                dest=CONFIG_DEST + dotted,
+                action="store_const",
+                const="True",
+                default=argparse.SUPPRESS,
+                help=f"same as --{section}.{_dashed(field.name)} True",
+            )
+
+
+def _shown(text: str | None) -> str | None:
+    return None if text is None else shown_value(text)
+
+
+def add_env_options(parser: argparse.ArgumentParser, defaults: dict[str, str]) -> None:
+    """``--env.KEY`` for the chosen env's constructor settings (declared by its ini files)."""
+    if not defaults:
+        return
+    group = parser.add_argument_group("[env] settings", "the chosen environment's constructor")
+    for key, text in defaults.items():
+        group.add_argument(
+            f"--env.{_dashed(key)}",
+            dest=f"{CONFIG_DEST}env.{key}",
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
+            help=_help_text(ENV_HELP, shown_value(text)),
+        )
+
+
+def given_settings(ns: argparse.Namespace) -> dict[str, str]:
+    """``{"train.batch_size": "2048", ...}``: the generated options given on the command line."""
+    return {k[len(CONFIG_DEST) :]: v for k, v in vars(ns).items() if k.startswith(CONFIG_DEST)}
+
+
+def _peek(argv: Sequence[str], option: str) -> str | None:
+    """The value of ``option`` in ``argv`` before parsing (the defaults shown depend on it)."""
+    for i, token in enumerate(argv):
+        if token == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith(option + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def help_defaults(env: str | None, config: str | None) -> dict[str, dict[str, str]]:
+    """The ini texts shown as defaults: those merged for ``env`` (the base file when it is not
+    a known env) and a ``--config`` file that exists."""
+    extra = [Path(config)] if config and Path(config).is_file() else []
+    try:
+        if env is not None:
+            return merged_settings(env, extra_files=extra)[0]
+        return merge_files([CONFIG_DIR / "default.ini", *extra])
+    except (ConfigError, EnvError):  # reported when the command runs
+        try:
+            return merge_files([CONFIG_DIR / "default.ini"])
+        except ConfigError:
+            return {s: {} for s in section_names()}
+
+
+# ----------------------------------------------------------------------------------------------
+# demo.py / pufferfiber train / pufferfiber eval
+
+
+def build_parser(
+    argv: Sequence[str] = (), *, prog: str = "demo.py", mode: str | None = None
+) -> argparse.ArgumentParser:
+    """The training / evaluation parser; its config defaults are those of ``--env`` in
+    ``argv`` (so ``--env beam_rider --help`` shows beam_rider's batch size). ``mode`` fixes
+    ``--mode`` (the ``train`` and ``eval`` subcommands)."""
+    env = _peek(argv, "--env") or DEFAULT_ENV
+    defaults = help_defaults(env, _peek(argv, "--config"))
+    parser = Parser(
+        prog=prog,
+        usage="%(prog)s [options]",
         description="Train PufferLib agents (PPO + LSTM), evaluate them, and collapse them with "
-        "symmetry fibrations.",
-        epilog=help_epilog(),
+        f"symmetry fibrations. Setting defaults shown are those of --env {env}.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
     )
-    parser.add_argument(
-        "--mode",
-        choices=("train", "eval"),
-        default="train",
-        help="train (default) or eval (play episodes with a checkpoint)",
-    )
+    if mode is None:
+        parser.add_argument(
+            "--mode",
+            choices=("train", "eval"),
+            default="train",
+            help="train (default) or eval (play episodes with a checkpoint)",
+        )
+    parser.set_defaults(mode=mode or "train")
     parser.add_argument(
         "--env",
-        default="beam_rider",
+        default=DEFAULT_ENV,
         help="environment: cartpole, an Ocean game (puffer_pong, puffer_breakout) or an Atari "
-        "game such as beam_rider (default: beam_rider)",
+        f"game such as beam_rider (default: {DEFAULT_ENV})",
     )
     parser.add_argument(
         "--vec",
@@ -72,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="vectorisation backend (default: serial, or the run's own with --resume; ray "
         "needs the 'ray' extra)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="an ini file merged after the env's own (same sections and keys), before the "
+        "command line",
     )
     parser.add_argument(
         "--exp-id",
@@ -100,74 +310,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept PufferLib 2.0's pickled whole-module checkpoints (runs code "
         "from the file: only for files you trust)",
     )
-    group = parser.add_argument_group("collapse (with --mode train)")
-    group.add_argument(
-        "--collapse",
-        type=float,
-        default=0.0,
-        metavar="TAU",
-        help="collapse fibers at cosine distance <= TAU (0 < TAU <= 2; 0 = off), "
-        "then resume training from the collapsed model",
-    )
-    group.add_argument(
-        "--collapse-epoch",
-        type=int,
-        default=DEFAULT_COLLAPSE_EPOCH,
-        help="collapse the checkpoint closest to this epoch (default: 50; the one picked is "
-        "reported when it differs)",
-    )
-    group.add_argument(
-        "--collapse-until",
-        type=int,
-        default=None,
-        help="train the collapsed model up to this epoch (default: the last epoch "
-        "of the schedule, total_timesteps / batch_size)",
-    )
-    group.add_argument(
-        "--flatten-colours",
-        choices=("positions", "pooled"),
-        default="positions",
-        help="conv->Linear colours: positions (a true fibration, default) or "
-        "pooled (the published reference's criterion)",
-    )
-    from pufferfiber.criteria import CRITERIA, DEFAULT_CRITERION, LSTM_CRITERIA
-
-    group.add_argument(
-        "--criterion",
-        choices=CRITERIA,
-        default=DEFAULT_CRITERION,
-        help="how fibers are found: weights (cosine distance of weight rows <= TAU, "
-        "default) or data (outputs constant or affinely related on real observations "
-        "played by the policy, relative fit error <= TAU)",
-    )
-    group.add_argument(
-        "--lstm-criterion",
-        choices=LSTM_CRITERIA,
-        default="units",
-        help="weights criterion, LSTM: units (ours, default) or published (the "
-        "reference's joint gate-row clustering)",
-    )
-    from pufferfiber.breaking import add_break_arguments
-
-    add_break_arguments(parser)
+    for cls in section_classes().values():
+        add_section_options(parser, cls, defaults.get(section_name(cls), {}))
+    add_env_options(parser, defaults.get("env", {}))
     return parser
 
 
 @dataclass
 class Args:
-    """Parsed command line: options plus ``--section.key`` config overrides."""
+    """Parsed command line: options plus the ``--section.key`` settings given."""
 
     ns: argparse.Namespace
     overrides: dict[str, str]
 
 
-def parse_args(argv: list[str]) -> Args:
-    ns, rest = build_parser().parse_known_args(argv)
-    overrides = parse_config_overrides(rest)
+def parse_args(argv: Sequence[str], *, prog: str = "demo.py", mode: str | None = None) -> Args:
+    argv = normalise_argv(argv)
+    ns, rest = build_parser(argv, prog=prog, mode=mode).parse_known_args(argv)
+    # what argparse does not know is either an unknown key (named with its closest match by
+    # load_config) or a stray token
+    overrides = {**parse_overrides(rest), **given_settings(ns)}
     if ns.eval_episodes < 1:
         raise UsageError("--eval-episodes must be at least 1")
-    if ns.collapse_epoch < 0:
-        raise UsageError(f"--collapse-epoch must be >= 0, got {ns.collapse_epoch}")
     return Args(ns, overrides)
 
 
@@ -193,10 +357,6 @@ def build_vecenv(cfg: RunConfig) -> Any:
         raise EnvError(f"vectorisation settings rejected by PufferLib: {exc}") from None
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -320,11 +480,11 @@ def train_resume(
     allow_pickle: bool,
     overrides: dict[str, str] | None = None,
     backend: str | None = None,
-    hooks: Sequence[Any] = (),
 ) -> int:
     """``--resume``: the latest checkpoint + optimizer state of the chosen run, same folder,
-    with the settings stored in the checkpoint; ``overrides`` (``--section.key``) and
-    ``backend`` (``--vec``) given now replace stored values, and each change is reported.
+    with the settings stored in the checkpoint (symmetry breaking included); ``overrides``
+    (``--section.key``) and ``backend`` (``--vec``) given now replace stored values, and each
+    change is reported.
 
     The run keeps its own last epoch (a collapsed run stops at its ``--collapse-until``) unless
     ``--train.total-timesteps`` is given, which extends or shortens it.
@@ -339,12 +499,12 @@ def train_resume(
         state = load_trainer_state(run_dir) or {}
         epoch, path = _resume_point(run_dir, state)
         ckpt = _load_latest(run_dir, path, allow_pickle, cfg.env_name)
-        cfg = resumed_config(cfg, ckpt, overrides, backend)
+        cfg = resumed_config(cfg, ckpt, overrides, backend, state)
         _check_device(cfg)
         optimizer_state = state.get("optimizer") if state.get("epoch") == epoch else None
         if optimizer_state is None:
             _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
-        hooks = resumed_hooks(hooks, state)
+        hooks = training_hooks(cfg, overrides)
         check_hooks(hooks, ckpt.policy)
         restore_hook_states(hooks, state.get("hooks"))  # e.g. symmetry breaking's unit ages
         new_schedule = "train.total_timesteps" in overrides
@@ -418,23 +578,29 @@ _NOT_RESTORED = ("train.data_dir",)
 
 
 def resumed_config(
-    cfg: RunConfig, ckpt: Any, overrides: dict[str, str], backend: str | None
+    cfg: RunConfig,
+    ckpt: Any,
+    overrides: dict[str, str],
+    backend: str | None,
+    state: dict[str, Any] | None = None,
 ) -> RunConfig:
     """The run's own settings (stored in its checkpoint) with this command's ``overrides``
     and ``--vec`` applied on top; every changed value is reported in one line."""
-    stored = ckpt.config if isinstance(ckpt.config, dict) else {}
+    stored = dict(ckpt.config) if isinstance(ckpt.config, dict) else {}
     if not stored.get("train"):
         _say(
             f"warning: {ckpt.path.name} records no settings (an imported checkpoint?); resuming "
             "with the config files and this command line"
         )
         return cfg
+    if "break" not in stored:  # runs saved before [break] was a config section
+        stored["break"] = _stored_break(state or {})
     known = cfg.to_dict()
     restored: dict[str, str] = {}
-    for section in ("train", "vec", "env"):
+    for section in section_names():
         for key, value in dict(stored.get(section) or {}).items():
             dotted = f"{section}.{key}"
-            if key in known[section] and dotted not in _NOT_RESTORED and key != "backend":
+            if key in known[section] and dotted not in _NOT_RESTORED and dotted != "vec.backend":
                 restored[dotted] = value if isinstance(value, str) else repr(value)
     stored_backend = str(dict(stored.get("vec") or {}).get("backend") or cfg.vec.backend)
     original = load_config(cfg.env_name, restored, backend=stored_backend)
@@ -444,43 +610,37 @@ def resumed_config(
     changes = _changes(original.to_dict(), resumed.to_dict())
     if changes:
         _say(f"resume: the run's settings, except {', '.join(changes)} (given now)")
+    if original.breaking.enabled and "break.enabled" not in overrides:
+        settings = dataclasses.asdict(resumed.breaking)
+        _say(f"resume: symmetry breaking continues with the run's settings {settings}")
     return resumed
+
+
+def _stored_break(state: dict[str, Any]) -> dict[str, Any]:
+    """The ``[break]`` settings of a run that stored them only with its hook state."""
+    hooks = state.get("hooks") or []
+    stored = hooks.values() if isinstance(hooks, dict) else hooks  # {name: state}, or a list (0.1)
+    found = [h.get("settings") for h in stored if isinstance(h, dict)]
+    settings = next((x for x in found if isinstance(x, dict)), None)
+    if settings is None:
+        return {"enabled": False}
+    layers = settings.get("layers")
+    return {
+        **{k: v for k, v in settings.items() if k not in ("layers", "seed")},
+        "enabled": True,
+        "layers": "all" if not layers else ",".join(layers),
+    }
 
 
 def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     out = []
-    for section in ("train", "vec", "env"):
+    for section in section_names():
         for key, value in after[section].items():
             old = before[section].get(key)
             if f"{section}.{key}" not in _NOT_RESTORED and old != value:
                 name = "--vec" if (section, key) == ("vec", "backend") else f"{section}.{key}"
                 out.append(f"{name} {value} (was {old})")
     return out
-
-
-def resumed_hooks(hooks: Sequence[Any], state: dict[str, Any]) -> list[Any]:
-    """Symmetry breaking continues with the run's stored settings when ``--break-symmetry`` is
-    not given again; given settings that differ from the stored ones are reported."""
-    from pufferfiber.breaking import SymmetryBreaker
-
-    found = [h.get("settings") for h in (state.get("hooks") or {}).values() if isinstance(h, dict)]
-    stored: list[dict[str, Any]] = [x for x in found if isinstance(x, dict)]
-    if not stored:
-        return list(hooks)
-    if not hooks:
-        try:
-            breaker = SymmetryBreaker(**stored[0])
-        except (TypeError, ValueError) as exc:
-            raise UsageError(
-                f"the run's stored symmetry-breaking settings are invalid: {exc}"
-            ) from None
-        _say(f"resume: symmetry breaking continues with the run's settings {stored[0]}")
-        return [breaker]
-    given = hooks[0].settings() if hasattr(hooks[0], "settings") else stored[0]
-    changed = [f"{k} {given.get(k)} (was {v})" for k, v in stored[0].items() if given.get(k) != v]
-    if changed:
-        _say(f"resume: symmetry breaking with {', '.join(changed)} (given now)")
-    return list(hooks)
 
 
 def check_fits_env(ckpt: Any, vecenv: Any = None) -> None:
@@ -497,37 +657,29 @@ def _check_device(cfg: RunConfig) -> None:
     resolve_device(cfg.train.device)
 
 
-def train_collapsed(cfg: RunConfig, ns: argparse.Namespace, hooks: Sequence[Any] = ()) -> int:
+def train_collapsed(cfg: RunConfig, exp_id: str | None, allow_pickle: bool) -> int:
     """``--collapse τ``: collapse the checkpoint closest to ``--collapse-epoch`` of the run, then
     train the collapsed policy (fresh optimizer, same hyperparameters) to ``--collapse-until``
     in a new run folder inside the collapse folder."""
     from pufferfiber.checkpoints import closest_checkpoint, find_run, load_checkpoint
 
-    tau = _check_threshold(ns.collapse)
-    run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, ns.exp_id)
-    epoch, path = closest_checkpoint(run_dir, ns.collapse_epoch)
-    if epoch != ns.collapse_epoch:
+    c = cfg.collapse
+    hooks = training_hooks(cfg)
+    run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, exp_id)
+    epoch, path = closest_checkpoint(run_dir, c.epoch)
+    if epoch != c.epoch:
         _say(
-            f"--collapse-epoch {ns.collapse_epoch}: no checkpoint of that epoch; using the "
-            f"closest, {path.name} ({abs(epoch - ns.collapse_epoch)} epochs away)"
+            f"--collapse-epoch {c.epoch}: no checkpoint of that epoch; using the "
+            f"closest, {path.name} ({abs(epoch - c.epoch)} epochs away)"
         )
-    until = cfg.train.end_epoch if ns.collapse_until is None else ns.collapse_until
+    until = cfg.train.end_epoch if c.until is None else c.until
     if until <= epoch:
         raise UsageError(f"--collapse-until ({until}) must be after the collapsed epoch ({epoch})")
-    ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
+    ckpt = load_checkpoint(path, allow_pickle=allow_pickle, expect_env=cfg.env_name)
     check_hooks(hooks, ckpt.policy)  # layer names survive the collapse
     with opened_vecenv(cfg) as vecenv:
         check_fits_env(ckpt, vecenv)
-        collapsed = collapse_checkpoint(
-            ckpt,
-            tau,
-            run_dir,
-            epoch,
-            ns.flatten_colours,
-            cfg,
-            criterion=ns.criterion,
-            lstm_criterion=ns.lstm_criterion,
-        )
+        collapsed = collapse_checkpoint(ckpt, run_dir, epoch, cfg)
         # PufferLib's own checkpoints do not record agent steps: count whole epochs instead.
         steps = collapsed.global_step or collapsed.epoch * cfg.train.batch_size
         with new_run(collapsed.path.parent, cfg.env_name) as child:
@@ -545,22 +697,36 @@ def train_collapsed(cfg: RunConfig, ns: argparse.Namespace, hooks: Sequence[Any]
             )
 
 
-def collapse_checkpoint(
-    ckpt: Any,
-    tau: float,
-    run_dir: Path,
-    epoch: int,
-    flatten_colours: str,
-    cfg: RunConfig,
-    *,
-    criterion: str = "weights",
-    lstm_criterion: str = "units",
-) -> Any:
-    """Write ``run_dir/collapsed_model_thr_TT_EEEEEE/`` (model, fibers.pkl, fidelity.json) with
-    the fibers engineer's pipeline; returns the collapsed checkpoint."""
+def collapse_options(c: CollapseConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`~pufferfiber.pipeline.collapse_to_folder` that the
+    ``[collapse]`` section sets (threshold and output folder aside)."""
+    options = {}
+    if c.criterion == "data":
+        options = {
+            "fit": c.fit,
+            "calibration_batch": c.calibration_batch,
+            "calibration_steps": c.calibration_steps,
+        }
+    return {
+        "flatten_colours": c.flatten_colours,
+        "layers": c.layer_list,
+        "max_lstm_rounds": c.lstm_rounds,
+        "lstm_criterion": c.lstm_criterion,
+        "criterion": c.criterion,
+        "criterion_options": options,
+        "fidelity_episodes": c.episodes_played,
+        "fidelity_batch": c.fidelity_batch,
+        "fidelity_steps": c.fidelity_steps,
+    }
+
+
+def collapse_checkpoint(ckpt: Any, run_dir: Path, epoch: int, cfg: RunConfig) -> Any:
+    """Write ``run_dir/collapsed_model_thr_TT_EEEEEE/`` (model, fibers.pkl, fidelity.json) as
+    ``cfg.collapse`` says; returns the collapsed checkpoint."""
     from pufferfiber.pipeline import collapse_folder_name, collapse_to_folder
     from pufferfiber.trainer import resolve_device
 
+    tau = cfg.collapse.threshold
     out_dir = run_dir / collapse_folder_name(tau, epoch)
     _say(f"collapsing {run_dir.name}/{ckpt.path.name} at threshold {tau} into {out_dir.name}")
     try:
@@ -568,14 +734,11 @@ def collapse_checkpoint(
             ckpt,
             tau,
             out_dir,
-            flatten_colours=flatten_colours,
-            criterion=criterion,
-            lstm_criterion=lstm_criterion,
-            fidelity_episodes=10 if criterion == "data" else 3,
             seed=cfg.train.seed,
             overwrite=True,  # re-collapsing replaces the three files, keeps earlier runs inside
             echo=False,
             device=resolve_device(cfg.train.device),
+            **collapse_options(cfg.collapse),
         )
     except ValueError as exc:  # the pipeline's one-line input errors
         raise UsageError(str(exc)) from None
@@ -619,19 +782,6 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------------------------
-# Entry point
-
-
-def _check_threshold(tau: float) -> float:
-    from pufferfiber.pipeline import validate_threshold
-
-    try:
-        return validate_threshold(tau)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _latest_checkpoint(run_dir: Path) -> tuple[int, Path]:
     from pufferfiber.checkpoints import CheckpointError, list_checkpoints
 
@@ -643,20 +793,24 @@ def _latest_checkpoint(run_dir: Path) -> tuple[int, Path]:
 
 def dispatch(args: Args) -> int:
     ns = args.ns
-    if ns.collapse and ns.mode != "train":
+    cfg = load_config(
+        ns.env,
+        args.overrides,
+        backend=ns.vec or "serial",
+        extra_files=[ns.config] if ns.config else (),
+    )
+    collapse = cfg.collapse.threshold != 0
+    if collapse and ns.mode != "train":
         raise UsageError("--collapse works with --mode train")
-    if ns.collapse != 0:
-        _check_threshold(ns.collapse)  # before any expensive work
-    cfg = load_config(ns.env, args.overrides, backend=ns.vec or "serial")
-    hooks = training_hooks(ns, cfg)
-    if ns.resume and ns.mode == "train" and not ns.collapse:
+    if ns.resume and ns.mode == "train" and not collapse:
         # the run's own settings are known only once its checkpoint is read
-        return train_resume(cfg, ns.exp_id, ns.allow_pickle, args.overrides, ns.vec, hooks)
+        return train_resume(cfg, ns.exp_id, ns.allow_pickle, args.overrides, ns.vec)
+    hooks = training_hooks(cfg, args.overrides)  # settings checked before any work
     _check_device(cfg)  # before any folder is created
     if ns.mode == "eval":
         return evaluate(cfg, ns)
-    if ns.collapse:
-        return train_collapsed(cfg, ns, hooks)
+    if collapse:
+        return train_collapsed(cfg, ns.exp_id, ns.allow_pickle)
     return train_new(cfg, hooks)
 
 
@@ -670,46 +824,195 @@ def check_hooks(hooks: Sequence[Any], policy: Any) -> None:
                 raise UsageError(str(exc)) from None
 
 
-def training_hooks(ns: argparse.Namespace, cfg: RunConfig) -> list[Any]:
-    """Per-epoch hooks asked for on the command line (``--break-symmetry``)."""
-    from pufferfiber.breaking import breaker_from_args
+def training_hooks(cfg: RunConfig, given: dict[str, str] | None = None) -> list[Any]:
+    """Per-epoch hooks of the run's settings (symmetry breaking with ``[break] enabled``).
+    ``given``: the settings on this command line; ``--break.*`` without breaking is an error."""
+    from pufferfiber.breaking import SymmetryBreaker
 
-    if not ns.break_symmetry:
-        defaults = build_parser()
-        given = [
-            "--" + dest.replace("break_", "break.", 1).replace("_", "-")
-            for dest in vars(ns)
-            if dest.startswith("break_") and getattr(ns, dest) != defaults.get_default(dest)
-        ]
-        if given:
-            raise UsageError(f"{given[0]} needs --break-symmetry (symmetry breaking is off)")
+    b = cfg.breaking
+    if not b.enabled:
+        stray = sorted(k for k in given or {} if k.startswith("break.") and k != "break.enabled")
+        if stray:
+            name = "--" + stray[0].replace("_", "-")
+            raise UsageError(f"{name} needs --break-symmetry (symmetry breaking is off)")
+        return []
     try:
-        breaker = breaker_from_args(ns, seed=cfg.train.seed)
+        breaker = SymmetryBreaker(
+            interval=b.interval,
+            fiber_threshold=b.fiber_threshold,
+            opfiber_threshold=b.opfiber_threshold,
+            maturity=b.maturity,
+            fraction=b.fraction,
+            layers=parse_layers(b.layers),
+            seed=cfg.train.seed,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return [breaker] if breaker is not None else []
+    return [breaker]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (errors are one line on stderr)."""
-    from pufferfiber.checkpoints import CheckpointError
+def main(
+    argv: Sequence[str] | None = None, *, prog: str = "demo.py", mode: str | None = None
+) -> int:
+    """``demo.py`` (and ``pufferfiber train|eval`` with ``mode``); returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_command(prog, lambda: dispatch(parse_args(argv, prog=prog, mode=mode)))
 
-    argv = sys.argv[1:] if argv is None else argv
+
+# ----------------------------------------------------------------------------------------------
+# pufferfiber collapse
+
+
+def collapse_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """``pufferfiber collapse``: its own options and the ``[collapse]`` settings as ``--KEY``
+    (defaults: ``default.ini``, with ``--env`` that env's files, then ``--config``)."""
+    env = _peek(argv, "--env")
+    defaults = help_defaults(env, _peek(argv, "--config"))
+    p = Parser(
+        prog="pufferfiber collapse",
+        description="Find the fibers of a checkpoint, collapse each fiber to one unit and write "
+        "the collapsed model, fibers.pkl and fidelity.json (KL, value error, return before "
+        "retraining) into one folder.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a pufferfiber checkpoint (model_XXXXXX.pt), or a PufferLib 2.0 pickled "
+        "one with --allow-pickle",
+    )
+    p.add_argument(
+        "--threshold",
+        "-t",
+        required=True,
+        metavar="TAU",
+        help="cosine-distance threshold τ in [0, 2]: 0 = exact fibers only (the function is "
+        "unchanged); larger merges more units. With --criterion data: the largest relative fit "
+        "error of a removed unit",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (default: collapsed_model_thr_<TT>_<EPOCH> beside the checkpoint)",
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow importing a PufferLib 2.0 whole-module checkpoint (unpickling "
+        "runs code from the file: only for files you trust)",
+    )
+    p.add_argument(
+        "--env",
+        help="environment name; needed when a pickled checkpoint's folder "
+        "does not say it (default: the checkpoint's own env)",
+    )
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="an ini file with a [collapse] section"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the envs and action sampling")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the fibers' pairwise products and the fidelity run: auto (CUDA when "
+        "present, else CPU), cpu, cuda or cuda:N (default %(default)s)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the output of an earlier collapse in --out (the folder as a whole; "
+        "resumed runs inside are kept)",
+    )
+    add_section_options(
+        p,
+        CollapseConfig,
+        defaults.get("collapse", {}),
+        short_names=True,
+        skip=("threshold", *CollapseConfig.TRAINING_ONLY),
+    )
+    return p
+
+
+def _collapse(argv: list[str]) -> int:
+    from pufferfiber.checkpoints import load_checkpoint
+    from pufferfiber.envs import check_env_name
+    from pufferfiber.pipeline import collapse_folder_name, collapse_to_folder
+    from pufferfiber.trainer import resolve_device
+
+    args = collapse_parser(argv).parse_args(argv)
+    given = {**given_settings(args), "collapse.threshold": args.threshold}
+    if args.env is not None:
+        check_env_name(args.env)
+    settings = load_section(
+        CollapseConfig, given, env_name=args.env, extra_files=[args.config] if args.config else ()
+    )
+    ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
+    check_fits_env(ckpt)
+    threshold = settings.threshold
+    out = args.out or args.checkpoint.parent / collapse_folder_name(threshold, ckpt.epoch)
     try:
-        return dispatch(parse_args(argv))
-    except (UsageError, ConfigError, EnvError, CheckpointError) as exc:
-        _say(f"demo.py: error: {_one_line(exc)}")
-        return EXIT_BAD_INPUT
-    except OSError as exc:  # e.g. the dashboard's log copy on a full disk
-        from pufferfiber.checkpoints import describe_os_error
-
-        _say(f"demo.py: error: {describe_os_error(Path(exc.filename or '?'), exc)}")
-        return EXIT_BAD_INPUT
+        result = collapse_to_folder(
+            ckpt,
+            threshold,
+            out,
+            seed=args.seed,
+            replace=args.force,
+            device=resolve_device(args.device),
+            **collapse_options(settings),
+        )
+    except (ValueError, KeyError) as exc:  # the pipeline's one-line input errors
+        raise UsageError(_one_line(exc)) from None
     except KeyboardInterrupt:
-        _say("interrupted")
+        _say("interrupted: nothing was written")
         return EXIT_INTERRUPTED
+    print(f"wrote {result.out_dir}/ ({result.checkpoint.path.name}, fibers.pkl, fidelity.json)")
+    return 0
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+def collapse_main(argv: Sequence[str] | None = None) -> int:
+    """``pufferfiber collapse``; returns the exit code (bad input: one line, code 2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_command("collapse", lambda: _collapse(argv))
+
+
+# ----------------------------------------------------------------------------------------------
+# pufferfiber COMMAND
+
+
+USAGE = """usage: pufferfiber COMMAND [options]     (or: python -m pufferfiber COMMAND ...)
+
+commands:
+  train      train a PPO + LSTM agent, resume a run, or collapse-and-retrain (--collapse TAU)
+  eval       play episodes with a checkpoint and print the mean return
+  collapse   find the fibers of a checkpoint, write the collapsed model, fibers.pkl, fidelity.json
+  report     plot original vs collapsed training of an experiment folder (PNG or HTML), or
+             aggregate the seeds of a sweep folder
+  sweep      the guide's protocol over env x threshold x criterion x seed, on Ray Tune
+
+Run 'pufferfiber COMMAND --help' for a command's options; 'train' and 'eval' take the options
+of 'python demo.py' (the guide's entry point) without --mode."""
+
+
+def _commands() -> dict[str, Callable[[list[str]], int]]:
+    from pufferfiber import report, sweep
+
+    return {
+        "train": lambda argv: main(argv, prog="train", mode="train"),
+        "eval": lambda argv: main(argv, prog="eval", mode="eval"),
+        "collapse": collapse_main,
+        "report": report.main,
+        "sweep": sweep.main,
+    }
+
+
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """The ``pufferfiber`` command and ``python -m pufferfiber``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    commands = _commands()
+    if argv[0] not in commands:
+        _say(f"pufferfiber: error: unknown command {argv[0]!r} (choose {', '.join(commands)})")
+        return EXIT_BAD_INPUT
+    return commands[argv[0]](argv[1:])

@@ -1,14 +1,22 @@
-"""Training configuration: PufferLib-style ``.ini`` files, command-line overrides, validation.
+"""Run configuration: typed ini sections, their command-line options, merging and validation.
 
-The settings for an environment are merged from (later wins)::
+Every setting is a field of one section dataclass below (``[train]``, ``[vec]``, ``[break]``,
+``[collapse]``), declared with :func:`setting`: its type, its one-sentence help and, where the
+guide's command line names it differently, its flag (``--collapse TAU`` for
+``collapse.threshold``). Command-line options, ``--help`` and validation are all generated from
+these fields; adding a setting is one field here plus its default in ``configs/default.ini``.
+``[env]`` is the exception: its keys are the environment constructor's, declared by the
+family's ini file (an Ocean game lists its own).
 
-    config/default.ini  <-  config/<family>/default.ini  <-  config/<family>/<env>.ini
+The values for an environment are merged from (later wins)::
 
-then from ``--train.<key>`` / ``--vec.<key>`` / ``--env.<key>`` overrides (dashes or underscores).
-``config/default.ini`` declares every ``[train]`` and ``[vec]`` key; a family's ``default.ini``
-declares its ``[env]`` keys (settings forwarded to the environment's constructor). Anything else is
-an unknown key and a :class:`ConfigError`, as are sizes that cannot be split into whole
-sequences and minibatches. The trainer receives a typed, frozen :class:`RunConfig`.
+    configs/default.ini  <-  configs/<family>/default.ini  <-  configs/<family>/<env>.ini
+      <-  --config FILE  <-  --<section>.<key> VALUE on the command line
+
+The ini files ship inside the package (``pufferfiber/configs``). ``default.ini`` declares
+every key of every typed section, a family's ``default.ini`` its ``[env]`` keys; any other key
+is a :class:`ConfigError` naming the closest valid one. The trainer and the commands receive a
+frozen, validated :class:`RunConfig`, stored with every checkpoint (:meth:`RunConfig.to_dict`).
 """
 
 from __future__ import annotations
@@ -17,56 +25,99 @@ import ast
 import configparser
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pufferfiber.envs import VEC_BACKENDS, check_env_name
-from pufferfiber.envs import family_of as envs_family_of
-from pufferfiber.policy import RNN_KINDS
+from pufferfiber.envs import VEC_BACKENDS, check_env_name, family_of
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
-SECTIONS = ("train", "vec", "env", "policy")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("float32", "bfloat16", "auto")
+# Choices of settings (the lists of pufferfiber.criteria, pufferfiber.fibers,
+# pufferfiber.datafibers and pufferfiber.policy; a test checks that they agree, so that reading
+# the config loads no model code).
+CRITERIA = ("weights", "data")
+FLATTEN_COLOURS = ("positions", "pooled")
+LSTM_CRITERIA = ("units", "published")
+DATA_FITS = ("lstsq", "affine")
+RNN_KINDS = ("lstm", "gru")
 TRACKERS = ("none", "tensorboard")  # metric sinks beside the dashboard and metrics.jsonl
+MAX_THRESHOLD = 2.0
 
 
 class ConfigError(ValueError):
     """A user-facing configuration problem (one-line message)."""
 
 
+def setting(
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    ini: bool = True,
+) -> Any:
+    """A section field: ``help`` is shown by ``--help``; ``flag`` is the guide's name for the
+    option (besides ``--section.key``); ``ini=False`` marks a field set by the program, not
+    by ini files or ``--section.key`` (the vec backend comes from ``--vec``)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "ini": ini}
+    return dataclasses.field(metadata=meta)
+
+
+# ------------------------------------------------------------------------------------ sections
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """PPO hyperparameters and run settings (the ``[train]`` section)."""
+    """PPO hyperparameters and run settings."""
 
-    seed: int
-    torch_deterministic: bool
-    device: str
-    torch_threads: int
-    precision: str
-    total_timesteps: int
-    batch_size: int
-    minibatch_size: int
-    bptt_horizon: int
-    update_epochs: int
-    learning_rate: float
-    anneal_lr: bool
-    gamma: float
-    gae_lambda: float
-    norm_adv: bool
-    clip_coef: float
-    clip_vloss: bool
-    vf_coef: float
-    vf_clip_coef: float
-    ent_coef: float
-    max_grad_norm: float
-    target_kl: float | None
-    checkpoint_interval: int
-    data_dir: str
-    tracker: str = "none"
+    SECTION: ClassVar[str] = "train"
+
+    seed: int = setting("seed of torch, numpy and the environments")
+    torch_deterministic: bool = setting("ask torch for deterministic kernels (cuDNN)")
+    device: str = setting("auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    torch_threads: int = setting("CPU threads for torch (0 = torch's default)")
+    precision: str = setting(
+        "float32; bfloat16 (the PPO update runs the encoder, convs + Linear, under bfloat16 "
+        "autocast: ~1.6x faster on CPUs with AVX512-BF16/AMX); auto = bfloat16 where the "
+        "CPU/GPU has native bfloat16, else float32",
+        choices=PRECISIONS,
+    )
+    total_timesteps: int = setting(
+        "agent steps of the whole schedule; last epoch = this / batch_size"
+    )
+    batch_size: int = setting(
+        "agent steps collected per epoch (a multiple of num_envs*bptt_horizon)"
+    )
+    minibatch_size: int = setting("agent steps per gradient step (divides batch_size)")
+    bptt_horizon: int = setting("length of the LSTM training sequences, in steps")
+    update_epochs: int = setting("passes over each batch")
+    learning_rate: float = setting("Adam learning rate (eps 1e-5)")
+    anneal_lr: bool = setting("decay the learning rate linearly to 0 over total_timesteps")
+    gamma: float = setting("discount factor")
+    gae_lambda: float = setting("GAE lambda: 0 = one-step TD advantages, 1 = Monte-Carlo returns")
+    norm_adv: bool = setting("normalise advantages per minibatch")
+    clip_coef: float = setting("PPO ratio clip")
+    clip_vloss: bool = setting("clip the value loss around the rollout values")
+    vf_coef: float = setting("value loss weight")
+    vf_clip_coef: float = setting("value clip range")
+    ent_coef: float = setting("entropy bonus weight")
+    max_grad_norm: float = setting("gradient norm clip")
+    target_kl: float | None = setting(
+        "stop the update early when approx_kl exceeds this (None = never)"
+    )
+    checkpoint_interval: int = setting(
+        "save model_EEEEEE.pt every this many epochs (and at the end)"
+    )
+    data_dir: str = setting("parent folder of the run folders <env>-<id8>")
+    tracker: str = setting(
+        "none, or tensorboard (event files in <run>/tensorboard/, written offline)",
+        choices=TRACKERS,
+    )
 
     @property
     def end_epoch(self) -> int:
@@ -76,42 +127,177 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class VecConfig:
-    """Vectorisation (the ``[vec]`` section; the backend itself comes from ``--vec``)."""
+    """Vectorisation of the environments."""
 
-    backend: str
-    num_envs: int
-    num_workers: int | None
-    env_batch_size: int | None
+    SECTION: ClassVar[str] = "vec"
+
+    backend: str = setting("serial, multiprocessing or ray", ini=False)
+    num_envs: int = setting("environments stepped in parallel")
+    num_workers: int | None = setting("worker processes (multiprocessing/ray; None = one per env)")
+    env_batch_size: int | None = setting(
+        "envs returned per step (multiprocessing/ray; None = all, synchronous)"
+    )
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Choices of the network that are not sizes (the ``[policy]`` section)."""
+    """Choices of a new network that are not sizes."""
 
-    rnn: str = "lstm"
+    SECTION: ClassVar[str] = "policy"
+
+    rnn: str = setting(
+        "recurrent layer of a new network: lstm (PufferLib's) or gru; a resumed or collapsed "
+        "run keeps its own",
+        choices=RNN_KINDS,
+    )
+
+
+@dataclass(frozen=True)
+class BreakConfig:
+    """Symmetry breaking during training (see ``pufferfiber.breaking``)."""
+
+    SECTION: ClassVar[str] = "break"
+
+    enabled: bool = setting(
+        "re-initialise mature redundant units during training without changing the function",
+        flag="--break-symmetry",
+    )
+    interval: int = setting("break every this many epochs", metavar="EPOCHS")
+    fiber_threshold: float = setting(
+        "fiber threshold τ in [0, 2]; 0 = exact fibers, function exactly preserved",
+        metavar="TAU",
+    )
+    opfiber_threshold: float | None = setting(
+        "also require the same opfiber at this τ (None = off)", metavar="TAU"
+    )
+    maturity: int = setting("only break units at least this many epochs old", metavar="EPOCHS")
+    fraction: float = setting("share of the mature redundant units broken each time, in [0, 1]")
+    layers: str = setting(
+        "comma-separated layers (conv1, linear1, lstm...) or kinds (conv, linear, lstm), or all",
+        metavar="LAYERS",
+    )
+
+
+@dataclass(frozen=True)
+class CollapseConfig:
+    """How a checkpoint is collapsed (``--collapse τ`` and ``pufferfiber collapse``)."""
+
+    SECTION: ClassVar[str] = "collapse"
+    # Settings of the collapse-and-retrain protocol only (not of the standalone collapse).
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("epoch", "until")
+
+    threshold: float = setting(
+        "collapse fibers at cosine distance <= TAU (0 < TAU <= 2; 0 = off), then resume "
+        "training from the collapsed model; with criterion data: the largest relative fit "
+        "error of a removed unit",
+        flag="--collapse",
+        metavar="TAU",
+    )
+    epoch: int = setting(
+        "collapse the checkpoint closest to this epoch (the one picked is reported when it "
+        "differs)",
+        flag="--collapse-epoch",
+    )
+    until: int | None = setting(
+        "train the collapsed model up to this epoch (None = the last epoch of the schedule, "
+        "total_timesteps / batch_size)",
+        flag="--collapse-until",
+    )
+    criterion: str = setting(
+        "how fibers are found: weights (cosine distance of input-collapsed weight rows <= TAU) "
+        "or data (outputs constant or affinely related on real observations played by the "
+        "policy, relative fit error <= TAU)",
+        flag="--criterion",
+        choices=CRITERIA,
+    )
+    flatten_colours: str = setting(
+        "conv->Linear colours: positions (channel fiber, image position: a true fibration) or "
+        "pooled (summed over positions, the published reference's criterion)",
+        flag="--flatten-colours",
+        choices=FLATTEN_COLOURS,
+    )
+    lstm_criterion: str = setting(
+        "weights criterion, LSTM: units (a unit's four gate rows with biases, exact fixed "
+        "point then bounded re-clustering) or published (the reference's joint gate-row "
+        "clustering, no biases, 5 rounds)",
+        flag="--lstm-criterion",
+        choices=LSTM_CRITERIA,
+    )
+    layers: str = setting(
+        "comma-separated layers to collapse: kinds (conv, linear, lstm), labels (conv1, "
+        "linear1...) or all",
+        metavar="LAYERS",
+    )
+    lstm_rounds: int = setting(
+        "approximate LSTM re-clustering rounds (more rounds cascade into far fewer units; "
+        "the exact case always runs to a fixed point)",
+        metavar="N",
+    )
+    fit: str = setting(
+        "data criterion: lstsq (each removed unit rebuilt by least squares from several kept "
+        "units) or affine (from one representative, a_j = s*a_r + t: plain fibers)",
+        choices=DATA_FITS,
+    )
+    calibration_batch: int = setting(
+        "data criterion: calibration sequences played by the policy on env seeds SEED+1000..",
+        metavar="B",
+    )
+    calibration_steps: int = setting(
+        "data criterion: steps per calibration sequence, LSTM state carried", metavar="T"
+    )
+    episodes: int | None = setting(
+        "episodes played by the collapsed policy for its return before retraining (0 = skip; "
+        "None = 3, or 10 with criterion data)",
+        metavar="N",
+    )
+    fidelity_batch: int = setting(
+        "real observation sequences for KL and value error, env seeds SEED.. (held out for "
+        "criterion data)",
+        metavar="B",
+    )
+    fidelity_steps: int = setting("steps per sequence, LSTM state carried", metavar="T")
+
+    @property
+    def layer_list(self) -> list[str] | None:
+        """``layers`` as a list; ``None`` for every hidden layer."""
+        return parse_layers(self.layers)
+
+    @property
+    def episodes_played(self) -> int:
+        """``episodes``, or its default for the criterion (more for the noisier data fibers)."""
+        if self.episodes is not None:
+            return self.episodes
+        return 10 if self.criterion == "data" else 3
+
+
+# Help of the [env] keys, which the environment's constructor defines (not a typed section).
+ENV_HELP = "setting of the environment's constructor"
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything the trainer needs: env name, ``[train]``, ``[vec]`` and ``[env]`` settings."""
+    """Everything a run needs: the env name and one object per section.
+
+    A new section is one more field here whose type is a section dataclass (with a
+    ``SECTION`` name and :func:`setting` fields) and its keys in ``configs/default.ini``.
+    """
 
     env_name: str
     train: TrainConfig
     vec: VecConfig
     env: Mapping[str, Any]
+    policy: PolicyConfig
+    breaking: BreakConfig
+    collapse: CollapseConfig
     sources: tuple[str, ...] = ()
-    policy: PolicyConfig = PolicyConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form stored in checkpoints (``torch.load(weights_only=True)``-safe)."""
-        return {
-            "env_name": self.env_name,
-            "train": dataclasses.asdict(self.train),
-            "vec": dataclasses.asdict(self.vec),
-            "env": dict(self.env),
-            "policy": dataclasses.asdict(self.policy),
-            "sources": list(self.sources),
-        }
+        out: dict[str, Any] = {"env_name": self.env_name, "env": dict(self.env)}
+        for attr, cls in section_types().items():
+            out[section_name(cls)] = dataclasses.asdict(getattr(self, attr))
+        out["sources"] = list(self.sources)
+        return out
 
     def replace_train(self, **changes: Any) -> RunConfig:
         """A copy with some ``[train]`` settings changed (validated again)."""
@@ -120,55 +306,75 @@ class RunConfig:
         return cfg
 
 
-# One sentence per option; shown by ``demo.py --help``.
-OPTION_HELP: dict[str, str] = {
-    "train.seed": "seed of torch, numpy and the environments",
-    "train.torch_deterministic": "ask torch for deterministic kernels (cuDNN)",
-    "train.device": "auto (CUDA when present, else CPU), cpu, cuda or cuda:N",
-    "train.torch_threads": "CPU threads for torch (0 = torch's default)",
-    "train.precision": "float32; bfloat16 (the PPO update runs the encoder, convs + Linear, "
-    "under bfloat16 autocast: ~1.6x faster on CPUs with AVX512-BF16/AMX); auto = bfloat16 "
-    "where the CPU/GPU has native bfloat16, else float32",
-    "train.total_timesteps": "agent steps of the whole schedule; last epoch = this / batch_size",
-    "train.batch_size": "agent steps collected per epoch (a multiple of num_envs*bptt_horizon)",
-    "train.minibatch_size": "agent steps per gradient step (divides batch_size)",
-    "train.bptt_horizon": "length of the LSTM training sequences, in steps",
-    "train.update_epochs": "passes over each batch",
-    "train.learning_rate": "Adam learning rate (eps 1e-5)",
-    "train.anneal_lr": "decay the learning rate linearly to 0 over total_timesteps",
-    "train.gamma": "discount factor",
-    "train.gae_lambda": "GAE lambda",
-    "train.norm_adv": "normalise advantages per minibatch",
-    "train.clip_coef": "PPO ratio clip",
-    "train.clip_vloss": "clip the value loss around the rollout values",
-    "train.vf_coef": "value loss weight",
-    "train.vf_clip_coef": "value clip range",
-    "train.ent_coef": "entropy bonus weight",
-    "train.max_grad_norm": "gradient norm clip",
-    "train.target_kl": "stop the update early when approx_kl exceeds this (None = never)",
-    "train.checkpoint_interval": "save model_EEEEEE.pt every this many epochs (and at the end)",
-    "train.data_dir": "parent folder of the run folders <env>-<id8>",
-    "train.tracker": "none; tensorboard (event files in <run>/tensorboard/, written offline)",
-    "vec.num_envs": "environments stepped in parallel",
-    "vec.num_workers": "worker processes (multiprocessing/ray; None = one per env)",
-    "vec.env_batch_size": "envs returned per step (multiprocessing/ray; None = all, synchronous)",
-    "policy.rnn": "recurrent layer of a new network: lstm (PufferLib's) or gru; a resumed or "
-    "collapsed run keeps its own",
-    "env.frameskip": "Atari frames per agent step",
-    "env.repeat_action_probability": "Atari sticky-action probability",
-}
+def section_name(cls: type) -> str:
+    """The ini section of a section dataclass (its ``SECTION``)."""
+    return str(vars(cls)["SECTION"])
 
 
-def family_of(env_name: str) -> str:
-    """Config family folder of an environment (see ``pufferfiber.envs.ENV_FAMILIES``)."""
-    return envs_family_of(env_name)
+def section_types() -> dict[str, type]:
+    """``{RunConfig attribute: section dataclass}`` in declaration order."""
+    hints = typing.get_type_hints(RunConfig)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(RunConfig)
+        if isinstance(hints[f.name], type) and hasattr(hints[f.name], "SECTION")
+    }
+
+
+def section_classes() -> dict[str, type]:
+    """``{section name: dataclass}`` of the typed sections (``train``, ``vec``, ...)."""
+    return {section_name(cls): cls for cls in section_types().values()}
+
+
+def section_names() -> tuple[str, ...]:
+    """Every section read from ini files: the typed ones and ``env``."""
+    return (*section_classes(), "env")
+
+
+def option_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of a section that ini files and ``--section.key`` set."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("ini", True)]
+
+
+def field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def type_name(annotation: Any) -> str:
+    """``INT``, ``FLOAT``, ``BOOL``, ``STR`` (``INT|NONE`` for optional fields): metavars."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    names = [getattr(t, "__name__", str(t)) for t in (options or (annotation,))]
+    return "|".join("NONE" if n == "NoneType" else n.upper() for n in names)
+
+
+# ------------------------------------------------------------------------------------- parsing
+
+
+def parse_layers(text: str | Sequence[str] | None) -> list[str] | None:
+    """A layer selection: ``"all"`` / empty → ``None`` (every hidden layer), else the
+    comma-separated names, labels or kinds (checked by ``LayerGraph.select_hidden``)."""
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(map(str, text))
+    items = [t for t in items if t]
+    return None if not items or items == ["all"] else items
+
+
+def validate_threshold(tau: Any, what: str = "threshold") -> float:
+    """τ as a float in ``[0, 2]`` (cosine distances lie there); ``ValueError`` with a clear
+    message otherwise. The one check of a fiber threshold."""
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number between 0 and 2, got {tau!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_THRESHOLD:
+        raise ValueError(f"{what} must be between 0 and 2 (cosine distance), got {tau}")
+    return value
 
 
 def config_files(env_name: str, config_dir: Path = CONFIG_DIR) -> list[Path]:
     """The ``.ini`` files merged for ``env_name``, in order (missing optional files skipped)."""
-    base = config_dir / "default.ini"
-    if not base.is_file():
-        raise ConfigError(f"missing base config file {base}")
+    (base,) = config_files_base(config_dir)
     family = config_dir / family_of(env_name)
     return [base, *(p for p in (family / "default.ini", family / f"{env_name}.ini") if p.is_file())]
 
@@ -192,7 +398,7 @@ def read_ini(path: Path) -> dict[str, dict[str, str]]:
     parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
     try:
         parser.read_string(path.read_text(), source=str(path))
-    except (OSError, configparser.Error) as exc:
+    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
         first_line = str(exc).splitlines()[0]
         raise ConfigError(f"cannot read config file {path}: {first_line}") from None
     return {s: {normalise_key(k): v for k, v in parser[s].items()} for s in parser.sections()}
@@ -209,13 +415,16 @@ def _unknown_key(where: str, key: str, valid: Sequence[str]) -> ConfigError:
 
 
 def merge_files(files: Sequence[Path]) -> dict[str, dict[str, str]]:
-    """Merge ini files; the first file fixes the ``[train]``/``[vec]`` keys, the family and env
-    files the ``[env]`` keys (an Ocean game's ini lists its own constructor settings). Sections
-    other than train/vec/env (e.g. PufferLib's ``[base]``) are ignored."""
-    merged: dict[str, dict[str, str]] = {s: {} for s in SECTIONS}
+    """Merge ini files; the first file fixes the keys of the typed sections, the family and env
+    files the ``[env]`` keys (an Ocean game's ini lists its own constructor settings). Other
+    sections (e.g. PufferLib's ``[base]``) are ignored."""
+    names = section_names()
+    merged: dict[str, dict[str, str]] = {s: {} for s in names}
     for i, path in enumerate(files):
+        if i > 0 and not Path(path).is_file():  # a user's --config file
+            raise ConfigError(f"config file {path} not found")
         for section, values in read_ini(path).items():
-            if section not in SECTIONS:
+            if section not in names:
                 continue
             declares = i == 0 or section == "env"
             for key, text in values.items():
@@ -246,12 +455,23 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
-def apply_overrides(merged: dict[str, dict[str, str]], overrides: Mapping[str, str]) -> None:
-    valid = sorted(f"{s}.{k}" for s in SECTIONS for k in merged[s])
+def apply_overrides(
+    merged: dict[str, dict[str, str]], overrides: Mapping[str, str], where: str = "the command line"
+) -> None:
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
-        if section not in SECTIONS or key not in merged[section]:
-            raise _unknown_key("the command line", dotted, valid)
+        if section not in merged:
+            raise ConfigError(
+                f"unknown config key {dotted!r} in {where}: no section [{section}]; "
+                f"sections: {', '.join(merged)}"
+            )
+        if key not in merged[section]:
+            valid = sorted(f"{section}.{k}" for k in merged[section])
+            if not valid:
+                raise ConfigError(
+                    f"unknown config key {dotted!r} in {where}: [{section}] has no keys here"
+                )
+            raise _unknown_key(where, dotted, valid)
         merged[section][key] = value
 
 
@@ -275,22 +495,23 @@ def _coerce(dotted: str, text: str, annotation: Any) -> Any:
     raise ConfigError(f"{dotted} must be {getattr(target, '__name__', target)}, got {text!r}")
 
 
-def _build(cls: type, section: str, values: Mapping[str, str], **extra: Any) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = dict(extra)
-    for field in dataclasses.fields(cls):
-        if field.name in kwargs:
-            continue
+def build_section(cls: type, values: Mapping[str, str], **given: Any) -> Any:
+    """Section ``cls`` from the ini texts ``values`` (``given`` fields are set directly)."""
+    section = section_name(cls)
+    kwargs = dict(given)
+    for field in option_fields(cls):
         if field.name not in values:
             raise ConfigError(f"config key {section}.{field.name} is missing from default.ini")
-        kwargs[field.name] = _coerce(
-            f"{section}.{field.name}", values[field.name], hints[field.name]
-        )
+        dotted = f"{section}.{field.name}"
+        kwargs[field.name] = _coerce(dotted, values[field.name], field_type(cls, field.name))
     unknown = sorted(set(values) - set(kwargs))
     if unknown:
-        valid = sorted(f"{section}.{f.name}" for f in dataclasses.fields(cls))
+        valid = sorted(f"{section}.{f.name}" for f in option_fields(cls))
         raise _unknown_key("config", f"{section}.{unknown[0]}", valid)
     return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------- validation
 
 
 def _require(condition: bool, message: str) -> None:
@@ -298,9 +519,34 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def option_name(cls: type, key: str) -> str:
+    """How the guide's command line names a field: its flag, else ``section.key``."""
+    flag = next(f.metadata.get("flag") for f in dataclasses.fields(cls) if f.name == key)
+    return flag or f"{section_name(cls)}.{key}"
+
+
+def _check_choices(section: Any) -> None:
+    cls = type(section)
+    for field in option_fields(cls):
+        choices = field.metadata.get("choices")
+        value = getattr(section, field.name)
+        _require(
+            choices is None or value in choices,
+            f"{option_name(cls, field.name)} must be one of {', '.join(choices or ())}, "
+            f"got {value!r}",
+        )
+
+
 def validate(cfg: RunConfig) -> None:
-    """Raise :class:`ConfigError` for values the trainer cannot honour."""
-    t, v = cfg.train, cfg.vec
+    """Raise :class:`ConfigError` for values the trainer or the collapse cannot honour."""
+    for attr in section_types():
+        _check_choices(getattr(cfg, attr))
+    _validate_train(cfg.train, cfg.vec)
+    _validate_vec(cfg.vec)
+    _validate_collapse(cfg.collapse)
+
+
+def _validate_train(t: TrainConfig, v: VecConfig) -> None:
     for name in (
         "total_timesteps",
         "batch_size",
@@ -315,14 +561,6 @@ def validate(cfg: RunConfig) -> None:
     _require(0.0 <= t.gae_lambda <= 1.0, "train.gae_lambda must be in [0, 1]")
     _require(t.learning_rate > 0, "train.learning_rate must be positive")
     _require(t.torch_threads >= 0, "train.torch_threads must be >= 0")
-    _require(
-        t.tracker in TRACKERS,
-        f"train.tracker must be one of {', '.join(TRACKERS)}, got {t.tracker!r}",
-    )
-    _require(
-        t.precision in PRECISIONS,
-        f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}",
-    )
     segment = v.num_envs * t.bptt_horizon
     _require(
         t.batch_size % segment == 0,
@@ -338,6 +576,13 @@ def validate(cfg: RunConfig) -> None:
         f"train.minibatch_size ({t.minibatch_size}) must be a multiple of train.bptt_horizon "
         f"({t.bptt_horizon})",
     )
+    _require(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+        f"train.device must be auto, cpu or cuda[:N], got {t.device!r}",
+    )
+
+
+def _validate_vec(v: VecConfig) -> None:
     _require(
         v.backend in VEC_BACKENDS,
         f"unknown --vec {v.backend!r}; choose one of {', '.join(VEC_BACKENDS)}",
@@ -364,14 +609,44 @@ def validate(cfg: RunConfig) -> None:
             f"vec.env_batch_size ({v.env_batch_size}) must divide vec.num_envs ({v.num_envs}) "
             f"and be a multiple of the envs per worker ({per_worker})",
         )
-    _require(
-        cfg.policy.rnn in RNN_KINDS,
-        f"policy.rnn must be one of {', '.join(RNN_KINDS)}, got {cfg.policy.rnn!r}",
-    )
-    _require(
-        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-        f"train.device must be auto, cpu or cuda[:N], got {t.device!r}",
-    )
+
+
+def _validate_collapse(c: CollapseConfig) -> None:
+    try:
+        validate_threshold(c.threshold)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    _require(c.epoch >= 0, f"--collapse-epoch must be >= 0, got {c.epoch}")
+    _require(c.until is None or c.until >= 1, f"--collapse-until must be >= 1, got {c.until}")
+    _require(c.episodes is None or c.episodes >= 0, "collapse.episodes must be >= 0")
+    for name in (
+        "lstm_rounds",
+        "fidelity_batch",
+        "fidelity_steps",
+        "calibration_batch",
+        "calibration_steps",
+    ):
+        _require(getattr(c, name) >= 1, f"collapse.{name} must be at least 1")
+    if c.criterion == "data":
+        _require(
+            c.flatten_colours == "positions",
+            "--flatten-colours pooled applies to the weights criterion only",
+        )
+        _require(
+            c.lstm_criterion == "units", "--lstm-criterion applies to the weights criterion only"
+        )
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def merged_settings(
+    env_name: str, config_dir: Path = CONFIG_DIR, extra_files: Sequence[Path] = ()
+) -> tuple[dict[str, dict[str, str]], list[Path]]:
+    """The merged ini texts of ``env_name`` (``{section: {key: text}}``) and the files read."""
+    check_env_name(env_name)
+    files = [*config_files(env_name, config_dir), *map(Path, extra_files)]
+    return merge_files(files), files
 
 
 def load_config(
@@ -380,34 +655,56 @@ def load_config(
     *,
     backend: str = "serial",
     config_dir: Path = CONFIG_DIR,
+    extra_files: Sequence[Path] = (),
 ) -> RunConfig:
-    """The validated configuration of ``env_name`` (files merged, then ``overrides`` applied)."""
-    check_env_name(env_name)
-    files = config_files(env_name, config_dir)
-    merged = merge_files(files)
+    """The validated configuration of ``env_name``: its ini files merged, then ``extra_files``
+    (a user's ``--config``), then ``overrides`` (``{"train.batch_size": "2048"}``)."""
+    merged, files = merged_settings(env_name, config_dir, extra_files)
     apply_overrides(merged, overrides or {})
-    train = _build(TrainConfig, "train", merged["train"])
-    vec = _build(VecConfig, "vec", merged["vec"], backend=backend)
+    sections = {
+        attr: build_section(
+            cls, merged[section_name(cls)], **({"backend": backend} if cls is VecConfig else {})
+        )
+        for attr, cls in section_types().items()
+    }
     env = {k: parse_value(text) for k, text in merged["env"].items()}
-    policy = _build(PolicyConfig, "policy", merged["policy"])
-    cfg = RunConfig(env_name, train, vec, env, tuple(str(p) for p in files), policy)
+    cfg = RunConfig(env_name=env_name, env=env, sources=tuple(map(str, files)), **sections)
     validate(cfg)
     return cfg
 
 
-def help_epilog(config_dir: Path = CONFIG_DIR) -> str:
-    """Every config key with its meaning and ``config/default.ini`` value, for ``--help``."""
-    try:
-        base = merge_files([config_dir / "default.ini"])
-    except ConfigError:
-        base = {s: {} for s in SECTIONS}
-    lines = [
-        "config overrides (--section.key VALUE; dashes or underscores; defaults from "
-        "config/default.ini, then config/<family>/default.ini and <env>.ini):"
-    ]
-    for dotted, text in OPTION_HELP.items():
-        section, _, key = dotted.partition(".")
-        default = base.get(section, {}).get(key)
-        shown = f" [default: {default}]" if default is not None else " [atari only]"
-        lines.append(f"  --{dotted.replace('_', '-')}  {text}{shown}")
-    return "\n".join(lines)
+def shown_value(text: str) -> str:
+    """An ini value as ``--help`` shows it (``10_000`` → ``10000``, ``True`` → ``True``)."""
+    value = parse_value(text)
+    return text.strip() if isinstance(value, str) else repr(value)
+
+
+def load_section(
+    cls: type,
+    overrides: Mapping[str, str] | None = None,
+    *,
+    env_name: str | None = None,
+    config_dir: Path = CONFIG_DIR,
+    extra_files: Sequence[Path] = (),
+) -> Any:
+    """One validated section (e.g. :class:`CollapseConfig` for the standalone collapse, which
+    needs no env): the base file, the env's files when ``env_name`` is given, ``extra_files``,
+    then ``overrides``."""
+    if env_name is not None:
+        merged, _ = merged_settings(env_name, config_dir, extra_files)
+    else:
+        merged = merge_files([*config_files_base(config_dir), *map(Path, extra_files)])
+    apply_overrides(merged, overrides or {})
+    section = build_section(cls, merged[section_name(cls)])
+    _check_choices(section)
+    if cls is CollapseConfig:
+        _validate_collapse(section)
+    return section
+
+
+def config_files_base(config_dir: Path = CONFIG_DIR) -> list[Path]:
+    """Just ``default.ini`` (the settings before any env is known)."""
+    base = config_dir / "default.ini"
+    if not base.is_file():
+        raise ConfigError(f"missing base config file {base}")
+    return [base]

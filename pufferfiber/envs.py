@@ -9,8 +9,8 @@
 * ``puffer_pong``, ``puffer_breakout``: PufferLib's Ocean games, compiled C vectorised inside
   one env object (see :mod:`pufferfiber.ocean`).
 
-Each env belongs to one *family* (:data:`ENV_FAMILIES`), which names its ``config/<family>/``
-folder and its default policy.
+Each env belongs to one *family* (:data:`ENV_FAMILIES`), which names its config folder
+(``pufferfiber/configs/<family>/``) and its default policy.
 
 Vectorisation is PufferLib's: ``serial``, ``multiprocessing`` or ``ray`` (an optional extra).
 Ocean games are already vectorised in C: ``serial`` runs all ``num_envs`` games in one object.
@@ -55,7 +55,7 @@ def atari_games() -> tuple[str, ...]:
         return tuple(sorted(ale_py.roms.get_all_rom_ids()))
 
 
-# family -> its env names (the config folder is config/<family>/).
+# family -> its env names (its config folder is pufferfiber/configs/<family>/).
 ENV_FAMILIES: dict[str, Callable[[], tuple[str, ...]]] = {
     "classic_control": lambda: FAST_ENVS,
     "ocean": lambda: OCEAN_ENVS,
@@ -95,7 +95,7 @@ def make_env(name: str, **kwargs: Any) -> Any:
         from pufferfiber.config import load_config
         from pufferfiber.ocean import OceanSingle
 
-        # Evaluation plays the game as configured in config/ocean/<env>.ini unless told otherwise.
+        # Evaluation plays the game as configured in configs/ocean/<env>.ini unless told otherwise.
         return OceanSingle(name, **(kwargs or dict(load_config(name).env)))
     with _quiet_imports():
         if name == "cartpole":
@@ -177,9 +177,10 @@ def _ocean_vecenv(name: str, backend: str, num_envs: int, env_kwargs: dict[str, 
         raise EnvError(str(exc)) from None
 
 
-def architecture_for(name: str, vecenv: Any = None, **sizes: Any) -> Architecture:
+def architecture_for(name: str, vecenv: Any = None, **choices: Any) -> Architecture:
     """The default policy architecture for ``name``: Atari CNN, CartPole MLP (64 → LSTM 64), or
-    PufferLib's Ocean default (MLP 128 → LSTM 128)."""
+    PufferLib's Ocean default (MLP 128 → LSTM 128). ``choices`` are :class:`Architecture`
+    fields that are not sizes (``rnn="gru"``)."""
     if vecenv is None:
         env = make_env(name)
         obs_space, act_space = env.single_observation_space, env.single_action_space
@@ -188,7 +189,7 @@ def architecture_for(name: str, vecenv: Any = None, **sizes: Any) -> Architectur
         obs_space, act_space = vecenv.single_observation_space, vecenv.single_action_space
     n_actions = int(act_space.n)
     if is_atari(name):
-        return Architecture.atari(n_actions, tuple(obs_space.shape), **sizes)
+        return Architecture.atari(n_actions, tuple(obs_space.shape), **choices)
     if is_ocean(name):
-        sizes = {"hidden": (128,), "lstm": 128, **sizes}
-    return Architecture.mlp(int(obs_space.shape[0]), n_actions, **sizes)
+        choices = {"hidden": (128,), "lstm": 128, **choices}
+    return Architecture.mlp(int(obs_space.shape[0]), n_actions, **choices)

@@ -33,7 +33,6 @@ values only, read back with a restricted unpickler that refuses anything else.
 from __future__ import annotations
 
 import io
-import math
 import pickle
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 
 from pufferfiber.clustering import cluster_rows, exact_partition, meet
+from pufferfiber.config import validate_threshold
 from pufferfiber.graph import (
     InputMap,
     LayerGraph,
@@ -56,7 +56,6 @@ from pufferfiber.policy import Policy
 from pufferfiber.schemas import FIBERS_FORMAT, FibersHeader
 
 FLATTEN_COLOURS = ("positions", "pooled")
-MAX_THRESHOLD = 2.0  # cosine distance lies in [0, 2]
 # LSTM criteria: "units" (ours: a unit's four gate rows with biases, exact fixed point, then
 # bounded re-clustering) or "published" (the reference's joint gate-row clustering, see
 # pufferfiber.published). The first is the default.
@@ -310,18 +309,6 @@ def fiber_colourings(
 
 
 # --------------------------------------------------------------------------- fibers
-
-
-def validate_threshold(tau: Any, what: str = "threshold") -> float:
-    """τ as a float in ``[0, 2]`` (cosine distance); ``ValueError`` with a clear message
-    otherwise. The one check of a fiber threshold."""
-    try:
-        value = float(tau)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number between 0 and 2, got {tau!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value <= MAX_THRESHOLD:
-        raise ValueError(f"{what} must be between 0 and 2 (cosine distance), got {tau}")
-    return value
 
 
 def _check(

@@ -386,19 +386,6 @@ RECURRENT_KINDS = tuple(k for k, spec in KINDS.items() if isinstance(spec, Recur
 LSTM_GATES = KINDS[Kind.LSTM].gates
 
 
-def parse_layers(text: str | Sequence[str] | None) -> list[str] | None:
-    """The layer selection of a command line: ``"all"`` / empty → ``None`` (every hidden
-    layer), else the comma-separated names, labels or kinds (checked by
-    :meth:`LayerGraph.select_hidden`)."""
-    if text is None:
-        return None
-    items = (
-        [s.strip() for s in text.split(",")] if isinstance(text, str) else [str(s) for s in text]
-    )
-    items = [s for s in items if s]
-    return None if not items or items == ["all"] else items
-
-
 # --------------------------------------------------------------------------- the graph
 
 

@@ -1,7 +1,8 @@
-"""The collapse pipeline: checkpoint → fibers → quotient → folder (and its command line).
+"""The collapse pipeline: checkpoint → fibers → quotient → folder.
 
-:func:`collapse_to_folder` is what ``demo.py --collapse τ`` and ``python -m pufferfiber
-collapse`` both call. It writes, into one folder and atomically (all three or nothing)::
+:func:`collapse_to_folder` is what ``demo.py --collapse τ`` and ``pufferfiber collapse`` both
+call (their command line is :mod:`pufferfiber.cli`, the method docs/method.md). It writes, into
+one folder and atomically (all three or nothing)::
 
     model_<EPOCH:06d>_collapsed.pt   the collapsed policy (our weights-only checkpoint format)
     fibers.pkl                       the fibers (see :func:`pufferfiber.fibers.fibers_dict`)
@@ -15,10 +16,8 @@ two-digit name because τ ≤ 2 has a single integer digit.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,43 +30,28 @@ from pufferfiber.checkpoints import (
     Checkpoint,
     CheckpointError,
     atomic_dir,
-    check_fits_env,
     check_writable,
-    describe_os_error,
-    load_checkpoint,
     save_checkpoint,
 )
 from pufferfiber.clustering import products_on
-from pufferfiber.collapse import collapse_policy
+from pufferfiber.config import validate_threshold
 from pufferfiber.criteria import (
-    CRITERIA,
-    DATA_FITS,
     DEFAULT_CRITERION,
-    LSTM_CRITERIA,
     FiberCriterion,
     make_criterion,
 )
 from pufferfiber.datafibers import (
-    DEFAULT_CALIBRATION_BATCH,
-    DEFAULT_CALIBRATION_STEPS,
     DataFibration,
     stderr_progress,
 )
-from pufferfiber.envs import EnvError
 from pufferfiber.evaluate import collect_observations, policy_on
 from pufferfiber.fibers import (
     DEFAULT_LSTM_ROUNDS,
-    FLATTEN_COLOURS,
-    FibersFileError,
     Fibration,
-    compute_fibers,
     fibers_dict,
     save_fibers,
-    validate_threshold,
 )
 from pufferfiber.fidelity import fidelity_report, format_fidelity
-from pufferfiber.graph import parse_layers
-from pufferfiber.policy import Policy
 from pufferfiber.runfiles import (
     COLLAPSED_MODEL_RE,
     FIBERS,
@@ -76,8 +60,6 @@ from pufferfiber.runfiles import (
     collapsed_model_name,
 )
 from pufferfiber.schemas import write_fidelity
-
-EXIT_BAD_INPUT = 2
 
 
 @dataclass
@@ -359,237 +341,3 @@ class _output_folder:
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
         return False
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pufferfiber collapse",
-        description="Find the fibers of a checkpoint, collapse each fiber to one unit and write "
-        "the collapsed model, fibers.pkl and fidelity.json (KL, value error, return before "
-        "retraining) into one folder.",
-    )
-    p.add_argument(
-        "checkpoint",
-        type=Path,
-        metavar="CHECKPOINT",
-        help="a pufferfiber checkpoint (model_XXXXXX.pt), or a PufferLib 2.0 pickled "
-        "one with --allow-pickle",
-    )
-    p.add_argument(
-        "--threshold",
-        "-t",
-        required=True,
-        metavar="TAU",
-        help="cosine-distance threshold τ in [0, 2]: 0 = exact fibers only (the "
-        "function is unchanged); larger merges more units. With --criterion data: the "
-        "largest relative fit error of a removed unit",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        help="output folder (default: collapsed_model_thr_<TT>_<EPOCH> beside the checkpoint)",
-    )
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="allow importing a PufferLib 2.0 whole-module checkpoint (unpickling "
-        "runs code from the file: only for files you trust)",
-    )
-    p.add_argument(
-        "--env",
-        help="environment name; needed when a pickled checkpoint's folder "
-        "does not say it (default: the checkpoint's own env)",
-    )
-    p.add_argument(
-        "--flatten-colours",
-        choices=FLATTEN_COLOURS,
-        default="positions",
-        help="colours of the Linear inputs after the conv flatten: 'positions' = "
-        "(channel fiber, image position), exact (default); 'pooled' = sum over "
-        "positions as the published reference (merges more, not faithful)",
-    )
-    p.add_argument(
-        "--layers",
-        default="all",
-        help="comma-separated layers to collapse: kinds (conv, linear, lstm), labels "
-        "(conv1, linear1, ...) or 'all' (default: all hidden layers)",
-    )
-    p.add_argument(
-        "--criterion",
-        choices=CRITERIA,
-        default=DEFAULT_CRITERION,
-        help="how fibers are found: 'weights' = units whose input-collapsed weight rows "
-        "agree within cosine distance TAU (default); 'data' = units whose outputs are "
-        "constant or affinely related on real observation sequences played by the policy "
-        "(relative fit error <= TAU), folded into the consumers' weights and biases",
-    )
-    p.add_argument(
-        "--lstm-criterion",
-        choices=LSTM_CRITERIA,
-        default="units",
-        help="weights criterion, LSTM: 'units' = a unit's four gate rows with biases, "
-        "exact fixed point then bounded re-clustering (default); 'published' = the "
-        "published reference (all gate rows clustered jointly, no biases, 5 rounds)",
-    )
-    p.add_argument(
-        "--fit",
-        choices=DATA_FITS,
-        default="lstsq",
-        help="data criterion: 'lstsq' = each removed unit reconstructed by least squares "
-        "from several kept units (default); 'affine' = from one representative, "
-        "a_j = s*a_r + t (plain fibers)",
-    )
-    p.add_argument(
-        "--calibration-batch",
-        type=int,
-        default=DEFAULT_CALIBRATION_BATCH,
-        metavar="B",
-        help="data criterion: calibration sequences played by the policy on env seeds "
-        "SEED+1000.. (default %(default)s)",
-    )
-    p.add_argument(
-        "--calibration-steps",
-        type=int,
-        default=DEFAULT_CALIBRATION_STEPS,
-        metavar="T",
-        help="data criterion: steps per calibration sequence, LSTM state carried "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--lstm-rounds",
-        type=int,
-        default=DEFAULT_LSTM_ROUNDS,
-        metavar="N",
-        help="approximate LSTM re-clustering rounds (default %(default)s; more "
-        "rounds cascade into far fewer units; the exact case always runs to a fixed "
-        "point)",
-    )
-    p.add_argument(
-        "--episodes",
-        type=int,
-        default=None,
-        metavar="N",
-        help="episodes played by the collapsed policy for its return before "
-        "retraining (0 = skip; default 3, or 10 with --criterion data)",
-    )
-    p.add_argument(
-        "--fidelity-batch",
-        type=int,
-        default=8,
-        metavar="B",
-        help="real observation sequences for KL and value error, env seeds SEED.. "
-        "(held-out for --criterion data; default %(default)s)",
-    )
-    p.add_argument(
-        "--fidelity-steps",
-        type=int,
-        default=64,
-        metavar="T",
-        help="steps per sequence, LSTM state carried (default %(default)s)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the envs and action sampling")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="where the fibers' pairwise products and the fidelity run: auto (CUDA when "
-        "present, else CPU), cpu, cuda or cuda:N (default %(default)s)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace the output of an earlier collapse in --out (the folder as a whole; "
-        "resumed runs inside are kept)",
-    )
-    return p
-
-
-def _check_fits_env(ckpt: Checkpoint) -> None:
-    from pufferfiber.envs import architecture_for
-
-    check_fits_env(ckpt, architecture_for(ckpt.env), ckpt.env)
-
-
-def _layers_arg(text: str) -> list[str] | None:
-    return parse_layers(text)
-
-
-def _check_counts(args: argparse.Namespace) -> None:
-    if args.episodes is None:
-        args.episodes = 10 if args.criterion == "data" else 3
-    for name in ("episodes",):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name} must be >= 0")
-    for name in (
-        "lstm_rounds",
-        "fidelity_batch",
-        "fidelity_steps",
-        "calibration_batch",
-        "calibration_steps",
-    ):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-
-
-def _criterion_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.criterion != "data":
-        return {}
-    return {
-        "fit": args.fit,
-        "calibration_batch": args.calibration_batch,
-        "calibration_steps": args.calibration_steps,
-    }
-
-
-def collapse_main(argv: list[str] | None = None) -> int:
-    """``python -m pufferfiber collapse``; returns the exit code (errors: one line, code 2)."""
-    from pufferfiber.trainer import resolve_device
-
-    args = _parser().parse_args(argv)
-    try:
-        threshold = validate_threshold(args.threshold)
-        _check_counts(args)
-        if args.env is not None:
-            from pufferfiber.envs import check_env_name
-
-            check_env_name(args.env)
-        ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
-        _check_fits_env(ckpt)
-        out = args.out or args.checkpoint.parent / collapse_folder_name(threshold, ckpt.epoch)
-        result = collapse_to_folder(
-            ckpt,
-            threshold,
-            out,
-            flatten_colours=args.flatten_colours,
-            layers=_layers_arg(args.layers),
-            max_lstm_rounds=args.lstm_rounds,
-            lstm_criterion=args.lstm_criterion,
-            criterion=args.criterion,
-            criterion_options=_criterion_options(args),
-            fidelity_episodes=args.episodes,
-            fidelity_batch=args.fidelity_batch,
-            fidelity_steps=args.fidelity_steps,
-            seed=args.seed,
-            replace=args.force,
-            device=resolve_device(args.device),
-        )
-    except (CheckpointError, FibersFileError, ValueError, KeyError, EnvError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:
-        print(f"error: {describe_os_error(Path(exc.filename or '?'), exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    print(f"wrote {result.out_dir}/ ({result.checkpoint.path.name}, fibers.pkl, fidelity.json)")
-    return 0
-
-
-def collapse_policy_only(policy: Policy, threshold: float, **kwargs: Any) -> Policy:
-    """Convenience for experiments: the quotient of ``policy`` at ``threshold`` (no files)."""
-    return collapse_policy(policy, compute_fibers(policy, validate_threshold(threshold), **kwargs))

@@ -14,7 +14,7 @@ report can stack several into one PNG) and returns it; nothing here reads files.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib as mpl
@@ -48,7 +48,6 @@ class TradeoffPoint:
     params_full: float
     final_return: float
     kl: float
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def percent(self) -> float:
@@ -216,13 +215,6 @@ def draw_fibers(
     return fig
 
 
-def fibers_figure(timelines: Mapping[str, Sequence[Mapping[str, Any]]], **kw: Any) -> Figure:
-    """:func:`draw_fibers` on a new figure."""
-    fig = new_figure(11, 6)
-    draw_fibers(fig, timelines, **kw)
-    return fig
-
-
 # ---------------------------------------------------------------- thresholds
 
 
@@ -276,11 +268,4 @@ def draw_tradeoff(
     twin.set_ylim(0, 105)
     right.grid(alpha=0.3)
     fig.suptitle(title)
-    return fig
-
-
-def tradeoff_figure(points: Sequence[TradeoffPoint], **kw: Any) -> Figure:
-    """:func:`draw_tradeoff` on a new figure."""
-    fig = new_figure(11, 4.5)
-    draw_tradeoff(fig, points, **kw)
     return fig

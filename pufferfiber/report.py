@@ -643,7 +643,9 @@ def _html_table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from pufferfiber.cli import Parser
+
+    p = Parser(
         prog="python -m pufferfiber report",
         description=(
             "Plot an experiment: episode return of the original run and of every collapsed, "
@@ -722,32 +724,31 @@ def _print_table(data: ReportData) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m pufferfiber report``; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    from pufferfiber.checkpoints import CheckpointError, atomic_write_bytes
+    """Entry point of ``pufferfiber report``; returns the exit code (bad input: one line, 2)."""
+    from pufferfiber.cli import run_command
+
+    return run_command("report", lambda: _report(argv), errors=(ReportError,))
+
+
+def _report(argv: list[str] | None) -> int:
+    from pufferfiber.checkpoints import atomic_write_bytes
     from pufferfiber.sweep_report import is_sweep_dir, write_sweep_report
 
+    args = build_parser().parse_args(argv)
+    if not 1 <= args.dpi <= MAX_DPI:
+        raise ReportError(f"--dpi must be between 1 and {MAX_DPI}, got {args.dpi}")
     if is_sweep_dir(args.experiment_dir):  # a sweep folder: seeds aggregated
         return write_sweep_report(args)
-
-    try:
-        if not 1 <= args.dpi <= MAX_DPI:
-            raise ReportError(f"--dpi must be between 1 and {MAX_DPI}, got {args.dpi}")
-        exp = find_experiment(args.experiment_dir)
-        out = _output_path(args, exp)
-        if exp.history is None and not any(c.resumed for c in exp.collapses):
-            raise ReportError(
-                f"no episode returns in {exp.run_dir} ({_why_no_history(exp.run_dir)})"
-            )
-        data = collect(exp, args)
-        if out.suffix.lower() == ".png":
-            payload = render_png(data, args.dpi)
-        else:
-            payload = render_html(data, args.dpi).encode("utf-8")
-        atomic_write_bytes(out, payload)
-    except (ReportError, OSError, CheckpointError) as e:
-        print(f"report: error: {e}", file=sys.stderr)
-        return 2
+    exp = find_experiment(args.experiment_dir)
+    out = _output_path(args, exp)
+    if exp.history is None and not any(c.resumed for c in exp.collapses):
+        raise ReportError(f"no episode returns in {exp.run_dir} ({_why_no_history(exp.run_dir)})")
+    data = collect(exp, args)
+    if out.suffix.lower() == ".png":
+        payload = render_png(data, args.dpi)
+    else:
+        payload = render_html(data, args.dpi).encode("utf-8")
+    atomic_write_bytes(out, payload)
     if not args.quiet:
         _print_table(data)
     print(f"report written to {out}")

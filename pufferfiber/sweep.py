@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pufferfiber.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
 from pufferfiber.runfiles import (
@@ -54,8 +54,7 @@ from pufferfiber.runfiles import (
     sweep_seed_dir_name,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "demo.py"
+REPO = Path(__file__).resolve().parents[1]  # the package's parent, for Ray workers' path
 SPEC_NAME = SWEEP_SPEC
 SUMMARY_NAME = SWEEP_SUMMARY
 RESULTS_NAME = SWEEP_RESULTS
@@ -148,21 +147,17 @@ class SweepSpec:
 # ---------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
-        raise SweepError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    from pufferfiber.cli import Parser
+
+    p = Parser(
         prog="python -m pufferfiber sweep",
         description="Run the guide's protocol (train to the end of the schedule, collapse the "
         "checkpoint near --collapse-epoch, train the collapsed network to the same final epoch, "
         "evaluate) for every env × threshold × criterion × flatten colouring × seed, on Ray "
         "Tune. Writes the runs and summary.csv into --out; 'python -m pufferfiber report OUT' "
-        "aggregates the seeds. Extra --train.KEY / --env.KEY / --vec.KEY options go to every "
-        "run (see 'python demo.py --help').",
-        allow_abbrev=False,
+        "aggregates the seeds. Extra --SECTION.KEY settings (--train.KEY, --env.KEY...) go to "
+        "every run (see 'pufferfiber train --env ENV --help').",
     )
     p.add_argument(
         "--env", required=True,
@@ -222,10 +217,10 @@ def _split(text: str) -> list[str]:
 
 def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
     """The validated grid of a command line (``SweepError`` / ``ConfigError`` on bad input)."""
-    from pufferfiber.config import parse_overrides
-    from pufferfiber.pipeline import validate_threshold
+    from pufferfiber.cli import normalise_argv
+    from pufferfiber.config import parse_overrides, validate_threshold
 
-    ns, rest = build_parser().parse_known_args(list(argv))
+    ns, rest = build_parser().parse_known_args(normalise_argv(argv))
     overrides = parse_overrides(rest)
     envs = _split(ns.env)
     try:
@@ -349,22 +344,30 @@ def _say(tag: str, message: str) -> None:
     print(f"[{tag}] {message}", flush=True)
 
 
+def _package_path() -> str:
+    """``PYTHONPATH`` under which a child process imports this very package (a checkout or
+    an installed copy), whatever its working directory."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def _demo(args: list[str], log: Path) -> None:
-    """Run ``demo.py args`` with stdout/stderr appended to ``log``; raise on failure."""
+    """Run ``pufferfiber train args`` (``demo.py --mode train``) with stdout/stderr appended
+    to ``log``; raise on failure."""
     with open(log, "a", encoding="utf-8") as f:
-        f.write(f"\n$ demo.py {' '.join(args)}\n")
+        f.write(f"\n$ pufferfiber train {' '.join(args)}\n")
         f.flush()
         proc = subprocess.run(
-            [sys.executable, str(DEMO), *args],
+            [sys.executable, "-m", "pufferfiber", "train", *args],
             stdout=f,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _package_path()},
             check=False,
         )
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
-        raise RuntimeError(f"demo.py {args[:4]} failed ({proc.returncode}): {' '.join(tail)}")
+        raise RuntimeError(
+            f"pufferfiber train {args[:4]} failed ({proc.returncode}): {' '.join(tail)}"
+        )
 
 
 def _runs_in(folder: Path, env: str) -> list[Path]:
@@ -396,13 +399,13 @@ def ensure_original(spec: SweepSpec, env: str, seed: int, seed_dir: Path, tag: s
     log = seed_dir / SWEEP_LOG
     if not runs:
         _say(tag, f"original: training epochs 1..{end}")
-        _demo(["--mode", "train", *common, *spec.override_args()], log)
+        _demo([*common, *spec.override_args()], log)
         runs = _runs_in(seed_dir, env)
     run = runs[-1]
     if _last_epoch(run) < end:
         _say(tag, f"original: resuming {run.name} at epoch {_last_epoch(run)}")
         _demo(
-            ["--mode", "train", *common, "--resume", "--exp-id", run.name, *spec.override_args()],
+            [*common, "--resume", "--exp-id", run.name, *spec.override_args()],
             log,
         )
     return run
@@ -439,7 +442,7 @@ def ensure_arm(
         shutil.rmtree(stale)
     _say(tag, f"{arm.name}: collapsing epoch {epoch}, training to epoch {until}")
     args = [
-        "--mode", "train", "--env", env,
+        "--env", env,
         "--train.data-dir", str(base.parent), "--exp-id", base.name, "--train.seed", str(seed),
         "--collapse", f"{arm.threshold:g}", "--collapse-epoch", str(spec.collapse_epoch),
         "--collapse-until", str(until), "--flatten-colours", arm.flatten_colours,
@@ -602,7 +605,7 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    path = _package_path()
     ray.init(
         num_cpus=num_cpus or os.cpu_count() or 1,
         include_dashboard=False,
@@ -684,18 +687,16 @@ def _csv_value(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pufferfiber sweep``; returns the exit code (bad input: one line, code 2)."""
-    from pufferfiber.checkpoints import CheckpointError
-    from pufferfiber.config import ConfigError
-    from pufferfiber.envs import EnvError
+    """``pufferfiber sweep``; returns the exit code (bad input: one line, code 2)."""
+    from pufferfiber.cli import run_command
 
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        spec, ns = spec_from_args(argv)
-        prepare_out(spec)
-    except (SweepError, ConfigError, EnvError, CheckpointError) as exc:
-        print(f"sweep: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("sweep", lambda: _sweep(argv), errors=(SweepError,))
+
+
+def _sweep(argv: list[str]) -> int:
+    spec, ns = spec_from_args(argv)
+    prepare_out(spec)
     start = time.perf_counter()
     try:
         errors = run_sweep(spec, ns.ray_address, ns.num_cpus, ns.cpus_per_cell)

@@ -23,7 +23,6 @@ import html
 import io
 import json
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -322,18 +321,18 @@ def render_html(
 
 
 def write_sweep_report(args: argparse.Namespace) -> int:
-    """The ``report`` command on a sweep folder (``args`` from ``report.build_parser``)."""
+    """The ``report`` command on a sweep folder (``args`` from ``report.build_parser``).
+    Raises :class:`~pufferfiber.report.ReportError` for bad input."""
     from pufferfiber.checkpoints import atomic_write_bytes, atomic_write_text
+    from pufferfiber.report import ReportError
 
     sweep_dir = Path(args.experiment_dir)
     out = Path(args.output) if args.output else sweep_dir / SWEEP_REPORT_HTML
     if out.suffix.lower() not in (".png", ".html", ".htm"):
-        print(f"report: error: output must end in .png or .html, not {out.name!r}", file=sys.stderr)
-        return 2
+        raise ReportError(f"output must end in .png or .html, not {out.name!r}")
     rows = read_summary(sweep_dir)
     if not rows:
-        print(f"report: error: {sweep_dir / SUMMARY_NAME} has no rows yet", file=sys.stderr)
-        return 2
+        raise ReportError(f"{sweep_dir / SUMMARY_NAME} has no rows yet")
     arms = summarise(rows)
     envs = list(dict.fromkeys(a.env for a in arms))
     figures = {env: env_figure(env, arms, max(1, args.smooth)) for env in envs}

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from pufferfiber import cli
+from pufferfiber.cli import collapse_main
 from pufferfiber.fibers import FIBERS_FORMAT
-from pufferfiber.pipeline import collapse_main
 from pufferfiber.report import main as report_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,8 @@
 """Symmetry breaking: function preserved exactly on planted fibers, precise edits and optimizer
-resets, the hook's schedule, ages, log and command-line flags, and a real (tiny) training run."""
+resets, the hook's schedule, ages and log, and a real (tiny) training run."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
@@ -16,9 +15,7 @@ import torch
 from pufferfiber.breaking import (
     BreakPlan,
     SymmetryBreaker,
-    add_break_arguments,
     apply_plans,
-    breaker_from_args,
     function_change,
     redundant_members,
 )
@@ -393,65 +390,6 @@ def test_opfibers_restrict_breaking() -> None:
         interval=1, fiber_threshold=0.0, maturity=0, fraction=1.0, layers=["linear2"], log_name=None
     )
     assert without.step(policy, None, 1).broken == {"linear2": 1}
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_break_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def test_flags_default_off_and_parse() -> None:
-    assert breaker_from_args(_parse([])) is None
-    b = breaker_from_args(
-        _parse(
-            [
-                "--break-symmetry",
-                "--break.interval",
-                "5",
-                "--break.fiber-threshold",
-                "0.1",
-                "--break.opfiber-threshold",
-                "0.2",
-                "--break.maturity",
-                "7",
-                "--break.fraction",
-                "0.25",
-                "--break.layers",
-                "linear1, lstm",
-            ]
-        ),
-        seed=4,
-    )
-    assert b is not None
-    assert (
-        b.interval,
-        b.fiber_threshold,
-        b.opfiber_threshold,
-        b.maturity,
-        b.fraction,
-        b.layers,
-        b.seed,
-    ) == (5, 0.1, 0.2, 7, 0.25, ["linear1", "lstm"], 4)
-    d = breaker_from_args(_parse(["--break-symmetry"]))
-    assert d is not None and d.layers is None and d.opfiber_threshold is None
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--break.fraction", "1.5"], "fraction"),
-        (["--break.fiber-threshold", "3"], "threshold"),
-        (["--break.interval", "0"], "interval"),
-        (["--break.maturity", "-1"], "maturity"),
-    ],
-)
-def test_invalid_flags_are_clear_errors(argv: list[str], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        breaker_from_args(_parse(["--break-symmetry", *argv]))
 
 
 # --------------------------------------------------------------------------- real training

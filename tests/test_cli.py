@@ -86,6 +86,9 @@ def test_train_writes_checkpoints_log_and_metrics(trained: tuple[Path, Any]) -> 
     ):
         assert label in proc.stdout
     assert (run / "log.out").read_text().count("Agent Steps") == 3
+    stored = load_checkpoint(run / "model_000003.pt").config  # every section, for --resume
+    assert stored["train"]["batch_size"] == 512 and stored["vec"]["num_envs"] == 4
+    assert stored["break"]["enabled"] is False and stored["collapse"]["threshold"] == 0.0
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert [m["global_step"] for m in metrics] == [512, 1024, 1536]
@@ -390,3 +393,59 @@ def test_resume_keeps_symmetry_breaking_state(tmp_path: Path) -> None:
     # totals continue from the first run's (epochs 1-2 broke units) instead of restarting at zero
     for layer, total in totals.items():
         assert total == sum(r["broken"].get(layer, 0) for r in log)
+
+
+def test_help_shows_the_chosen_envs_values() -> None:
+    """``demo.py --env beam_rider --help`` shows what beam_rider runs with, not the base file."""
+    proc = demo("--env", "beam_rider", "--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    text = " ".join(proc.stdout.split())
+    assert "--train.batch-size INT agent steps collected per epoch" in text
+    start = text.index("--train.batch-size INT")
+    assert text[start : text.index("--train.minibatch-size", start)].endswith("(default: 30720) ")
+    for option in ("--break-symmetry", "--collapse TAU", "--collapse-epoch", "--env.frameskip",
+                   "--criterion", "--flatten-colours", "--lstm-criterion", "--config"):  # fmt: skip
+        assert option in text
+
+
+def test_pufferfiber_command_works_from_any_directory(tmp_path: Path) -> None:
+    """``python -m pufferfiber train`` = ``demo.py --mode train``, outside the repository (the
+    configs are package data); unknown commands are one line and exit code 2."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # as if installed
+    cmd = [sys.executable, "-m", "pufferfiber"]
+    train = [*cmd, "train", "--env", "cartpole", "--train.data-dir", "exp",
+             "--train.total-timesteps", "512", *TINY]  # fmt: skip
+    proc = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(tmp_path / "exp")
+    assert [e for e, _ in list_checkpoints(run)] == [1]
+    bad = subprocess.run([*cmd, "train", "--mode", "eval"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("train: error: unrecognized argument")
+    unknown = subprocess.run([*cmd, "trian"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+    assert "unknown command 'trian' (choose train, eval, collapse, report, sweep)" in unknown.stderr
+    usage = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert usage.returncode == 0 and "collapse" in usage.stdout and "sweep" in usage.stdout
+
+
+def test_resume_restores_symmetry_breaking_from_the_stored_config(tmp_path: Path) -> None:
+    """A run's ``[break]`` section is stored with it: ``--resume`` alone continues breaking with
+    those settings, and a ``--break.*`` given now replaces one and is reported."""
+    common = ["--mode", "train", "--env", "cartpole", "--train.data-dir", str(tmp_path), *TINY]
+    breaking = ["--break-symmetry", "--break.interval", "1", "--break.maturity", "0",
+                "--break.fiber-threshold", "1.0"]  # fmt: skip
+    first = demo(*common, "--train.total-timesteps", "512", *breaking)
+    assert first.returncode == 0, first.stderr
+    (run,) = run_dirs(tmp_path)
+    assert load_checkpoint(run / "model_000001.pt").config["break"]["enabled"] is True
+    resumed = demo(
+        *common, "--train.total-timesteps", "1024", "--resume", "--break.fraction", "1.0"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "break.fraction 1.0 (was 0.5)" in resumed.stderr
+    assert "symmetry breaking continues with the run's settings" in resumed.stderr
+    stored = load_checkpoint(run / "model_000002.pt").config["break"]
+    assert stored["interval"] == 1 and stored["fraction"] == 1.0 and stored["maturity"] == 0
+    log = [json.loads(line) for line in (run / "breaking.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]

@@ -1,23 +1,30 @@
-"""Config files, overrides and validation (pufferfiber.config)."""
+"""Config files, overrides, validation, and the options and help generated from the typed
+sections (pufferfiber.config, pufferfiber.cli)."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
+from pufferfiber import cli
 from pufferfiber.config import (
     CONFIG_DIR,
-    OPTION_HELP,
+    BreakConfig,
+    CollapseConfig,
     ConfigError,
-    TrainConfig,
-    VecConfig,
+    RunConfig,
     config_files,
-    help_epilog,
     load_config,
+    load_section,
+    option_fields,
+    parse_layers,
     parse_overrides,
     parse_value,
+    section_classes,
+    section_types,
 )
 from pufferfiber.envs import EnvError
 
@@ -80,6 +87,16 @@ def test_parse_value_reads_python_literals() -> None:
         ({"train.batch_szie": "1"}, "did you mean train.batch_size"),
         ({"nope.x": "1"}, "unknown config key 'nope.x'"),
         ({"env.frameskip": "2"}, "unknown config key 'env.frameskip'"),  # not a cartpole key
+        ({"break.intervall": "2"}, "did you mean break.interval"),
+        ({"collapse.threshold": "2.5"}, "threshold must be between 0 and 2"),
+        ({"collapse.epoch": "-5"}, "--collapse-epoch must be >= 0, got -5"),
+        ({"collapse.criterion": "magic"}, "--criterion must be one of weights, data"),
+        ({"collapse.lstm_rounds": "0"}, "collapse.lstm_rounds must be at least 1"),
+        (
+            {"collapse.criterion": "data", "collapse.lstm_criterion": "published"},
+            "--lstm-criterion applies to the weights criterion only",
+        ),
+        ({"train.precision": "float16"}, "train.precision must be one of float32"),
         ({"train.batch_size": "1000"}, "multiple of vec.num_envs × train.bptt_horizon"),
         ({"train.minibatch_size": "2048"}, "must divide train.batch_size"),
         (
@@ -132,14 +149,155 @@ def test_parse_overrides_rejects_stray_tokens() -> None:
         parse_overrides(["--train.seed"])
 
 
-def test_every_option_is_explained_in_help() -> None:
-    keys = {f"train.{f.name}" for f in dataclasses.fields(TrainConfig)}
-    keys |= {f"vec.{f.name}" for f in dataclasses.fields(VecConfig) if f.name != "backend"}
-    keys |= {f"env.{k}" for k in load_config("beam_rider").env}
-    assert keys <= set(OPTION_HELP)
-    epilog = help_epilog()
-    for key in keys:
-        assert f"--{key.replace('_', '-')}" in epilog
+def _help(argv: list[str]) -> str:
+    """``demo.py ARGV --help`` with whitespace collapsed (argparse wraps lines)."""
+    parser = cli.build_parser(cli.normalise_argv(argv))
+    return " ".join(parser.format_help().split())
+
+
+def _default_shown(text: str, option: str) -> str:
+    """The ``(default: X)`` of ``option``'s entry in ``--help``."""
+    start = text.index(f"{option} ")
+    match = re.compile(r"\(default: ([^)]*)\)").search(text, start)
+    assert match is not None, option
+    return match.group(1)
+
+
+@pytest.mark.parametrize("env", ["beam_rider", "puffer_pong", "cartpole"])
+def test_help_shows_every_setting_with_the_chosen_envs_value(env: str) -> None:
+    """Every field of every section, and every [env] key, has an option whose help shows the
+    value this env runs with (not the base file's)."""
+    cfg = load_config(env)
+    text = _help(["--env", env])
+    attrs = {cls: attr for attr, cls in section_types().items()}
+    for cls, attr in attrs.items():
+        for field in option_fields(cls):
+            option = f"--{cls.SECTION}.{field.name.replace('_', '-')}"
+            assert option in text, option
+            value = getattr(getattr(cfg, attr), field.name)
+            flag = field.metadata.get("flag")
+            shown = _default_shown(text, flag if flag and flag != "--break-symmetry" else option)
+            assert shown == repr(value) if not isinstance(value, str) else shown == value, option
+            assert field.metadata["help"].split()[0] in text  # the help sentence is there
+    for key, value in cfg.env.items():
+        assert _default_shown(text, f"--env.{key.replace('_', '-')}") == repr(value)
+
+
+def test_help_of_beam_rider_shows_its_batch_not_the_base_one() -> None:
+    assert _default_shown(_help(["--env", "beam_rider"]), "--train.batch-size") == "30720"
+    assert _default_shown(_help(["--env=cartpole"]), "--train.batch-size") == "1024"
+    assert _default_shown(_help(["--env", "puffer_pong"]), "--train.batch-size") == "8192"
+    # an unknown env still gets a help (the base values); the error comes when it runs
+    assert _default_shown(_help(["--env", "nope"]), "--train.batch-size") == "1024"
+
+
+def test_typed_sections_are_the_runs_sections() -> None:
+    """Every section dataclass is a field of RunConfig, saved by to_dict, declared in
+    default.ini; the help text lives with each field."""
+    cfg = load_config("cartpole")
+    stored = cfg.to_dict()
+    for name, cls in section_classes().items():
+        keys = {f.name for f in option_fields(cls)}
+        assert keys <= set(stored[name]), name
+        for field in option_fields(cls):
+            assert len(field.metadata["help"]) > 10, f"{name}.{field.name} needs a help text"
+    assert stored["break"]["enabled"] is False and stored["collapse"]["threshold"] == 0.0
+    assert set(stored) == {"env_name", "env", "sources", *section_classes()}
+    assert {f.name for f in dataclasses.fields(RunConfig)} >= {"breaking", "collapse"}
+
+
+def test_ini_defaults_match_the_library_defaults() -> None:
+    """``[break]`` and ``[collapse]`` defaults are those of the classes and functions they
+    configure, and the choices those the library accepts."""
+    import inspect
+
+    from pufferfiber import config, criteria, datafibers, fibers, policy
+    from pufferfiber.breaking import SymmetryBreaker
+    from pufferfiber.pipeline import collapse_to_folder
+
+    cfg = load_config("cartpole")
+    b, c = cfg.breaking, cfg.collapse
+    d = SymmetryBreaker()
+    assert (b.interval, b.fiber_threshold, b.opfiber_threshold, b.maturity, b.fraction) == (
+        d.interval,
+        d.fiber_threshold,
+        d.opfiber_threshold,
+        d.maturity,
+        d.fraction,
+    )
+    assert parse_layers(b.layers) is None and d.layers is None
+    defaults = {k: p.default for k, p in inspect.signature(collapse_to_folder).parameters.items()}
+    assert c.lstm_rounds == defaults["max_lstm_rounds"] == fibers.DEFAULT_LSTM_ROUNDS
+    assert c.fidelity_batch == defaults["fidelity_batch"]
+    assert c.fidelity_steps == defaults["fidelity_steps"]
+    assert c.criterion == defaults["criterion"] and c.flatten_colours == "positions"
+    assert c.lstm_criterion == defaults["lstm_criterion"]
+    assert c.calibration_batch == datafibers.DEFAULT_CALIBRATION_BATCH
+    assert c.calibration_steps == datafibers.DEFAULT_CALIBRATION_STEPS
+    assert c.episodes_played == 3 and dataclasses.replace(c, criterion="data").episodes_played == 10
+    assert config.CRITERIA == criteria.CRITERIA and config.LSTM_CRITERIA == criteria.LSTM_CRITERIA
+    assert config.FLATTEN_COLOURS == fibers.FLATTEN_COLOURS
+    assert config.DATA_FITS == criteria.DATA_FITS
+    assert config.RNN_KINDS == policy.RNN_KINDS
+
+
+def test_a_user_config_file_is_merged_before_the_command_line(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.ini"
+    mine.write_text("[train]\nlearning_rate = 0.01\nseed = 7\n[break]\nenabled = True\n")
+    cfg = load_config("cartpole", {"train.seed": "3"}, extra_files=[mine])
+    assert cfg.train.learning_rate == 0.01 and cfg.train.seed == 3 and cfg.breaking.enabled
+    assert str(mine) in cfg.sources
+    assert (
+        _default_shown(_help(["--env", "cartpole", "--config", str(mine)]), "--train.seed") == "7"
+    )
+    mine.write_text("[train]\nlearning_rat = 0.01\n")
+    with pytest.raises(ConfigError, match=r"did you mean train.learning_rate"):
+        load_config("cartpole", extra_files=[mine])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("cartpole", extra_files=[tmp_path / "none.ini"])
+
+
+def test_break_settings_build_the_breaker() -> None:
+    """``--break-symmetry`` and ``--break.*`` reach :class:`SymmetryBreaker` (seeded by
+    ``train.seed``); without ``--break-symmetry`` there is no hook."""
+    args = cli.parse_args(["--env", "cartpole"])
+    assert cli.training_hooks(load_config("cartpole", args.overrides), args.overrides) == []
+    argv = ["--env", "cartpole", "--break-symmetry", "--break.interval", "5",
+            "--break.fiber-threshold", "0.1", "--break.opfiber_threshold", "0.2",
+            "--break.maturity", "7", "--break.fraction", "0.25", "--break.layers", "linear1, lstm",
+            "--train.seed", "4"]  # fmt: skip
+    args = cli.parse_args(argv)
+    (b,) = cli.training_hooks(load_config("cartpole", args.overrides), args.overrides)
+    assert (
+        b.interval, b.fiber_threshold, b.opfiber_threshold, b.maturity, b.fraction, b.layers, b.seed
+    ) == (5, 0.1, 0.2, 7, 0.25, ["linear1", "lstm"], 4)  # fmt: skip
+    args = cli.parse_args(["--env", "cartpole", "--break-symmetry"])
+    (d,) = cli.training_hooks(load_config("cartpole", args.overrides), args.overrides)
+    assert d.layers is None and d.opfiber_threshold is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--break.fraction", "1.5"], "fraction"),
+        (["--break.fiber-threshold", "3"], "threshold"),
+        (["--break.interval", "0"], "interval"),
+        (["--break.maturity", "-1"], "maturity"),
+    ],
+)
+def test_invalid_break_settings_are_usage_errors(argv: list[str], message: str) -> None:
+    args = cli.parse_args(["--env", "cartpole", "--break-symmetry", *argv])
+    cfg = load_config("cartpole", args.overrides)
+    with pytest.raises(cli.UsageError, match=message):
+        cli.training_hooks(cfg, args.overrides)
+
+
+def test_collapse_section_alone() -> None:
+    c = load_section(CollapseConfig, {"collapse.threshold": "0.3", "collapse.layers": "lstm"})
+    assert c.threshold == 0.3 and c.layer_list == ["lstm"]
+    assert load_section(BreakConfig).layers == "all"
+    with pytest.raises(ConfigError, match="threshold must be between 0 and 2"):
+        load_section(CollapseConfig, {"collapse.threshold": "9"})
 
 
 def test_replace_train_revalidates() -> None:
@@ -148,3 +306,24 @@ def test_replace_train_revalidates() -> None:
     with pytest.raises(ConfigError):
         cfg.replace_train(batch_size=1000)
     assert cfg.to_dict()["train"]["batch_size"] == cfg.train.batch_size
+
+
+def test_resume_of_a_run_saved_before_break_was_a_section() -> None:
+    """Older runs stored their symmetry-breaking settings only with the hook state: resuming
+    restores them from there (and the rest from the stored sections)."""
+    from types import SimpleNamespace
+
+    stored = load_config("cartpole", {"train.learning_rate": "0.001"}).to_dict()
+    del stored["break"], stored["collapse"]
+    ckpt = SimpleNamespace(config=stored, path=Path("model_000002.pt"))
+    settings = {"interval": 3, "fiber_threshold": 0.5, "opfiber_threshold": None, "maturity": 0,
+                "fraction": 1.0, "layers": ["lstm"], "seed": 1}  # fmt: skip
+    state = {"hooks": [{"settings": settings, "born": {}}]}
+    cfg = cli.resumed_config(load_config("cartpole"), ckpt, {}, None, state)
+    assert cfg.train.learning_rate == 0.001
+    b = cfg.breaking
+    assert (b.enabled, b.interval, b.fiber_threshold, b.maturity, b.layers) == (
+        True, 3, 0.5, 0, "lstm"
+    )  # fmt: skip
+    plain = cli.resumed_config(load_config("cartpole"), ckpt, {}, None, {})
+    assert plain.breaking.enabled is False

@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from pufferfiber.checkpoints import load_checkpoint, save_checkpoint
+from pufferfiber.cli import collapse_main
 from pufferfiber.envs import architecture_for
 from pufferfiber.fibers import compute_fibers, load_fibers
-from pufferfiber.pipeline import collapse_main
 from pufferfiber.policy import Policy
 
 FAST = ["--fidelity-batch", "2", "--fidelity-steps", "8"]
@@ -58,15 +57,17 @@ def test_collapse_command_data_criterion(tmp_path: Path, capsys) -> None:
 def test_collapse_command_rejects_options_of_another_criterion(tmp_path: Path, capsys) -> None:
     ckpt_path = cartpole_checkpoint(tmp_path / "run")
     argv = [str(ckpt_path), "-t", "0.2", "--criterion", "data", "--lstm-criterion", "published"]
-    assert collapse_main(argv) != 0
+    assert collapse_main(argv) == 2
     assert "weights criterion only" in capsys.readouterr().err
     assert not (ckpt_path.parent / "collapsed_model_thr_02_000006").exists()
-    with pytest.raises(SystemExit):
-        collapse_main([str(ckpt_path), "-t", "0.2", "--criterion", "magic"])
+    assert collapse_main([str(ckpt_path), "-t", "0.2", "--criterion", "magic"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("collapse: error:") and "invalid choice: 'magic'" in err
 
 
 def test_published_lstm_criterion_reproduces_published_counts(shared_run: Path) -> None:
-    """SPEC: pooled linear1 at τ = 0.3 on epoch 51, rounds 1-5 give 207, 273, 288, 297, 304."""
+    """The published reference: pooled linear1 at τ = 0.3 on epoch 51, rounds 1-5 give 207,
+    273, 288, 297, 304 LSTM fibers."""
     policy = load_checkpoint(shared_run / "model_000051.pt", allow_pickle=True).policy
     layers = ["linear1", "lstm"]
     published = compute_fibers(

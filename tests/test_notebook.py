@@ -92,6 +92,11 @@ def test_saved_notebook_is_clean_and_parameterised() -> None:
     assert set(PARAMETERS) <= assigned
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
     assert sum(c.cell_type == "markdown" for c in nb.cells) >= 5
+    # it imports the installed package and points only to files of the repository
+    assert not any("sys.path" in c.source for c in code)
+    text = "\n".join(c.source for c in nb.cells)
+    assert ".txt" not in text and "SPEC" not in text and "docs/method.md" in text
+    assert (REPO / "docs" / "method.md").is_file()
 
 
 def test_notebook_runs_and_draws_the_comparison(guide_run: dict[str, Path]) -> None:

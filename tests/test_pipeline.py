@@ -11,9 +11,11 @@ import torch
 import pufferfiber.pipeline as pipeline
 from pufferfiber import timeline
 from pufferfiber.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from pufferfiber.cli import collapse_main
+from pufferfiber.config import validate_threshold
 from pufferfiber.envs import architecture_for
 from pufferfiber.fibers import load_fibers
-from pufferfiber.pipeline import collapse_folder_name, collapse_main, validate_threshold
+from pufferfiber.pipeline import collapse_folder_name
 from pufferfiber.policy import Policy
 
 FAST = ["--episodes", "1", "--fidelity-batch", "2", "--fidelity-steps", "8"]
@@ -149,7 +151,11 @@ def test_collapse_upstream_pickle_needs_allow_pickle(shared_run_copy: Path, caps
         (["--threshold", "0.3", "--env", "nonsense_env"], "unknown env"),
         (["--threshold", "0.3", "--layers", "actor"], "head"),
         (["--threshold", "0.3", "--layers", "linear7"], "no layer"),
-        (["--threshold", "0.3", "--lstm-rounds", "0"], "--lstm-rounds"),
+        (["--threshold", "0.3", "--lstm-rounds", "0"], "collapse.lstm_rounds must be at least 1"),
+        (["--threshold", "0.3", "--fit", "cubic"], "invalid choice: 'cubic'"),
+        (["--threshold", "0.3", "--config", "none.ini"], "config file none.ini not found"),
+        (["--layers", "lstm"], "the following arguments are required: --threshold/-t"),
+        (["-t", "0.3", "--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
 def test_bad_arguments_give_one_line_and_no_folder(
@@ -159,7 +165,7 @@ def test_bad_arguments_give_one_line_and_no_folder(
     before = leftovers(ckpt.parent)
     assert collapse_main([str(ckpt), *args, *FAST]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert err.startswith("collapse: error: ") and err.count("\n") == 1 and message in err
     assert leftovers(ckpt.parent) == before
 
 
@@ -220,24 +226,40 @@ def test_existing_folder_needs_force_and_keeps_other_contents(tmp_path: Path, ca
     ]
 
 
-def test_help_explains_every_option(capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        collapse_main(["--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    for option in (
-        "CHECKPOINT",
-        "--threshold",
-        "--out",
-        "--allow-pickle",
-        "--flatten-colours",
-        "--layers",
-        "--episodes",
-        "--env",
-        "--lstm-rounds",
-        "--force",
+def test_help_explains_every_option(capsys, tmp_path: Path) -> None:
+    """Every ``[collapse]`` setting of a standalone collapse is an option whose help shows the
+    value it runs with: the base file's, or a ``--config`` file's."""
+    import re
+
+    from pufferfiber.config import CollapseConfig, load_section, option_fields
+
+    mine = tmp_path / "mine.ini"
+    mine.write_text("[collapse]\nlstm_rounds = 4\nfit = affine\n")
+    for extra, settings in (
+        ([], load_section(CollapseConfig)),
+        (["--config", str(mine)], load_section(CollapseConfig, extra_files=[mine])),
     ):
-        assert option in text
+        with pytest.raises(SystemExit) as exit_info:
+            collapse_main(["--help", *extra])
+        assert exit_info.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        for option in ("CHECKPOINT", "--threshold", "--out", "--allow-pickle", "--env", "--force",
+                       "--seed", "--device", "--config"):  # fmt: skip
+            assert option in text
+        for field in option_fields(CollapseConfig):
+            option = f"--{field.name.replace('_', '-')}"
+            if field.name == "threshold":  # -t/--threshold TAU, required
+                assert "--threshold TAU, -t TAU" in text
+                continue
+            if field.name in CollapseConfig.TRAINING_ONLY:  # settings of collapse-and-retrain
+                assert f"{option} " not in text
+                continue
+            start = text.index(f"{option} ", text.index("[collapse] settings:"))
+            match = re.compile(r"\(default: ([^)]*)\)").search(text, start)
+            assert match is not None
+            value = getattr(settings, field.name)
+            assert match.group(1) == (value if isinstance(value, str) else repr(value)), option
+    assert settings.lstm_rounds == 4 and settings.fit == "affine"
 
 
 def test_timeline_counts_every_checkpoint_and_caches(
@@ -282,6 +304,8 @@ def test_timeline_on_a_read_only_upstream_run(shared_run_copy: Path) -> None:
     finally:
         shared_run_copy.chmod(0o755)
     assert [e["epoch"] for e in entries] == [3, 27, 51]
-    assert entries[-1]["fibers"]["linear1"] == 509  # SPEC §6, position-faithful criterion
+    assert (
+        entries[-1]["fibers"]["linear1"] == 509
+    )  # the published run, position-faithful criterion (README)
     assert all(e["params_full"] == 3_948_202 for e in entries)
     assert not (shared_run_copy / timeline.CACHE_NAME).exists()
