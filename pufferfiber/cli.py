@@ -173,7 +173,9 @@ def add_section_options(
             metavar=None
             if meta.get("choices")
             else meta.get("metavar") or type_name(field_type(cls, field.name)),
-            help=_help_text(meta["help"], _shown(defaults.get(field.name))),
+            help=_help_text(
+                meta["help"], _shown(defaults.get(field.name), field_type(cls, field.name))
+            ),
         )
         if flag and switch and not short_names:  # --break-symmetry: a switch for a boolean
             group.add_argument(
@@ -186,8 +188,8 @@ def add_section_options(
             )
 
 
-def _shown(text: str | None) -> str | None:
-    return None if text is None else shown_value(text)
+def _shown(text: str | None, annotation: Any = None) -> str | None:
+    return None if text is None else shown_value(text, annotation)
 
 
 def add_env_options(parser: argparse.ArgumentParser, defaults: dict[str, str]) -> None:

@@ -673,10 +673,11 @@ def load_config(
     return cfg
 
 
-def shown_value(text: str) -> str:
-    """An ini value as ``--help`` shows it (``10_000`` → ``10000``, ``True`` → ``True``)."""
+def shown_value(text: str, annotation: Any = None) -> str:
+    """An ini value as ``--help`` shows it (``10_000`` → ``10000``, ``True`` → ``True``); a
+    text field shows its text (the tracker ``none`` is a word, not ``None``)."""
     value = parse_value(text)
-    return text.strip() if isinstance(value, str) else repr(value)
+    return text.strip() if annotation is str or isinstance(value, str) else repr(value)
 
 
 def load_section(
