@@ -147,8 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         "reference's joint gate-row clustering)",
     )
     from pufferfiber.breaking import add_break_arguments
+    from pufferfiber.redo import add_redo_arguments
 
     add_break_arguments(parser)
+    add_redo_arguments(parser)
     return parser
 
 
@@ -458,29 +460,46 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return out
 
 
-def resumed_hooks(hooks: Sequence[Any], state: dict[str, Any]) -> list[Any]:
-    """Symmetry breaking continues with the run's stored settings when ``--break-symmetry`` is
-    not given again; given settings that differ from the stored ones are reported."""
-    from pufferfiber.breaking import SymmetryBreaker
+def _hook_kind(hook_or_state: Any) -> str:
+    """``"redo"`` or ``"break"`` (states saved before ReDo was a hook carry no kind)."""
+    if isinstance(hook_or_state, dict):
+        return str(hook_or_state.get("kind") or "break")
+    return str(getattr(hook_or_state, "kind", "break"))
 
-    found = [h.get("settings") for h in (state.get("hooks") or []) if isinstance(h, dict)]
-    stored: list[dict[str, Any]] = [x for x in found if isinstance(x, dict)]
-    if not stored:
-        return list(hooks)
-    if not hooks:
-        try:
-            breaker = SymmetryBreaker(**stored[0])
-        except (TypeError, ValueError) as exc:
-            raise UsageError(
-                f"the run's stored symmetry-breaking settings are invalid: {exc}"
-            ) from None
-        _say(f"resume: symmetry breaking continues with the run's settings {stored[0]}")
-        return [breaker]
-    given = hooks[0].settings() if hasattr(hooks[0], "settings") else stored[0]
-    changed = [f"{k} {given.get(k)} (was {v})" for k, v in stored[0].items() if given.get(k) != v]
-    if changed:
-        _say(f"resume: symmetry breaking with {', '.join(changed)} (given now)")
-    return list(hooks)
+
+_HOOK_NAMES = {"break": "symmetry breaking", "redo": "ReDo"}
+
+
+def resumed_hooks(hooks: Sequence[Any], state: dict[str, Any]) -> list[Any]:
+    """Symmetry breaking and ReDo continue with the run's stored settings when ``--break-symmetry``
+    / ``--redo`` is not given again; given settings that differ from the stored ones are
+    reported. The hooks come back in the stored order, so each one gets its own saved state."""
+    from pufferfiber.breaking import SymmetryBreaker
+    from pufferfiber.redo import DormantReset
+
+    found = [h for h in (state.get("hooks") or []) if isinstance(h, dict)]
+    stored = [(_hook_kind(h), h["settings"]) for h in found if isinstance(h.get("settings"), dict)]
+    given = {_hook_kind(h): h for h in hooks}
+    out: list[Any] = []
+    for kind, settings in stored:
+        name = _HOOK_NAMES.get(kind, kind)
+        hook = given.pop(kind, None)
+        if hook is None:
+            make = DormantReset if kind == "redo" else SymmetryBreaker
+            try:
+                hook = make(**settings)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"the run's stored {name} settings are invalid: {exc}") from None
+            _say(f"resume: {name} continues with the run's settings {settings}")
+        else:
+            now = hook.settings() if hasattr(hook, "settings") else settings
+            changed = [
+                f"{k} {now.get(k)} (was {v})" for k, v in settings.items() if now.get(k) != v
+            ]
+            if changed:
+                _say(f"resume: {name} with {', '.join(changed)} (given now)")
+        out.append(hook)
+    return out + [h for h in hooks if any(h is g for g in given.values())]
 
 
 def check_fits_env(ckpt: Any, vecenv: Any = None) -> None:
@@ -671,23 +690,30 @@ def check_hooks(hooks: Sequence[Any], policy: Any) -> None:
 
 
 def training_hooks(ns: argparse.Namespace, cfg: RunConfig) -> list[Any]:
-    """Per-epoch hooks asked for on the command line (``--break-symmetry``)."""
+    """Per-epoch hooks asked for on the command line (``--break-symmetry``, ``--redo``)."""
     from pufferfiber.breaking import breaker_from_args
+    from pufferfiber.redo import reset_from_args
 
-    if not ns.break_symmetry:
-        defaults = build_parser()
+    defaults = build_parser()
+    for flag, prefix, what in (
+        ("break_symmetry", "break_", "--break-symmetry (symmetry breaking is off)"),
+        ("redo", "redo_", "--redo (ReDo is off)"),
+    ):
+        if getattr(ns, flag):
+            continue
         given = [
-            "--" + dest.replace("break_", "break.", 1).replace("_", "-")
+            "--" + dest.replace(prefix, prefix[:-1] + ".", 1).replace("_", "-")
             for dest in vars(ns)
-            if dest.startswith("break_") and getattr(ns, dest) != defaults.get_default(dest)
+            if dest.startswith(prefix) and getattr(ns, dest) != defaults.get_default(dest)
         ]
         if given:
-            raise UsageError(f"{given[0]} needs --break-symmetry (symmetry breaking is off)")
+            raise UsageError(f"{given[0]} needs {what}")
     try:
         breaker = breaker_from_args(ns, seed=cfg.train.seed)
+        reset = reset_from_args(ns, seed=cfg.train.seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return [breaker] if breaker is not None else []
+    return [h for h in (breaker, reset) if h is not None]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ contributed (little, by definition of dormant). The unit surgery is shared with
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -161,16 +162,55 @@ class DormantReset:
         self.layers = None if layers is None else list(layers)
         self.log_name = log_name
         self._gen = torch.Generator().manual_seed(seed)
+        self.total_reset: dict[str, int] = {}
+
+    # -- bookkeeping (stored in trainer_state.pt, so --resume continues the same resets) --------
+
+    kind = "redo"  # tells a resumed run which hook a stored state belongs to
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "tau": self.tau,
+            "interval": self.interval,
+            "layers": self.layers,
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "settings": self.settings(),
+            "total_reset": dict(self.total_reset),
+            "generator": self._gen.get_state().tolist(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.total_reset = dict(state.get("total_reset", {}))
+        if "generator" in state:
+            self._gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+    def check(self, policy: Policy) -> None:
+        """Raise ``ValueError`` now (not at the first reset) if ``layers`` names no hidden
+        layer of ``policy``."""
+        self._chosen(policy)
+
+    def _chosen(self, policy: Policy) -> set[str]:
+        try:
+            return set(selected_labels(build_graph(policy), self.layers))
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("--break.layers", "--redo.layers")) from None
 
     def step(
         self, policy: Policy, optimizer: torch.optim.Optimizer | None, epoch: int, obs: torch.Tensor
     ) -> ResetReport:
         start = time.perf_counter()
-        chosen = set(selected_labels(build_graph(policy), self.layers))
+        chosen = self._chosen(policy)
         activity = unit_activity(policy, obs.to(next(policy.parameters()).device))
         dormant = dormant_units(activity, self.tau)
         units = {label: idx for label, idx in dormant.items() if label in chosen}
         recycle_units(policy, units, optimizer=optimizer, generator=self._gen)
+        for label, idx in units.items():
+            self.total_reset[label] = self.total_reset.get(label, 0) + len(idx)
         return ResetReport(
             epoch=epoch,
             reset={label: len(idx) for label, idx in units.items()},
@@ -201,3 +241,45 @@ class DormantReset:
                 },
             )
         return {f"redo_{label}": float(n) for label, n in report.reset.items()}
+
+
+def add_redo_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The ``--redo`` group (off by default) for training and resumed runs, beside
+    ``--break-symmetry``."""
+    d = DormantReset()
+    g = parser.add_argument_group(
+        "ReDo",
+        "recycle dormant units during training (Sokar et al. 2023): fresh incoming weights, "
+        "outgoing weights zeroed",
+    )
+    g.add_argument("--redo", action="store_true", help="enable ReDo resets (default: off)")
+    g.add_argument(
+        "--redo.tau", dest="redo_tau", type=float, default=d.tau, metavar="TAU",
+        help="a unit is dormant when its mean |activation| is at most TAU times its layer's "
+             f"mean; 0 = only dead units (default: {d.tau})",
+    )  # fmt: skip
+    g.add_argument(
+        "--redo.interval", dest="redo_interval", type=int, default=d.interval,
+        metavar="EPOCHS", help=f"reset every EPOCHS epochs (default: {d.interval})",
+    )  # fmt: skip
+    g.add_argument(
+        "--redo.layers", dest="redo_layers", default="all", metavar="LAYERS",
+        help="comma-separated layers (conv1, linear1, lstm...) or kinds (conv, linear, lstm) "
+             "(default: all)",
+    )  # fmt: skip
+    return g
+
+
+def reset_from_args(args: argparse.Namespace, seed: int = 0) -> DormantReset | None:
+    """A :class:`DormantReset` from parsed arguments, or ``None`` without ``--redo``. Raises
+    ``ValueError`` (one line) for an invalid setting."""
+    if not getattr(args, "redo", False):
+        return None
+    text = str(args.redo_layers).strip()
+    layers = None if text in ("", "all") else [s.strip() for s in text.split(",") if s.strip()]
+    try:
+        return DormantReset(
+            tau=args.redo_tau, interval=args.redo_interval, layers=layers, seed=seed
+        )
+    except ValueError as exc:
+        raise ValueError(f"--redo: {exc}") from None
