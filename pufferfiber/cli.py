@@ -29,7 +29,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -38,8 +38,10 @@ from typing import Any, NoReturn  # noqa: E402
 from pufferfiber.config import (  # noqa: E402
     CONFIG_DIR,
     ENV_HELP,
+    BreakConfig,
     CollapseConfig,
     ConfigError,
+    RedoConfig,
     RunConfig,
     field_type,
     load_config,
@@ -501,7 +503,8 @@ def train_resume(
         state = load_trainer_state(run_dir) or {}
         epoch, path = _resume_point(run_dir, state)
         ckpt = _load_latest(run_dir, path, allow_pickle, cfg.env_name)
-        cfg = resumed_config(cfg, ckpt, overrides, backend, state)
+        keep_network(cfg, ckpt, overrides)  # refuses another recurrent layer before any message
+        cfg = keep_network(resumed_config(cfg, ckpt, overrides, backend, state), ckpt)
         _check_device(cfg)
         optimizer_state = state.get("optimizer") if state.get("epoch") == epoch else None
         if optimizer_state is None:
@@ -612,17 +615,35 @@ def resumed_config(
     changes = _changes(original.to_dict(), resumed.to_dict())
     if changes:
         _say(f"resume: the run's settings, except {', '.join(changes)} (given now)")
-    if original.breaking.enabled and "break.enabled" not in overrides:
-        settings = dataclasses.asdict(resumed.breaking)
-        _say(f"resume: symmetry breaking continues with the run's settings {settings}")
+    for name, before, now in (
+        ("symmetry breaking", original.breaking, resumed.breaking),
+        ("ReDo", original.redo, resumed.redo),
+    ):
+        if before.enabled and now.enabled and f"{now.SECTION}.enabled" not in overrides:
+            _say(f"resume: {name} continues with the run's settings {dataclasses.asdict(now)}")
     return resumed
+
+
+def keep_network(cfg: RunConfig, ckpt: Any, given: Mapping[str, str] | None = None) -> RunConfig:
+    """``cfg`` with the ``[policy]`` choices of the network in ``ckpt``: a resumed or collapsed
+    run keeps its own recurrent layer (stored with the run, so the record stays true).
+    ``--policy.rnn`` given now for another layer is an error rather than silently ignored."""
+    rnn = ckpt.arch.rnn
+    wanted = (given or {}).get("policy.rnn")
+    if wanted is not None and wanted.strip() != rnn:
+        raise UsageError(
+            f"--policy.rnn {wanted.strip()}: {ckpt.path.name} is a {rnn} network; the recurrent "
+            "layer is chosen when a run starts"
+        )
+    return dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, rnn=rnn))
 
 
 def _stored_break(state: dict[str, Any]) -> dict[str, Any]:
     """The ``[break]`` settings of a run that stored them only with its hook state."""
     hooks = state.get("hooks") or []
     stored = hooks.values() if isinstance(hooks, dict) else hooks  # {name: state}, or a list (0.1)
-    found = [h.get("settings") for h in stored if isinstance(h, dict)]
+    breaking = [h for h in stored if isinstance(h, dict) and h.get("kind", "break") == "break"]
+    found = [h.get("settings") for h in breaking]
     settings = next((x for x in found if isinstance(x, dict)), None)
     if settings is None:
         return {"enabled": False}
@@ -678,6 +699,7 @@ def train_collapsed(cfg: RunConfig, exp_id: str | None, allow_pickle: bool) -> i
     if until <= epoch:
         raise UsageError(f"--collapse-until ({until}) must be after the collapsed epoch ({epoch})")
     ckpt = load_checkpoint(path, allow_pickle=allow_pickle, expect_env=cfg.env_name)
+    cfg = keep_network(cfg, ckpt)
     check_hooks(hooks, ckpt.policy)  # layer names survive the collapse
     with opened_vecenv(cfg) as vecenv:
         check_fits_env(ckpt, vecenv)
@@ -827,30 +849,50 @@ def check_hooks(hooks: Sequence[Any], policy: Any) -> None:
 
 
 def training_hooks(cfg: RunConfig, given: dict[str, str] | None = None) -> list[Any]:
-    """Per-epoch hooks of the run's settings (symmetry breaking with ``[break] enabled``).
-    ``given``: the settings on this command line; ``--break.*`` without breaking is an error."""
-    from pufferfiber.breaking import SymmetryBreaker
-
-    b = cfg.breaking
-    if not b.enabled:
-        stray = sorted(k for k in given or {} if k.startswith("break.") and k != "break.enabled")
-        if stray:
-            name = "--" + stray[0].replace("_", "-")
-            raise UsageError(f"{name} needs --break-symmetry (symmetry breaking is off)")
-        return []
-    try:
-        breaker = SymmetryBreaker(
-            interval=b.interval,
-            fiber_threshold=b.fiber_threshold,
-            opfiber_threshold=b.opfiber_threshold,
-            maturity=b.maturity,
-            fraction=b.fraction,
-            layers=parse_layers(b.layers),
-            seed=cfg.train.seed,
+    """Per-epoch hooks of the run's settings: symmetry breaking (``[break] enabled``) and ReDo
+    (``[redo] enabled``). ``given``: the settings on this command line; ``--break.*`` without
+    breaking (``--redo.*`` without ReDo) is an error."""
+    for section, switch, what in (
+        ("break", cfg.breaking.enabled, "--break-symmetry (symmetry breaking is off)"),
+        ("redo", cfg.redo.enabled, "--redo (ReDo is off)"),
+    ):
+        stray = sorted(
+            k for k in given or {} if k.startswith(f"{section}.") and k != f"{section}.enabled"
         )
+        if stray and not switch:
+            raise UsageError(f"--{stray[0].replace('_', '-')} needs {what}")
+    return hooks_from(cfg.breaking, cfg.redo, cfg.train.seed)
+
+
+def hooks_from(breaking: BreakConfig, redo: RedoConfig, seed: int) -> list[Any]:
+    """The hooks that ``breaking`` and ``redo`` switch on (``UsageError`` for a bad value)."""
+    from pufferfiber.breaking import SymmetryBreaker
+    from pufferfiber.redo import DormantReset
+
+    b, r = breaking, redo
+    hooks: list[Any] = []
+    try:
+        if b.enabled:
+            hooks.append(
+                SymmetryBreaker(
+                    interval=b.interval,
+                    fiber_threshold=b.fiber_threshold,
+                    opfiber_threshold=b.opfiber_threshold,
+                    maturity=b.maturity,
+                    fraction=b.fraction,
+                    layers=parse_layers(b.layers),
+                    seed=seed,
+                )
+            )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return [breaker]
+    try:
+        if r.enabled:
+            layers = parse_layers(r.layers)
+            hooks.append(DormantReset(tau=r.tau, interval=r.interval, layers=layers, seed=seed))
+    except ValueError as exc:
+        raise UsageError(f"--redo: {exc}") from None
+    return hooks
 
 
 def main(

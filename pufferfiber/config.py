@@ -179,6 +179,29 @@ class BreakConfig:
 
 
 @dataclass(frozen=True)
+class RedoConfig:
+    """ReDo resets of dormant units during training (see ``pufferfiber.redo``)."""
+
+    SECTION: ClassVar[str] = "redo"
+
+    enabled: bool = setting(
+        "recycle dormant units during training (Sokar et al. 2023): fresh incoming weights, "
+        "outgoing weights zeroed",
+        flag="--redo",
+    )
+    tau: float = setting(
+        "a unit is dormant when its mean |activation| is at most TAU times its layer's mean; "
+        "0 = only dead units",
+        metavar="TAU",
+    )
+    interval: int = setting("reset every this many epochs", metavar="EPOCHS")
+    layers: str = setting(
+        "comma-separated layers (conv1, linear1, lstm...) or kinds (conv, linear, lstm), or all",
+        metavar="LAYERS",
+    )
+
+
+@dataclass(frozen=True)
 class CollapseConfig:
     """How a checkpoint is collapsed (``--collapse τ`` and ``pufferfiber collapse``)."""
 
@@ -288,6 +311,7 @@ class RunConfig:
     env: Mapping[str, Any]
     policy: PolicyConfig
     breaking: BreakConfig
+    redo: RedoConfig
     collapse: CollapseConfig
     sources: tuple[str, ...] = ()
 

@@ -152,16 +152,55 @@ class DormantReset:
         self.layers = None if layers is None else list(layers)
         self.log_name = log_name
         self._gen = torch.Generator().manual_seed(seed)
+        self.total_reset: dict[str, int] = {}
+
+    # -- bookkeeping (stored in trainer_state.pt, so --resume continues the same resets) --------
+
+    kind = "redo"  # tells a resumed run which hook a stored state belongs to
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "tau": self.tau,
+            "interval": self.interval,
+            "layers": self.layers,
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "settings": self.settings(),
+            "total_reset": dict(self.total_reset),
+            "generator": self._gen.get_state().tolist(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.total_reset = dict(state.get("total_reset", {}))
+        if "generator" in state:
+            self._gen.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+    def check(self, policy: Policy) -> None:
+        """Raise ``ValueError`` now (not at the first reset) if ``layers`` names no hidden
+        layer of ``policy``."""
+        self._chosen(policy)
+
+    def _chosen(self, policy: Policy) -> set[str]:
+        try:
+            return set(selected_labels(build_graph(policy), self.layers))
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("--break.layers", "--redo.layers")) from None
 
     def step(
         self, policy: Policy, optimizer: torch.optim.Optimizer | None, epoch: int, obs: torch.Tensor
     ) -> ResetReport:
         start = time.perf_counter()
-        chosen = set(selected_labels(build_graph(policy), self.layers))
+        chosen = self._chosen(policy)
         activity = unit_activity(policy, obs.to(next(policy.parameters()).device))
         dormant = dormant_units(activity, self.tau)
         units = {label: idx for label, idx in dormant.items() if label in chosen}
         recycle_units(policy, units, optimizer=optimizer, generator=self._gen)
+        for label, idx in units.items():
+            self.total_reset[label] = self.total_reset.get(label, 0) + len(idx)
         return ResetReport(
             epoch=epoch,
             reset={label: len(idx) for label, idx in units.items()},

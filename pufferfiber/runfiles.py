@@ -68,6 +68,7 @@ SWEEP_RESULTS = "results.json"
 SWEEP_EVAL = "eval.json"
 SWEEP_LOG = "sweep.log"
 SWEEP_REPORT_HTML = "report.html"
+SWEEP_TRAJECTORY = "trajectory.json"  # fibers and dormant units over a run, per sweep run
 
 
 def run_dir_name(env: str, run_id: str) -> str:

@@ -1,13 +1,22 @@
 """``python -m pufferfiber sweep``: the guide's protocol over a grid of envs, arms and seeds, on
 Ray Tune.
 
-One *cell* is one env and one seed. It trains the original run once (``demo.py --mode train``,
-to the end of the schedule), then for every *arm* (threshold τ × collapse criterion ×
-``--flatten-colours``) collapses the checkpoint closest to ``--collapse-epoch`` and trains the
-collapsed network to the same final epoch (``demo.py --collapse``), so every arm of a seed has the
-same total agent steps. Each finished run is evaluated on ``--eval-episodes`` episodes. Ray Tune
-runs the cells (a grid search over env × seed, one CPU each by default), on a local Ray started
-here or on the cluster at ``--ray-address``.
+One *cell* is one env, one intervention and one seed. It trains the original run once
+(``demo.py --mode train``, to the end of the schedule), then for every *arm* (threshold τ ×
+collapse criterion × ``--flatten-colours``) collapses the checkpoint closest to
+``--collapse-epoch`` and trains the collapsed network to the same final epoch (``demo.py
+--collapse``), so every arm of a seed has the same total agent steps. Each finished run is
+evaluated on ``--eval-episodes`` episodes. Ray Tune runs the cells (a grid search over env ×
+intervention × seed, one CPU each by default), on a local Ray started here or on the cluster at
+``--ray-address``.
+
+The *intervention* (``--interventions``) is what runs during training, in the original run and in
+the resumed runs of its collapsed networks alike: ``none``, ``break`` (symmetry breaking on the
+fibers), ``break-opfibers`` (fibers met with opfibers) or ``redo`` (ReDo's dormant-unit resets),
+with the settings given as ``--break.KEY`` / ``--redo.KEY`` (``demo.py``'s options). Without
+``--thresholds`` a cell trains only its original. Every finished run also gets
+``trajectory.json``: fibers per layer and the dormant-unit fraction over its checkpoints, which the
+report draws.
 
 Layout of ``--out DIR``::
 
@@ -18,6 +27,7 @@ Layout of ``--out DIR``::
     <env>/seed_<S>/<criterion>-<colours>/<env>-<id8>/collapsed_model_thr_TT_EEEEEE/
                                           other arms, beside a copy of the collapsed checkpoint
     <env>/seed_<S>/results.json           the cell's rows
+    <env>/<intervention>/seed_<S>/...     the same for every intervention but ``none``
 
 Starting the same command again continues a killed sweep: finished runs are kept, an
 interrupted original resumes from its last checkpoint, an interrupted arm is collapsed and
@@ -27,6 +37,7 @@ trained again, evaluations already made are reused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -41,6 +52,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pufferfiber.config import BreakConfig, RedoConfig
 from pufferfiber.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
 from pufferfiber.runfiles import (
     FIDELITY,
@@ -51,6 +63,7 @@ from pufferfiber.runfiles import (
     SWEEP_RESULTS,
     SWEEP_SPEC,
     SWEEP_SUMMARY,
+    SWEEP_TRAJECTORY,
     sweep_seed_dir_name,
 )
 
@@ -65,6 +78,7 @@ FINAL_FRACTION = 0.1  # final return = mean over the last 10 % of the schedule's
 SUMMARY_COLUMNS = (
     "env",
     "seed",
+    "intervention",
     "arm",
     "threshold",
     "criterion",
@@ -81,8 +95,15 @@ SUMMARY_COLUMNS = (
     "collapse_epoch",
     "final_epoch",
     "agent_steps",
+    "units_edited",
+    "train_seconds",
     "run_dir",
 )
+INTERVENTIONS = ("none", "break", "break-opfibers", "redo")
+TRAJECTORY_NAME = SWEEP_TRAJECTORY
+TRAJECTORY_POINTS = 25  # checkpoints per run measured for trajectory.json (evenly spaced)
+DORMANT_STEPS = 64  # rollout steps per game for the dormant fraction (as ReDo's hook sees)
+DORMANT_GAMES = 16
 
 
 class SweepError(ValueError):
@@ -119,10 +140,14 @@ class SweepSpec:
     collapse_until: int | None
     eval_episodes: int
     overrides: tuple[tuple[str, str], ...]
+    interventions: tuple[str, ...] = ("none",)
+    # --break.KEY / --redo.KEY settings of the interventions, as demo.py options
+    intervention_options: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["overrides"] = [list(kv) for kv in self.overrides]
+        d["intervention_options"] = [list(kv) for kv in self.intervention_options]
         return d
 
     @classmethod
@@ -138,10 +163,66 @@ class SweepSpec:
             collapse_until=None if d["collapse_until"] is None else int(d["collapse_until"]),
             eval_episodes=int(d["eval_episodes"]),
             overrides=tuple((str(k), str(v)) for k, v in d["overrides"]),
+            interventions=tuple(d.get("interventions") or ("none",)),
+            intervention_options=tuple(
+                (str(k), str(v)) for k, v in d.get("intervention_options") or ()
+            ),
         )
 
     def override_args(self) -> list[str]:
         return [a for k, v in self.overrides for a in (f"--{k}", v)]
+
+    def options(self, section: str) -> dict[str, str]:
+        """``--break.*`` or ``--redo.*`` settings given to the sweep (dotted key → value)."""
+        return {k: v for k, v in self.intervention_options if k.startswith(section + ".")}
+
+    def intervention_args(self, intervention: str) -> list[str]:
+        """``demo.py`` options that switch ``intervention`` on with the sweep's settings.
+        ``break`` ignores ``--break.opfiber-threshold``; ``break-opfibers`` defaults it to the
+        fiber threshold."""
+        if intervention == "none":
+            return []
+        if intervention == "redo":
+            return ["--redo", *_as_args(self.options("redo"))]
+        settings = self.options("break")
+        opfiber = settings.pop("break.opfiber_threshold", None)
+        args = ["--break-symmetry", *_as_args(settings)]
+        if intervention == "break-opfibers":
+            fiber = settings.get(
+                "break.fiber_threshold", str(_section_defaults(BreakConfig).fiber_threshold)
+            )
+            args += ["--break.opfiber-threshold", opfiber or fiber]
+        return args
+
+    def fiber_threshold(self) -> float:
+        """τ of the fibers drawn over training: the breaking threshold."""
+        default = _section_defaults(BreakConfig).fiber_threshold
+        return float(self.options("break").get("break.fiber_threshold", default))
+
+    def dormancy_threshold(self) -> float:
+        """τ of the dormant fraction drawn over training: ReDo's threshold."""
+        default = _section_defaults(RedoConfig).tau
+        return float(self.options("redo").get("redo.tau", default))
+
+
+def _as_args(settings: dict[str, str]) -> list[str]:
+    return [a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)]
+
+
+def _section_defaults(cls: type) -> Any:
+    """The ``[break]`` / ``[redo]`` settings of ``default.ini``."""
+    from pufferfiber.config import load_section
+
+    return load_section(cls)
+
+
+def cell_dir(spec: SweepSpec, env: str, intervention: str, seed: int) -> Path:
+    """``<env>/seed_<S>`` without intervention (the layout of earlier sweeps), else
+    ``<env>/<intervention>/seed_<S>``."""
+    base = Path(spec.out) / env
+    if intervention != "none":
+        base = base / intervention
+    return base / sweep_seed_dir_name(seed)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -157,15 +238,24 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate) for every env × threshold × criterion × flatten colouring × seed, on Ray "
         "Tune. Writes the runs and summary.csv into --out; 'python -m pufferfiber report OUT' "
         "aggregates the seeds. Extra --SECTION.KEY settings (--train.KEY, --env.KEY...) go to "
-        "every run (see 'pufferfiber train --env ENV --help').",
+        "every run (see 'pufferfiber train --env ENV --help'); --break.KEY / --redo.KEY set "
+        "the interventions.",
+        allow_abbrev=False,
     )
     p.add_argument(
         "--env", required=True,
         help="environment(s), comma-separated, e.g. puffer_pong or puffer_pong,puffer_breakout",
     )  # fmt: skip
     p.add_argument(
-        "--thresholds", required=True, metavar="TAU[,TAU...]",
-        help="collapse thresholds τ in (0, 2], comma-separated, e.g. 0.1,0.3",
+        "--thresholds", default=None, metavar="TAU[,TAU...]",
+        help="collapse thresholds τ in (0, 2], comma-separated, e.g. 0.1,0.3 (default: none, "
+             "only the originals are trained)",
+    )  # fmt: skip
+    p.add_argument(
+        "--interventions", default="none", metavar="NAME[,NAME...]",
+        help=f"what runs during training, comma-separated: {', '.join(INTERVENTIONS)} (symmetry "
+             "breaking on fibers, on fibers and opfibers, ReDo); settings with demo.py's "
+             "--break.KEY / --redo.KEY options (default: none)",
     )  # fmt: skip
     p.add_argument(
         "--seeds", type=int, default=5, metavar="N",
@@ -222,14 +312,21 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
 
     ns, rest = build_parser().parse_known_args(normalise_argv(argv))
     overrides = parse_overrides(rest)
+    options = {k: v for k, v in overrides.items() if k.split(".")[0] in ("break", "redo")}
+    overrides = {k: v for k, v in overrides.items() if k not in options}
     envs = _split(ns.env)
     try:
-        thresholds = [validate_threshold(t) for t in _split(ns.thresholds)]
+        thresholds = [validate_threshold(t) for t in _split(ns.thresholds or "")]
         criteria = [check_criterion(c) for c in _split(ns.criterion)]
     except ValueError as exc:
         raise SweepError(str(exc)) from None
-    if not thresholds or any(t == 0 for t in thresholds):
+    if (ns.thresholds is not None and not thresholds) or any(t == 0 for t in thresholds):
         raise SweepError("--thresholds needs one or more τ in (0, 2] (the original is always run)")
+    interventions = list(dict.fromkeys(_split(ns.interventions)))
+    bad = [i for i in interventions if i not in INTERVENTIONS]
+    if bad or not interventions:
+        raise SweepError(f"--interventions must be among {', '.join(INTERVENTIONS)}")
+    _check_intervention_options(options, interventions)
     colours = _split(ns.flatten_colours)
     bad = [c for c in colours if c not in FLATTEN_CHOICES]
     if bad or not colours:
@@ -253,6 +350,8 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
         collapse_until=ns.collapse_until,
         eval_episodes=ns.eval_episodes,
         overrides=tuple(sorted(overrides.items())),
+        interventions=tuple(interventions),
+        intervention_options=tuple(sorted(options.items())),
     )
     for env in spec.envs:
         check_schedule(spec, env, checkpoints=False)
@@ -270,6 +369,24 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
     for env in spec.envs:
         check_schedule(spec, env)
     return spec, ns
+
+
+def _check_intervention_options(options: dict[str, str], interventions: list[str]) -> None:
+    """The ``--break.*`` / ``--redo.*`` settings must be ``[break]`` / ``[redo]`` keys with
+    valid values (checked as a training run checks them)."""
+    from pufferfiber.cli import UsageError, hooks_from
+    from pufferfiber.config import BreakConfig, RedoConfig, load_section
+
+    for key in options:
+        section = key.split(".")[0]
+        wanted = ("break", "break-opfibers") if section == "break" else ("redo",)
+        if not any(i in wanted for i in interventions):
+            raise SweepError(f"--{key.replace('_', '-')} needs --interventions {wanted[0]}")
+    switched_on = {**options, "break.enabled": "True", "redo.enabled": "True"}
+    try:
+        hooks_from(load_section(BreakConfig, switched_on), load_section(RedoConfig, switched_on), 0)
+    except UsageError as exc:
+        raise SweepError(str(exc)) from None
 
 
 def _collapse_point(spec: SweepSpec, env: str) -> int:
@@ -324,7 +441,10 @@ def prepare_out(spec: SweepSpec) -> None:
             before = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise SweepError(f"cannot read {path}: {exc}") from None
-        if before != json.loads(json.dumps(spec.to_dict())):  # tuples come back as lists
+        # a sweep.json of an older version lacks the newer keys (they take their defaults)
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            before = SweepSpec.from_dict(before).to_dict()
+        if json.loads(json.dumps(before)) != json.loads(json.dumps(spec.to_dict())):
             raise SweepError(
                 f"{out} holds a different sweep ({SPEC_NAME} differs); use another --out or "
                 "repeat the original command"
@@ -388,14 +508,17 @@ def _last_epoch(run: Path) -> int:
     return found[-1][0] if found else 0
 
 
-def ensure_original(spec: SweepSpec, env: str, seed: int, seed_dir: Path, tag: str) -> Path:
-    """The finished original run of this cell: trained, resumed, or already there."""
+def ensure_original(
+    spec: SweepSpec, env: str, seed: int, seed_dir: Path, tag: str, extra: Sequence[str] = ()
+) -> Path:
+    """The finished original run of this cell: trained, resumed, or already there (``extra``:
+    the intervention's ``demo.py`` options)."""
     end = int(run_config(spec, env, seed).train.end_epoch)
     runs = [r for r in _runs_in(seed_dir, env) if _last_epoch(r) > 0]
     for r in _runs_in(seed_dir, env):
         if _last_epoch(r) == 0:  # killed before its first checkpoint: nothing to keep
             shutil.rmtree(r)
-    common = ["--env", env, "--train.data-dir", str(seed_dir), "--train.seed", str(seed)]
+    common = ["--env", env, "--train.data-dir", str(seed_dir), "--train.seed", str(seed), *extra]
     log = seed_dir / SWEEP_LOG
     if not runs:
         _say(tag, f"original: training epochs 1..{end}")
@@ -425,7 +548,13 @@ def _arm_base(original: Path, arm: Arm, source: Path) -> Path:
 
 
 def ensure_arm(
-    spec: SweepSpec, env: str, seed: int, original: Path, arm: Arm, tag: str
+    spec: SweepSpec,
+    env: str,
+    seed: int,
+    original: Path,
+    arm: Arm,
+    tag: str,
+    extra: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """``(collapse folder, finished resumed run)`` of one arm, collapsing and training if needed."""
     from pufferfiber.checkpoints import closest_checkpoint
@@ -449,7 +578,7 @@ def ensure_arm(
     ]  # fmt: skip
     if arm.criterion != DEFAULT_CRITERION:
         args += ["--criterion", arm.criterion]
-    _demo([*args, *spec.override_args()], original.parent / "sweep.log")
+    _demo([*args, *extra, *spec.override_args()], original.parent / "sweep.log")
     (run,) = [r for r in _runs_in(folder, env) if _last_epoch(r) >= until]
     return folder, run
 
@@ -498,15 +627,19 @@ def final_return(points: list[tuple[int, float]], last_epoch: int) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def run_cell(spec: SweepSpec, env: str, seed: int) -> list[dict[str, Any]]:
-    """The original and every arm of one env × seed; returns (and saves) the summary rows."""
+def run_cell(
+    spec: SweepSpec, env: str, seed: int, intervention: str = "none"
+) -> list[dict[str, Any]]:
+    """The original and every arm of one env × intervention × seed; returns (and saves) the
+    summary rows."""
     from pufferfiber.checkpoints import atomic_write_text, load_checkpoint
 
-    tag = f"{env} seed {seed}"
-    seed_dir = Path(spec.out) / env / sweep_seed_dir_name(seed)
+    tag = f"{env} seed {seed}" if intervention == "none" else f"{env} {intervention} seed {seed}"
+    seed_dir = cell_dir(spec, env, intervention, seed)
     seed_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    original = ensure_original(spec, env, seed, seed_dir, tag)
+    extra = spec.intervention_args(intervention)
+    original = ensure_original(spec, env, seed, seed_dir, tag, extra)
     until = final_epoch(spec, env)
     cfg = run_config(spec, env, seed)
     full = load_checkpoint(original / _checkpoint_name(original), expect_env=env)
@@ -514,6 +647,7 @@ def run_cell(spec: SweepSpec, env: str, seed: int) -> list[dict[str, Any]]:
     base_row = {
         "env": env,
         "seed": seed,
+        "intervention": intervention,
         "final_epoch": until,
         "agent_steps": until * cfg.train.batch_size,
     }
@@ -535,7 +669,7 @@ def run_cell(spec: SweepSpec, env: str, seed: int) -> list[dict[str, Any]]:
             "eval_std": evaluation["eval_std"],
             "eval_episodes": spec.eval_episodes,
             "collapse_epoch": "",
-            "run_dir": str(original),
+            **_run_facts(spec, original, env, seed),
         }
     ]
     _say(
@@ -544,7 +678,7 @@ def run_cell(spec: SweepSpec, env: str, seed: int) -> list[dict[str, Any]]:
         f"eval {evaluation['eval_return']:.2f}",
     )
     for arm in spec.arms:
-        folder, run = ensure_arm(spec, env, seed, original, arm, tag)
+        folder, run = ensure_arm(spec, env, seed, original, arm, tag, extra)
         fidelity = json.loads((folder / FIDELITY).read_text())
         collapse_epoch = int(fidelity["epoch"])
         before = [(e, v) for e, v in _history(original) if e <= collapse_epoch]
@@ -565,7 +699,7 @@ def run_cell(spec: SweepSpec, env: str, seed: int) -> list[dict[str, Any]]:
             "eval_std": evaluation["eval_std"],
             "eval_episodes": spec.eval_episodes,
             "collapse_epoch": collapse_epoch,
-            "run_dir": str(run),
+            **_run_facts(spec, run, env, seed),
         }
         rows.append(row)
         _say(
@@ -576,6 +710,99 @@ def run_cell(spec: SweepSpec, env: str, seed: int) -> list[dict[str, Any]]:
     atomic_write_text(seed_dir / RESULTS_NAME, json.dumps(rows, indent=1) + "\n")
     _say(tag, f"cell done in {time.perf_counter() - start:.0f} s")
     return rows
+
+
+def units_edited(run: Path) -> dict[int, dict[str, int]]:
+    """Epoch → layer → units broken (``breaking.jsonl``) or recycled (``redo.jsonl``)."""
+    from pufferfiber.breaking import BREAK_LOG
+    from pufferfiber.redo import REDO_LOG
+
+    edited: dict[int, dict[str, int]] = {}
+    for name, key in ((BREAK_LOG, "broken"), (REDO_LOG, "reset")):
+        path = run / name
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill; the epoch is trained again
+                continue
+            per_layer = edited.setdefault(int(record["epoch"]), {})
+            for label, n in dict(record.get(key) or {}).items():
+                per_layer[label] = per_layer.get(label, 0) + int(n)
+    return edited
+
+
+def _train_seconds(run: Path) -> float:
+    """Wall time of the run's training (the trainer's uptime at its last logged epoch; a
+    resumed run counts from its resumption)."""
+    from pufferfiber.logparse import LogParseError, read_metrics
+    from pufferfiber.report import METRICS_NAME
+
+    try:
+        records = read_metrics(run / METRICS_NAME)
+    except LogParseError:
+        return math.nan
+    times = [float(r.summary["uptime"]) for r in records if "uptime" in r.summary]
+    return times[-1] if times else math.nan
+
+
+def trajectory(spec: SweepSpec, run: Path, env: str, seed: int) -> dict[str, Any]:
+    """Fibers per layer (at the breaking threshold) and the dormant-unit fraction (at ReDo's
+    threshold) at up to ``TRAJECTORY_POINTS`` checkpoints of ``run``, cached in
+    ``trajectory.json``. The dormant fraction is measured as ReDo's hook measures it: on
+    ``DORMANT_GAMES`` games × ``DORMANT_STEPS`` steps that the checkpoint itself plays, run
+    from a zero LSTM state."""
+    from pufferfiber.checkpoints import atomic_write_text, list_checkpoints, load_checkpoint
+    from pufferfiber.evaluate import collect_observations
+    from pufferfiber.redo import dormant_fraction
+    from pufferfiber.timeline import fibers_at
+
+    found = list_checkpoints(run)
+    step = max(1, math.ceil(len(found) / TRAJECTORY_POINTS))
+    chosen = found[::step] + ([found[-1]] if (len(found) - 1) % step else [])
+    fiber_tau, dormant_tau = spec.fiber_threshold(), spec.dormancy_threshold()
+    key = {
+        "fiber_threshold": fiber_tau,
+        "dormant_threshold": dormant_tau,
+        "checkpoints": [p.name for _, p in chosen],
+    }
+    cache = run / TRAJECTORY_NAME
+    if cache.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key:
+                return dict(saved)
+    points = []
+    for epoch, path in chosen:
+        entry = fibers_at(path, fiber_tau)
+        policy = load_checkpoint(path, expect_env=env).policy
+        obs = collect_observations(policy, env, DORMANT_GAMES, DORMANT_STEPS, seed=20_000 + seed)
+        dormant = dormant_fraction(policy, obs, dormant_tau)
+        points.append(
+            {
+                "epoch": epoch,
+                "fibers": entry["fibers"],
+                "sizes": entry["sizes"],
+                "params_collapsed": entry["params_collapsed"],
+                "dormant_fraction": dormant,
+            }
+        )
+    result = {"key": key, "points": points, "edited": units_edited(run)}
+    atomic_write_text(cache, json.dumps(result) + "\n")
+    return json.loads(json.dumps(result))  # epochs as keys come back as strings, as cached
+
+
+def _run_facts(spec: SweepSpec, run: Path, env: str, seed: int) -> dict[str, Any]:
+    """Summary columns every run has: units edited, wall time, its folder (and, as a side
+    effect, its ``trajectory.json``)."""
+    trajectory(spec, run, env, seed)
+    edited = units_edited(run)
+    return {
+        "units_edited": sum(sum(per.values()) for per in edited.values()),
+        "train_seconds": _train_seconds(run),
+        "run_dir": str(run),
+    }
 
 
 def _checkpoint_name(run: Path) -> str:
@@ -594,7 +821,8 @@ def _nan(value: Any) -> float:
 def _cell_trainable(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Tune's function trainable: one env × seed cell."""
     spec = SweepSpec.from_dict(config["spec"])
-    rows = run_cell(spec, config["env"], int(config["seed"]))
+    env, intervention, seed = config["cell"]
+    rows = run_cell(spec, env, int(seed), intervention)
     return {"arms": len(rows), "done": 1}
 
 
@@ -624,17 +852,18 @@ def run_sweep(spec: SweepSpec, address: str | None, num_cpus: int | None, cpus: 
 
     start_ray(address, num_cpus)
     try:
-        cells = [(e, s) for e in spec.envs for s in spec.seeds]
+        # seed-major order: a sweep stopped early has whole seeds of every intervention
+        cells = [[e, i, s] for s in spec.seeds for e in spec.envs for i in spec.interventions]
         print(
-            f"sweep: {len(cells)} cells (env × seed), {len(spec.arms)} arms each, into {spec.out}",
+            f"sweep: {len(cells)} cells (env × intervention × seed), {len(spec.arms)} collapse "
+            f"arm(s) each, into {spec.out}",
             flush=True,
         )
         tuner = tune.Tuner(
             tune.with_resources(_cell_trainable, {"cpu": cpus}),
             param_space={
                 "spec": spec.to_dict(),
-                "env": tune.grid_search(list(spec.envs)),
-                "seed": tune.grid_search(list(spec.seeds)),
+                "cell": tune.grid_search(cells),
             },
             tune_config=tune.TuneConfig(reuse_actors=False),
             run_config=tune.RunConfig(
@@ -666,10 +895,11 @@ def write_summary(spec: SweepSpec) -> tuple[Path, int]:
 
     rows: list[dict[str, Any]] = []
     for env in spec.envs:
-        for seed in spec.seeds:
-            path = Path(spec.out) / env / sweep_seed_dir_name(seed) / RESULTS_NAME
-            if path.is_file():
-                rows.extend(json.loads(path.read_text()))
+        for intervention in spec.interventions:
+            for seed in spec.seeds:
+                path = cell_dir(spec, env, intervention, seed) / RESULTS_NAME
+                if path.is_file():
+                    rows.extend(json.loads(path.read_text()))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -13,6 +13,11 @@ and a table per arm: % parameters, KL at collapse, final and evaluation return, 
 difference of each to the original of the same seed (paired over seeds) with its 95 % interval.
 A sentence says which arms are indistinguishable from the original (the interval of the
 difference contains 0), which are below and which above.
+
+A sweep with interventions (``--interventions``: none, break, break-opfibers, redo) compares every
+intervention's runs with the run of the same seed trained without one (``none``), and draws per
+env the units edited per epoch (``breaking.jsonl`` / ``redo.jsonl``), the fibers per layer over
+training and the dormant-unit fraction over training (each run's ``trajectory.json``).
 """
 
 from __future__ import annotations
@@ -34,9 +39,17 @@ from matplotlib.figure import Figure
 
 from pufferfiber import plots
 from pufferfiber.runfiles import SWEEP_REPORT_HTML
-from pufferfiber.sweep import SPEC_NAME, SUMMARY_NAME, SweepSpec, _history
+from pufferfiber.sweep import (
+    INTERVENTIONS,
+    SPEC_NAME,
+    SUMMARY_NAME,
+    TRAJECTORY_NAME,
+    SweepSpec,
+    _history,
+)
 
 ORIGINAL = "original"
+NONE = "none"
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -71,12 +84,18 @@ class ArmSummary:
     evaluation: tuple[float, float, int]
     final_diff: tuple[float, float, int]
     eval_diff: tuple[float, float, int]
+    intervention: str = NONE
+    baseline: bool | None = None  # the reference of the paired differences (default: original)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.arm == ORIGINAL if self.baseline is None else self.baseline
 
     @property
     def verdict(self) -> str:
-        """How the final return compares with the original's (paired 95 % interval)."""
+        """How the final return compares with the baseline's (paired 95 % interval)."""
         mean, half, n = self.final_diff
-        if self.arm == ORIGINAL:
+        if self.is_baseline:
             return ""
         if n < 2 or not math.isfinite(half):
             return "too few seeds to tell"
@@ -95,8 +114,24 @@ def read_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     for row in rows:
         for key in ("threshold", "params_pct", "kl", "final_return", "eval_return"):
             row[key] = _float(row[key])
+        for key in ("units_edited", "train_seconds"):
+            row[key] = _float(row.get(key, ""))
         row["seed"] = int(row["seed"])
+        row["intervention"] = row.get("intervention") or NONE  # sweeps before interventions
+    with_interventions = any(r["intervention"] != NONE for r in rows)
+    for row in rows:
+        row["label"] = _label(row, with_interventions)
     return rows
+
+
+def _label(row: dict[str, Any], with_interventions: bool) -> str:
+    """The arm's name in tables and legends: ``tau=…`` as before, or with interventions the
+    intervention's name (``none``, ``break``…) for its originals and ``<intervention> tau=…``."""
+    if not with_interventions:
+        return str(row["arm"])
+    if row["arm"] == ORIGINAL:
+        return str(row["intervention"])
+    return f"{row['intervention']} {row['arm']}"
 
 
 def _paired(
@@ -105,17 +140,37 @@ def _paired(
     return [r[key] - originals[r["seed"]][key] for r in rows if r["seed"] in originals]
 
 
+def _baseline_label(rows: list[dict[str, Any]]) -> str:
+    """``original`` (its training without intervention), or ``none`` in an intervention sweep."""
+    labels = {r.get("label", r["arm"]) for r in rows}
+    return NONE if NONE in labels and ORIGINAL not in labels else ORIGINAL
+
+
+def _order(intervention: str) -> int:
+    return (
+        INTERVENTIONS.index(intervention) if intervention in INTERVENTIONS else len(INTERVENTIONS)
+    )
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[ArmSummary]:
-    """Per env and arm (original first, then by τ): means, intervals, paired differences."""
+    """Per env and arm (the baseline first, then by intervention and τ): means, intervals,
+    paired differences to the baseline (the original, or ``none`` with interventions)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[(row["env"], row["arm"])].append(row)
+        groups[(row["env"], row.get("label", row["arm"]))].append(row)
+    base = _baseline_label(rows)
     out = []
     for (env, arm), members in sorted(
         groups.items(),
-        key=lambda kv: (kv[0][0], kv[0][1] != ORIGINAL, kv[1][0]["threshold"], kv[0][1]),
+        key=lambda kv: (
+            kv[0][0],
+            kv[0][1] != base,
+            _order(kv[1][0].get("intervention", NONE)),
+            kv[1][0]["threshold"],
+            kv[0][1],
+        ),
     ):
-        originals = {r["seed"]: r for r in groups.get((env, ORIGINAL), [])}
+        originals = {r["seed"]: r for r in groups.get((env, base), [])}
         out.append(
             ArmSummary(
                 env,
@@ -128,6 +183,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[ArmSummary]:
                 mean_ci([r["eval_return"] for r in members]),
                 mean_ci(_paired(members, originals, "final_return")),
                 mean_ci(_paired(members, originals, "eval_return")),
+                intervention=str(members[0].get("intervention", NONE)),
+                baseline=arm == base,
             )
         )
     return out
@@ -136,21 +193,22 @@ def summarise(rows: list[dict[str, Any]]) -> list[ArmSummary]:
 def sentence(env: str, arms: list[ArmSummary]) -> str:
     """Which arms keep the original's final return, in words (with the difference and how many
     seeds fell below every seed of the original, since a wide interval also "contains 0")."""
-    mine = [a for a in arms if a.env == env and a.arm != ORIGINAL]
+    mine = [a for a in arms if a.env == env and not a.is_baseline]
+    base = next((a.arm for a in arms if a.env == env and a.is_baseline), ORIGINAL)
+    the = "the original" if base == ORIGINAL else f"'{base}'"
     if not mine:
-        return f"{env}: no collapsed arm has finished yet."
-    originals = [
-        r["final_return"] for a in arms if a.env == env and a.arm == ORIGINAL for r in a.rows
-    ]
+        what = "collapsed arm" if base == ORIGINAL else "arm"
+        return f"{env}: no {what} has finished yet."
+    originals = [r["final_return"] for a in arms if a.env == env and a.is_baseline for r in a.rows]
     floor = min(originals) if originals else math.nan
     parts = []
     for verdict, words in (
-        ("indistinguishable", "indistinguishable from the original"),
-        ("below", "below the original"),
-        ("above", "above the original"),
+        ("indistinguishable", f"indistinguishable from {the}"),
+        ("below", f"below {the}"),
+        ("above", f"above {the}"),
         ("too few seeds to tell", "not comparable yet (fewer than 2 seeds)"),
     ):
-        names = [_describe(a, floor) for a in mine if a.verdict == verdict]
+        names = [_describe(a, floor, the) for a in mine if a.verdict == verdict]
         if names:
             parts.append(f"{'; '.join(names)}: {words}")
     n = max(a.final[2] for a in arms if a.env == env)
@@ -160,14 +218,13 @@ def sentence(env: str, arms: list[ArmSummary]) -> str:
     )
 
 
-def _describe(arm: ArmSummary, floor: float) -> str:
+def _describe(arm: ArmSummary, floor: float, the: str = "the original") -> str:
     mean, half, _ = arm.final_diff
     below = sum(r["final_return"] < floor for r in arm.rows)
     diff = f"Δ {mean:+.2f}" + (f" ± {half:.2f}" if math.isfinite(half) else "")
-    return (
-        f"{arm.arm} ({arm.params_pct[0]:.1f} % of the parameters, {diff}, {below} of "
-        f"{len(arm.rows)} seeds below every original seed)"
-    )
+    size = f"{arm.params_pct[0]:.1f} % of the parameters, " if arm.params_pct[0] < 100 else ""
+    seed_word = "original seed" if the == "the original" else f"seed of {the}"
+    return f"{arm.arm} ({size}{diff}, {below} of {len(arm.rows)} seeds below every {seed_word})"
 
 
 # ---------------------------------------------------------------- curves and figures
@@ -215,9 +272,16 @@ def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
     fig = plots.new_figure(13, 5)
     ax_curve, ax_trade = fig.subplots(1, 2, width_ratios=[3, 2])
     mine = [a for a in arms if a.env == env]
-    originals = {r["seed"]: Path(r["run_dir"]) for a in mine if a.arm == ORIGINAL for r in a.rows}
+    originals = {
+        (r.get("intervention", NONE), r["seed"]): Path(r["run_dir"])
+        for a in mine
+        for r in a.rows
+        if r["arm"] == ORIGINAL
+    }
     for i, arm in enumerate(mine):
-        curves = [arm_curve(r, originals.get(r["seed"])) for r in arm.rows]
+        curves = [
+            arm_curve(r, originals.get((r.get("intervention", NONE), r["seed"]))) for r in arm.rows
+        ]
         epochs, mean, half = mean_band(curves, window)
         if not epochs.size:
             continue
@@ -234,13 +298,15 @@ def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
     for i, arm in enumerate(mine):
         colour = plots.COLOURS[i % len(plots.COLOURS)]
         final_mean, final_half, _ = arm.final
-        if arm.arm == ORIGINAL:
+        if arm.params_pct[0] >= 100 and not arm.is_baseline:
+            continue  # an uncollapsed intervention: its return is in the table, not a trade-off
+        if arm.is_baseline:
             ax_trade.axhspan(
                 final_mean - _z(final_half),
                 final_mean + _z(final_half),
                 color=colour,
                 alpha=0.2,
-                label="original (95 %)",
+                label=f"{arm.arm} (95 %)",
             )
             ax_trade.axhline(final_mean, color=colour)
             continue
@@ -254,6 +320,109 @@ def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
     )  # fmt: skip
     ax_trade.legend(fontsize=8)
     return fig
+
+
+def read_trajectory(run_dir: Path) -> dict[str, Any]:
+    """A run's ``trajectory.json`` (empty when the run has none, e.g. an older sweep)."""
+    try:
+        data = json.loads((Path(run_dir) / TRAJECTORY_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _mean_over_seeds(curves: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Epochs measured in every seed and the mean there (seeds share the checkpoint epochs)."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return np.zeros(0), np.zeros(0)
+    epochs = sorted(set.intersection(*(set(c) for c in curves)))
+    return np.array(epochs), np.array([np.mean([c[e] for c in curves]) for e in epochs])
+
+
+def _edited_per_epoch(traj: dict[str, Any]) -> dict[int, float]:
+    return {int(e): float(sum(per.values())) for e, per in (traj.get("edited") or {}).items()}
+
+
+def _per_layer(traj: dict[str, Any], key: str, layer: str) -> dict[int, float]:
+    return {
+        int(p["epoch"]): float(p[key][layer])
+        for p in traj.get("points") or []
+        if layer in (p.get(key) or {})
+    }
+
+
+def intervention_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
+    """Per intervention (uncollapsed runs): training return with its 95 % band, units edited per
+    epoch, fibers per layer and the dormant-unit fraction over training (means over seeds)."""
+    fig = plots.new_figure(13, 9)
+    (ax_ret, ax_edit), (ax_fib, ax_dorm) = fig.subplots(2, 2)
+    mine = [a for a in arms if a.env == env and all(r["arm"] == ORIGINAL for r in a.rows)]
+    styles = {"lstm": "-", "linear1": "--"}
+    fiber_tau = dormant_tau = None
+    for i, arm in enumerate(mine):
+        colour = plots.COLOURS[i % len(plots.COLOURS)]
+        n = len(arm.rows)
+        epochs, mean, half = mean_band([arm_curve(r, None) for r in arm.rows], window)
+        if epochs.size:
+            ax_ret.plot(epochs, mean, color=colour, label=f"{arm.arm} (n={n})")
+            ax_ret.fill_between(
+                epochs, mean - half, mean + half, color=colour, alpha=0.2, linewidth=0
+            )
+        trajs = [read_trajectory(Path(r["run_dir"])) for r in arm.rows]
+        trajs = [t for t in trajs if t]
+        if not trajs:
+            continue
+        fiber_tau = trajs[0]["key"]["fiber_threshold"]
+        dormant_tau = trajs[0]["key"]["dormant_threshold"]
+        edited = [_edited_per_epoch(t) for t in trajs]
+        if any(edited):
+            x, y = _mean_over_seeds(edited)
+            ax_edit.plot(x, y, "o-", color=colour, markersize=3, label=arm.arm)
+        layers = [lab for lab in styles if any(_per_layer(t, "fibers", lab) for t in trajs)]
+        for layer in layers:
+            x, y = _mean_over_seeds([_per_layer(t, "fibers", layer) for t in trajs])
+            ax_fib.plot(x, y, styles[layer], color=colour, label=f"{arm.arm} {layer}")
+            x, y = _mean_over_seeds([_per_layer(t, "dormant_fraction", layer) for t in trajs])
+            ax_dorm.plot(x, 100 * y, styles[layer], color=colour, label=f"{arm.arm} {layer}")
+    ax_ret.set(xlabel="epoch", ylabel="training return", title=f"{env}: mean, 95 % band")
+    ax_edit.set(
+        xlabel="epoch", ylabel="units edited (all layers)",
+        title="units broken / recycled per epoch (mean over seeds)",
+    )  # fmt: skip
+    ax_fib.set(
+        xlabel="epoch", ylabel="fibers",
+        title=f"fibers per layer at τ = {fiber_tau} (mean over seeds)",
+    )  # fmt: skip
+    ax_dorm.set(
+        xlabel="epoch", ylabel="% dormant units",
+        title=f"dormant units (ReDo's τ = {dormant_tau}, mean over seeds)",
+    )  # fmt: skip
+    for ax in (ax_ret, ax_edit, ax_fib, ax_dorm):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return fig
+
+
+def fiber_turns(arm: ArmSummary) -> str:
+    """Whether the LSTM's fiber count (mean over seeds) first falls, then rises again."""
+    trajs = [t for t in (read_trajectory(Path(r["run_dir"])) for r in arm.rows) if t]
+    x, y = _mean_over_seeds([_per_layer(t, "fibers", "lstm") for t in trajs])
+    if y.size < 3:
+        return f"{arm.arm}: no fiber trajectory"
+    low = int(np.argmin(y))
+    rise = float(y[-1] - y[low])
+    shape = (
+        "falls, then rises again"
+        if 0 < low < y.size - 1 and rise >= 0.05 * max(float(y[0]), 1.0)
+        else "falls and stays down"
+        if y[-1] < y[0]
+        else "does not fall"
+    )
+    return (
+        f"{arm.arm}: LSTM fibers {y[0]:.0f} at epoch {x[0]} → {y[low]:.0f} at epoch {x[low]} → "
+        f"{y[-1]:.0f} at epoch {x[-1]} ({shape})"
+    )
 
 
 def _z(half: float) -> float:
@@ -277,23 +446,41 @@ def _pm(stat: tuple[float, float, int], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
+def table_header(arms: list[ArmSummary]) -> list[str]:
+    base = next((a.arm for a in arms if a.is_baseline), ORIGINAL)
+    header = [c.replace("vs original", f"vs {base}") for c in TABLE_COLUMNS]
+    return header + (["units edited", "train s"] if _has_interventions(arms) else [])
+
+
+def _has_interventions(arms: list[ArmSummary]) -> bool:
+    return any(a.intervention != NONE for a in arms)
+
+
 def table_rows(arms: list[ArmSummary]) -> list[list[str]]:
     rows = []
     for a in arms:
-        original = a.arm == ORIGINAL
+        original = a.is_baseline
         rows.append(
             [
                 a.env,
                 a.arm,
                 str(len(a.rows)),
                 _pm(a.params_pct, 1),
-                "" if original else f"{a.kl[0]:.3g}",
+                "" if original or _uncollapsed(a) else f"{a.kl[0]:.3g}",
                 _pm(a.final),
                 "" if original else _pm(a.final_diff),
                 _pm(a.evaluation),
                 "" if original else _pm(a.eval_diff),
                 a.verdict,
             ]
+            + (
+                [
+                    _pm(mean_ci([r["units_edited"] for r in a.rows]), 0),
+                    _pm(mean_ci([r["train_seconds"] for r in a.rows]), 0),
+                ]
+                if _has_interventions(arms)
+                else []
+            )
         )
     return rows
 
@@ -316,7 +503,10 @@ def render_html(
     for env, fig in figures.items():
         parts.append(f"<h2>{html.escape(env)}</h2><p><b>{html.escape(sentence(env, arms))}</b></p>")
         parts.append(f"<img src='data:image/png;base64,{_png_base64(fig, dpi)}'>")
-    parts.append(_html_table([list(TABLE_COLUMNS), *table_rows(arms)]))
+        turns = [fiber_turns(a) for a in arms if a.env == env and _uncollapsed(a)]
+        if any(a.intervention != NONE for a in arms):
+            parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in turns) + "</ul>")
+    parts.append(_html_table([table_header(arms), *table_rows(arms)]))
     return "\n".join(parts)
 
 
@@ -335,7 +525,7 @@ def write_sweep_report(args: argparse.Namespace) -> int:
         raise ReportError(f"{sweep_dir / SUMMARY_NAME} has no rows yet")
     arms = summarise(rows)
     envs = list(dict.fromkeys(a.env for a in arms))
-    figures = {env: env_figure(env, arms, max(1, args.smooth)) for env in envs}
+    figures = {env: _env_figures(env, arms, max(1, args.smooth)) for env in envs}
     if out.suffix.lower() == ".png":
         buf = io.BytesIO()
         fig = figures[envs[0]] if len(envs) == 1 else _stack(figures)
@@ -348,8 +538,30 @@ def write_sweep_report(args: argparse.Namespace) -> int:
             print("  ".join(row))
     for env in envs:
         print(sentence(env, arms))
+        if any(a.intervention != NONE for a in arms):
+            for arm in arms:
+                if arm.env == env and _uncollapsed(arm):
+                    print("  " + fiber_turns(arm))
     print(f"report written to {out}")
     return 0
+
+
+def _uncollapsed(arm: ArmSummary) -> bool:
+    return all(r["arm"] == ORIGINAL for r in arm.rows)
+
+
+def _env_figures(env: str, arms: list[ArmSummary], window: int) -> Figure:
+    """The collapse figure, the intervention figure, or both stacked."""
+    mine = [a for a in arms if a.env == env]
+    interventions = any(a.intervention != NONE for a in mine)
+    collapsed = any(not _uncollapsed(a) for a in mine)
+    if not interventions:
+        return env_figure(env, arms, window)
+    if not collapsed:
+        return intervention_figure(env, arms, window)
+    return _stack(
+        {"collapse": env_figure(env, arms, window), "i": intervention_figure(env, arms, window)}
+    )
 
 
 def _stack(figures: dict[str, Figure]) -> Figure:

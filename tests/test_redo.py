@@ -4,6 +4,9 @@ changing the function, edits and optimizer resets precise, the hook on a real (t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from pufferfiber import cli
+from pufferfiber.checkpoints import load_trainer_state
 from pufferfiber.policy import Architecture, Policy, observation_batch
 from pufferfiber.redo import (
     DormantReset,
@@ -21,6 +26,7 @@ from pufferfiber.redo import (
     unit_activity,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_CNN = Architecture.atari(4, obs_shape=(1, 44, 44), channels=(4, 6, 6), hidden=12, lstm=8)
 TINY_MLP = Architecture.mlp(4, 2, hidden=(10, 9), lstm=7)
 
@@ -198,3 +204,89 @@ def test_redo_in_a_real_cartpole_run(tmp_path: Path) -> None:
     metrics = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["redo_lstm"] == lines[0]["reset"]["lstm"]
     assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+
+
+# ---------------------------------------------------------------- --redo on the command line
+
+
+def _demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "demo.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+CLI_TINY = ["--mode", "train", "--env", "cartpole", "--train.batch-size", "512",
+            "--train.minibatch-size", "128", "--vec.num-envs", "4",
+            "--train.checkpoint-interval", "1"]  # fmt: skip
+
+
+def test_redo_runs_from_the_command_line_and_resumes(tmp_path: Path) -> None:
+    """``--redo`` resets dormant units during training, logs them, and ``--resume`` continues
+    with the run's stored settings and reset totals."""
+    common = [*CLI_TINY, "--train.data-dir", str(tmp_path)]
+    redo = ["--redo", "--redo.interval", "1", "--redo.tau", "0.6", "--redo.layers", "linear"]
+    first = _demo(*common, "--train.total-timesteps", "1024", *redo)
+    assert first.returncode == 0, first.stderr
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    saved = load_trainer_state(run)
+    assert saved is not None
+    assert list(saved["hooks"]) == ["DormantReset"]  # hook states are saved by name
+    state = saved["hooks"]["DormantReset"]
+    assert state["kind"] == "redo" and state["settings"]["tau"] == 0.6
+    # without --redo now: the stored settings continue (and are said)
+    resumed = _demo(*common, "--train.total-timesteps", "2048", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resume: ReDo continues with the run's settings" in resumed.stderr
+    log = [json.loads(line) for line in (run / "redo.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    assert all(set(r["reset"]) == {"linear1"} and r["tau"] == 0.6 for r in log)
+    after = load_trainer_state(run)
+    assert after is not None
+    totals = after["hooks"]["DormantReset"]["total_reset"]
+    assert totals["linear1"] == sum(r["reset"]["linear1"] for r in log) > 0
+
+
+def test_break_and_redo_state_survive_resume_together(tmp_path: Path) -> None:
+    """Both hooks are stored; a resume that names only one still restores the other, each
+    with its own state."""
+    common = [*CLI_TINY, "--train.data-dir", str(tmp_path)]
+    both = ["--break-symmetry", "--break.interval", "1", "--break.maturity", "0",
+            "--break.fiber-threshold", "1.0", "--redo", "--redo.interval", "2"]  # fmt: skip
+    assert _demo(*common, "--train.total-timesteps", "1024", *both).returncode == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    resumed = _demo(
+        *common, "--train.total-timesteps", "2048", "--resume", "--redo", "--redo.interval", "3"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "symmetry breaking continues" in resumed.stderr
+    assert "redo.interval 3 (was 2) (given now)" in resumed.stderr
+    saved = load_trainer_state(run)
+    assert saved is not None
+    assert list(saved["hooks"]) == ["SymmetryBreaker", "DormantReset"]  # each gets its own back
+    assert sum(saved["hooks"]["SymmetryBreaker"]["total_broken"].values()) > 0
+    epochs = [json.loads(x)["epoch"] for x in (run / "redo.jsonl").read_text().splitlines()]
+    assert epochs == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--redo.tau", "0.2"], "--redo.tau needs --redo (ReDo is off)"),
+        (["--redo", "--redo.tau", "-1"], "--redo: dormancy threshold tau must be >= 0"),
+        (["--redo", "--redo.interval", "0"], "--redo: reset interval must be at least 1"),
+        (["--redo", "--redo.layers", "conv"], "--redo.layers: no conv layer"),
+    ],
+)
+def test_bad_redo_settings_are_one_line_errors(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "d"
+    code = cli.main([*CLI_TINY, "--train.data-dir", str(data), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not data.exists() or list(data.iterdir()) == []
