@@ -261,3 +261,38 @@ def _train_memory_task() -> tuple[float, float]:
         loss.backward()
         optimizer.step()
     return start, accuracy()
+
+
+def test_gru_through_the_guides_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--policy.rnn gru``: train, collapse and retrain, resume: every run stays a GRU (a
+    resumed or collapsed run keeps its own recurrent layer, whatever the command line says)."""
+    from pufferfiber import cli
+    from pufferfiber.checkpoints import list_checkpoints, load_checkpoint
+
+    tiny = ["--env", "cartpole", "--train.data-dir", str(tmp_path), "--train.batch-size", "512"]
+    tiny += ["--train.minibatch-size", "128", "--vec.num-envs", "4"]
+    tiny += ["--train.checkpoint-interval", "2", "--train.total-timesteps", "1536"]
+    assert cli.main([*tiny, "--policy.rnn", "gru", "--break-symmetry"]) == 0, capsys.readouterr()
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert load_checkpoint(run / "model_000003.pt").arch.rnn == "gru"
+
+    collapse = ["--collapse", "0.3", "--collapse-epoch", "2", "--collapse-until", "4"]
+    assert cli.main([*tiny, *collapse]) == 0, capsys.readouterr().err
+    folder = run / "collapsed_model_thr_03_000002"
+    collapsed = load_checkpoint(folder / "model_000002_collapsed.pt")
+    (child,) = [p for p in folder.iterdir() if p.is_dir()]
+    assert (
+        collapsed.arch.rnn == "gru" and load_checkpoint(child / "model_000004.pt").arch.rnn == "gru"
+    )
+
+    more = ["--resume", "--train.total-timesteps", "2560"]
+    capsys.readouterr()
+    assert cli.main([*tiny[:4], *more, "--policy.rnn", "lstm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "model_000003.pt is a gru network; the recurrent layer is chosen when a run starts"
+    )
+    assert len(err.splitlines()) == 1
+    assert cli.main([*tiny[:4], *more]) == 0, capsys.readouterr().err
+    epoch, path = list_checkpoints(run)[-1]
+    assert epoch == 5 and load_checkpoint(path).arch.rnn == "gru"
