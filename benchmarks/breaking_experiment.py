@@ -114,7 +114,10 @@ PLANS = {
         obs_steps=8,
         eval_episodes=8,
         eval_max_steps=6000,
-        start_checkpoint="/work/shared/data/beam_rider-5eed0001/model_000051.pt",
+        # the upstream run kept beside the checkout (CI's layout), not part of the repository
+        start_checkpoint=str(
+            Path(__file__).resolve().parents[2] / "shared/data/beam_rider-5eed0001/model_000051.pt"
+        ),
         epochs=10,
     ),
 }
