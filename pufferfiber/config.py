@@ -70,6 +70,11 @@ def setting(
 
 # ------------------------------------------------------------------------------------ sections
 
+# The layers a training hook edits ([break] and [redo]).
+TRAINING_LAYERS_HELP = (
+    "comma-separated layers (conv1, linear1, lstm...) or kinds (conv, linear, lstm, gru), or all"
+)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -172,10 +177,7 @@ class BreakConfig:
     )
     maturity: int = setting("only break units at least this many epochs old", metavar="EPOCHS")
     fraction: float = setting("share of the mature redundant units broken each time, in [0, 1]")
-    layers: str = setting(
-        "comma-separated layers (conv1, linear1, lstm...) or kinds (conv, linear, lstm), or all",
-        metavar="LAYERS",
-    )
+    layers: str = setting(TRAINING_LAYERS_HELP, metavar="LAYERS")
 
 
 @dataclass(frozen=True)
@@ -195,10 +197,7 @@ class RedoConfig:
         metavar="TAU",
     )
     interval: int = setting("reset every this many epochs", metavar="EPOCHS")
-    layers: str = setting(
-        "comma-separated layers (conv1, linear1, lstm...) or kinds (conv, linear, lstm), or all",
-        metavar="LAYERS",
-    )
+    layers: str = setting(TRAINING_LAYERS_HELP, metavar="LAYERS")
 
 
 @dataclass(frozen=True)
