@@ -27,6 +27,7 @@ warnings.filterwarnings("ignore", message=".*pynvml package is deprecated.*")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
@@ -987,9 +988,16 @@ def _collapse(argv: list[str]) -> int:
     given = {**given_settings(args), "collapse.threshold": args.threshold}
     if args.env is not None:
         check_env_name(args.env)
-    settings = load_section(
-        CollapseConfig, given, env_name=args.env, extra_files=[args.config] if args.config else ()
-    )
+    try:
+        settings = load_section(
+            CollapseConfig,
+            given,
+            env_name=args.env,
+            extra_files=[args.config] if args.config else (),
+        )
+    except ConfigError as exc:  # name the settings as this command's options (--lstm-rounds)
+        short = re.sub(r"\bcollapse\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
+        raise UsageError(short) from None
     ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
     check_fits_env(ckpt)
     threshold = settings.threshold
