@@ -152,7 +152,7 @@ def test_collapse_upstream_pickle_needs_allow_pickle(shared_run_copy: Path, caps
         (["--threshold", "0.3", "--layers", "actor"], "head"),
         (["--threshold", "0.3", "--layers", "linear7"], "no layer"),
         (["--threshold", "0.3", "--lstm-rounds", "0"], "error: --lstm-rounds must be at least 1"),
-        (["--threshold", "0.3", "--episodes", "-1"], "error: --episodes must be >= 0"),
+        (["-t", "0.3", "--calibration-steps", "0"], "--calibration-steps must be at least 1"),
         (["--threshold", "0.3", "--fit", "cubic"], "invalid choice: 'cubic'"),
         (["--threshold", "0.3", "--config", "none.ini"], "config file none.ini not found"),
         (["--layers", "lstm"], "the following arguments are required: --threshold/-t"),
