@@ -37,9 +37,9 @@ from pufferfiber.envs import VEC_BACKENDS, check_env_name, family_of
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("float32", "bfloat16", "auto")
-# Choices of settings (the lists of pufferfiber.criteria, pufferfiber.fibers,
-# pufferfiber.datafibers and pufferfiber.policy; a test checks that they agree, so that reading
-# the config loads no model code).
+# Choices of settings: the one list of each (criteria, fibers and datafibers import them).
+# RNN_KINDS is also pufferfiber.policy's (derived there from the torch modules; a test checks
+# that they agree).
 CRITERIA = ("weights", "data")
 FLATTEN_COLOURS = ("positions", "pooled")
 LSTM_CRITERIA = ("units", "published")

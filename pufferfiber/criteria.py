@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 import torch
 
 from pufferfiber.collapse import collapse_policy
+from pufferfiber.config import CRITERIA, DATA_FITS, FLATTEN_COLOURS, LSTM_CRITERIA
 from pufferfiber.datafibers import (
     CALIBRATION_SEED_OFFSET,
-    DATA_FITS,
     DEFAULT_CALIBRATION_BATCH,
     DEFAULT_CALIBRATION_STEPS,
     DataFibration,
@@ -40,17 +40,10 @@ from pufferfiber.datafibers import (
     apply_reconstructions,
     data_fibers,
 )
-from pufferfiber.fibers import (
-    DEFAULT_LSTM_ROUNDS,
-    FLATTEN_COLOURS,
-    LSTM_CRITERIA,
-    Fibration,
-    compute_fibers,
-)
+from pufferfiber.fibers import DEFAULT_LSTM_ROUNDS, Fibration, compute_fibers
 from pufferfiber.policy import Policy
 
-CRITERIA = ("weights", "data")
-DEFAULT_CRITERION = "weights"
+DEFAULT_CRITERION = CRITERIA[0]  # "weights"
 
 __all__ = [
     "CRITERIA",

@@ -47,7 +47,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from pufferfiber.fibers import Fibration, LayerFibers, validate_threshold
+from pufferfiber.config import DATA_FITS, validate_threshold
+from pufferfiber.fibers import Fibration, LayerFibers
 from pufferfiber.graph import (
     LayerGraph,
     LayerNode,
@@ -61,7 +62,6 @@ from pufferfiber.graph import (
 )
 from pufferfiber.policy import Architecture, Policy
 
-DATA_FITS = ("lstsq", "affine")
 # Calibration sequences: 32 streams × 128 steps (4,096 frames) by default, played on env seeds
 # CALIBRATION_SEED_OFFSET + seed + i, disjoint from the held-out fidelity frames (seed + i).
 DEFAULT_CALIBRATION_BATCH = 32

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from pufferfiber.clustering import cluster_rows, exact_partition, meet
-from pufferfiber.config import validate_threshold
+from pufferfiber.config import FLATTEN_COLOURS, LSTM_CRITERIA, validate_threshold
 from pufferfiber.graph import (
     InputMap,
     LayerGraph,
@@ -55,11 +55,10 @@ from pufferfiber.graph import (
 from pufferfiber.policy import Policy
 from pufferfiber.schemas import FIBERS_FORMAT, FibersHeader
 
-FLATTEN_COLOURS = ("positions", "pooled")
-# LSTM criteria: "units" (ours: a unit's four gate rows with biases, exact fixed point, then
-# bounded re-clustering) or "published" (the reference's joint gate-row clustering, see
-# pufferfiber.published). The first is the default.
-LSTM_CRITERIA = ("units", "published")
+# FLATTEN_COLOURS (positions, pooled) and LSTM_CRITERIA, the choices of config.py: "units" (ours:
+# a unit's four gate rows with biases, exact fixed point, then bounded re-clustering) or
+# "published" (the reference's joint gate-row clustering, see pufferfiber.published). The first
+# of each is the default.
 # Approximate LSTM re-clustering rounds. Round 1 compares full W_hh rows (hidden colouring =
 # the exact fibers); later rounds sum W_hh over the approximate clusters and cascade: on the
 # upstream BeamRider epoch-51 checkpoint at τ = 0.5 (positions) rounds 1..6 give 248, 48, 75,

@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pufferfiber.config import BreakConfig, RedoConfig
+from pufferfiber.config import FLATTEN_COLOURS, BreakConfig, RedoConfig
 from pufferfiber.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
 from pufferfiber.runfiles import (
     FIDELITY,
@@ -72,8 +72,7 @@ SPEC_NAME = SWEEP_SPEC
 SUMMARY_NAME = SWEEP_SUMMARY
 RESULTS_NAME = SWEEP_RESULTS
 EVAL_NAME = SWEEP_EVAL
-FLATTEN_CHOICES = ("positions", "pooled")
-DEFAULT_FLATTEN = "positions"
+DEFAULT_FLATTEN = FLATTEN_COLOURS[0]  # positions: the true fibration
 FINAL_FRACTION = 0.1  # final return = mean over the last 10 % of the schedule's epochs
 SUMMARY_COLUMNS = (
     "env",
@@ -328,9 +327,9 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
         raise SweepError(f"--interventions must be among {', '.join(INTERVENTIONS)}")
     _check_intervention_options(options, interventions)
     colours = _split(ns.flatten_colours)
-    bad = [c for c in colours if c not in FLATTEN_CHOICES]
+    bad = [c for c in colours if c not in FLATTEN_COLOURS]
     if bad or not colours:
-        raise SweepError(f"--flatten-colours must be among {', '.join(FLATTEN_CHOICES)}")
+        raise SweepError(f"--flatten-colours must be among {', '.join(FLATTEN_COLOURS)}")
     if ns.seeds < 1 or ns.eval_episodes < 1 or ns.cpus_per_cell <= 0:
         raise SweepError("--seeds, --eval-episodes and --cpus-per-cell must be positive")
     if not envs:

@@ -212,7 +212,7 @@ def test_ini_defaults_match_the_library_defaults() -> None:
     configure, and the choices those the library accepts."""
     import inspect
 
-    from pufferfiber import config, criteria, datafibers, fibers, policy
+    from pufferfiber import config, datafibers, fibers, policy
     from pufferfiber.breaking import SymmetryBreaker
     from pufferfiber.pipeline import collapse_to_folder
 
@@ -236,9 +236,6 @@ def test_ini_defaults_match_the_library_defaults() -> None:
     assert c.calibration_batch == datafibers.DEFAULT_CALIBRATION_BATCH
     assert c.calibration_steps == datafibers.DEFAULT_CALIBRATION_STEPS
     assert c.episodes_played == 3 and dataclasses.replace(c, criterion="data").episodes_played == 10
-    assert config.CRITERIA == criteria.CRITERIA and config.LSTM_CRITERIA == criteria.LSTM_CRITERIA
-    assert config.FLATTEN_COLOURS == fibers.FLATTEN_COLOURS
-    assert config.DATA_FITS == criteria.DATA_FITS
     assert config.RNN_KINDS == policy.RNN_KINDS
 
 
