@@ -83,8 +83,13 @@ def main() -> None:
         "--setting", choices=("reference", "config", "both"), default="both",
         help="PufferLib's reference settings, our config's, or both (default: both)",
     )  # fmt: skip
+    parser.add_argument(
+        "--torch-threads", type=int, default=None,
+        help="train.torch_threads for both settings (default: each config's, 1 for Ocean)",
+    )  # fmt: skip
     args = parser.parse_args()
-    settings = {"reference": REFERENCE, "config": {}}
+    threads = {} if args.torch_threads is None else {"train.torch_threads": str(args.torch_threads)}
+    settings = {"reference": {**REFERENCE, **threads}, "config": threads}
     chosen = list(settings) if args.setting == "both" else [args.setting]
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
     for env in [e.strip() for e in args.env.split(",") if e.strip()]:
