@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 RecurrentState = tuple[torch.Tensor, ...]
-LSTMState = RecurrentState  # the name older callers use
 
 # The recurrent layer types (``Architecture.rnn``) and how many state tensors each carries.
 RNN_MODULES: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
