@@ -156,7 +156,7 @@ class DormantReset:
 
     # -- bookkeeping (stored in trainer_state.pt, so --resume continues the same resets) --------
 
-    kind = "redo"  # tells a resumed run which hook a stored state belongs to
+    kind = "redo"  # in its saved state: tells its settings from symmetry breaking's
 
     def settings(self) -> dict[str, Any]:
         return {
