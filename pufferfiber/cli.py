@@ -504,7 +504,7 @@ def train_resume(
         state = load_trainer_state(run_dir) or {}
         epoch, path = _resume_point(run_dir, state)
         ckpt = _load_latest(run_dir, path, allow_pickle, cfg.env_name)
-        keep_network(cfg, ckpt, overrides)  # refuses another recurrent layer before any message
+        check_same_network(ckpt, overrides)  # before resumed_config reports the changes
         cfg = keep_network(resumed_config(cfg, ckpt, overrides, backend, state), ckpt)
         _check_device(cfg)
         optimizer_state = state.get("optimizer") if state.get("epoch") == epoch else None
@@ -625,18 +625,21 @@ def resumed_config(
     return resumed
 
 
-def keep_network(cfg: RunConfig, ckpt: Any, given: Mapping[str, str] | None = None) -> RunConfig:
+def keep_network(cfg: RunConfig, ckpt: Any) -> RunConfig:
     """``cfg`` with the ``[policy]`` choices of the network in ``ckpt``: a resumed or collapsed
-    run keeps its own recurrent layer (stored with the run, so the record stays true).
-    ``--policy.rnn`` given now for another layer is an error rather than silently ignored."""
-    rnn = ckpt.arch.rnn
-    wanted = (given or {}).get("policy.rnn")
-    if wanted is not None and wanted.strip() != rnn:
+    run keeps its own recurrent layer (stored with the run, so the record stays true)."""
+    return dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, rnn=ckpt.arch.rnn))
+
+
+def check_same_network(ckpt: Any, given: Mapping[str, str]) -> None:
+    """``--policy.rnn`` given now for another layer than ``ckpt``'s is an error rather than
+    silently ignored."""
+    wanted = given.get("policy.rnn")
+    if wanted is not None and wanted.strip() != ckpt.arch.rnn:
         raise UsageError(
-            f"--policy.rnn {wanted.strip()}: {ckpt.path.name} is a {rnn} network; the recurrent "
-            "layer is chosen when a run starts"
+            f"--policy.rnn {wanted.strip()}: {ckpt.path.name} is a {ckpt.arch.rnn} network; the "
+            "recurrent layer is chosen when a run starts"
         )
-    return dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, rnn=rnn))
 
 
 def _stored_break(state: dict[str, Any]) -> dict[str, Any]:
