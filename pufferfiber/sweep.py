@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pufferfiber.config import FLATTEN_COLOURS, BreakConfig, RedoConfig
+from pufferfiber.config import FLATTEN_COLOURS, BreakConfig, RedoConfig, load_section
 from pufferfiber.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
 from pufferfiber.runfiles import (
     FIDELITY,
@@ -188,31 +188,24 @@ class SweepSpec:
         args = ["--break-symmetry", *_as_args(settings)]
         if intervention == "break-opfibers":
             fiber = settings.get(
-                "break.fiber_threshold", str(_section_defaults(BreakConfig).fiber_threshold)
+                "break.fiber_threshold", str(load_section(BreakConfig).fiber_threshold)
             )
             args += ["--break.opfiber-threshold", opfiber or fiber]
         return args
 
     def fiber_threshold(self) -> float:
         """τ of the fibers drawn over training: the breaking threshold."""
-        default = _section_defaults(BreakConfig).fiber_threshold
+        default = load_section(BreakConfig).fiber_threshold
         return float(self.options("break").get("break.fiber_threshold", default))
 
     def dormancy_threshold(self) -> float:
         """τ of the dormant fraction drawn over training: ReDo's threshold."""
-        default = _section_defaults(RedoConfig).tau
+        default = load_section(RedoConfig).tau
         return float(self.options("redo").get("redo.tau", default))
 
 
 def _as_args(settings: dict[str, str]) -> list[str]:
     return [a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)]
-
-
-def _section_defaults(cls: type) -> Any:
-    """The ``[break]`` / ``[redo]`` settings of ``default.ini``."""
-    from pufferfiber.config import load_section
-
-    return load_section(cls)
 
 
 def cell_dir(spec: SweepSpec, env: str, intervention: str, seed: int) -> Path:
@@ -374,7 +367,6 @@ def _check_intervention_options(options: dict[str, str], interventions: list[str
     """The ``--break.*`` / ``--redo.*`` settings must be ``[break]`` / ``[redo]`` keys with
     valid values (checked as a training run checks them)."""
     from pufferfiber.cli import UsageError, hooks_from
-    from pufferfiber.config import BreakConfig, RedoConfig, load_section
 
     for key in options:
         section = key.split(".")[0]
