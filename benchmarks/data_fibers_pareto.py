@@ -1,14 +1,15 @@
 """Pareto table of the fiber criteria on one checkpoint: % parameters vs held-out fidelity.
 
-For every setting (``weights`` with position or pooled colours, ``data`` with the ``lstsq`` or
-``affine`` fit, at several τ) the checkpoint is collapsed and measured on the SAME held-out
-frames (``--heldout-batch`` × ``--heldout-steps`` real steps played by the original policy on
-env seeds 0..; the data criterion calibrates on other seeds, 1000..) and by the return of
-``--episodes`` evaluation episodes before any retraining (same env seeds for every policy,
-the original included). Times: observation collection separately; then each criterion's fit +
-collapse, with the weights criterion at τ = 0.3 as the baseline of the same run.
+For every setting (``weights`` with position or pooled colours, ``data`` with the ``lstsq`` fit
+and either pivot, or the ``affine`` fit, at several τ) the checkpoint is collapsed and measured
+on the SAME held-out frames (``--heldout-batch`` × ``--heldout-steps`` real steps played by the
+original policy on env seeds 0..; the data criterion calibrates on other seeds, 1000..) and by
+the return of ``--episodes`` evaluation episodes before any retraining (same env seeds for every
+policy, the original included). Times: observation collection separately; then each criterion's
+fit + collapse, with the weights criterion at τ = 0.3 as the baseline of the same run.
 
     python benchmarks/data_fibers_pareto.py CHECKPOINT [--allow-pickle] [--episodes 10]
+        [--only data/lstsq]
 
 Writes ``benchmarks/results/data_fibers_pareto.json`` and ``.png`` and prints a Markdown table.
 """
@@ -44,8 +45,10 @@ def settings(quick: bool) -> list[tuple[str, FiberCriterion]]:
         out.append((f"weights/positions τ={tau}", WeightCriterion(tau)))
     for tau in (0.3,) if quick else (0.1, 0.3):
         out.append((f"weights/pooled τ={tau}", WeightCriterion(tau, flatten_colours="pooled")))
-    for tau in (0.1, 0.3) if quick else (0.05, 0.1, 0.2, 0.3, 0.4):
+    for tau in (0.1, 0.3) if quick else (0.05, 0.1, 0.2, 0.25, 0.3, 0.4):
         out.append((f"data/lstsq τ={tau}", DataCriterion(tau)))
+    for tau in () if quick else (0.05, 0.1, 0.2, 0.25, 0.3, 0.4):
+        out.append((f"data/lstsq-variance τ={tau}", DataCriterion(tau, pivot="variance")))
     for tau in () if quick else (0.1, 0.3):
         out.append((f"data/affine τ={tau}", DataCriterion(tau, fit="affine")))
     return out
@@ -147,6 +150,10 @@ def main() -> int:
     p.add_argument("--calibration-batch", type=int, default=32)
     p.add_argument("--calibration-steps", type=int, default=128)
     p.add_argument("--quick", action="store_true", help="fewer settings")
+    p.add_argument(
+        "--only", default="", metavar="PREFIX",
+        help="only the settings whose label starts with PREFIX, e.g. data/lstsq (default: all)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS / "data_fibers_pareto.json")
     args = p.parse_args()
     load = os.getloadavg()[0]
@@ -162,10 +169,11 @@ def main() -> int:
     )
     t_calibration = time.perf_counter() - start
     print(f"collected held-out {t_heldout:.1f} s, calibration {t_calibration:.1f} s", flush=True)
-    original = returns_summary(play_episodes(policy, ckpt.env, args.episodes, seed=0))
+    played = play_episodes(policy, ckpt.env, args.episodes, seed=0) if args.episodes else []
+    original = returns_summary(played)
     print(f"original return {original['return_mean']:.0f} ± {original['return_std']:.0f}")
     rows = []
-    for label, crit in settings(args.quick):
+    for label, crit in [s for s in settings(args.quick) if s[0].startswith(args.only)]:
         if isinstance(crit, DataCriterion):
             crit.calibration = calibration
         rows.append(measure(label, crit, policy, heldout, ckpt.env, args.episodes))
@@ -176,9 +184,9 @@ def main() -> int:
             f"{r['fit_collapse_seconds']:.1f} s (load {os.getloadavg()[0]:.2f})",
             flush=True,
         )
-    base = next(r["fit_collapse_seconds"] for r in rows if r["setting"].startswith("weights"))
-    for r in rows:
-        r["seconds_vs_weights"] = r["fit_collapse_seconds"] / base
+    weights = [r["fit_collapse_seconds"] for r in rows if r["setting"].startswith("weights")]
+    for r in rows:  # the first weights row is the run's baseline (none with --only data...)
+        r["seconds_vs_weights"] = r["fit_collapse_seconds"] / weights[0] if weights else None
     report = {
         "checkpoint": str(args.checkpoint),
         "load_at_start": load,

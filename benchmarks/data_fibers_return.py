@@ -28,7 +28,7 @@ import numpy as np
 from scipy import stats
 
 from pufferfiber.checkpoints import atomic_write_text, load_checkpoint
-from pufferfiber.criteria import DataCriterion
+from pufferfiber.criteria import DATA_PIVOTS, DataCriterion
 from pufferfiber.datafibers import CALIBRATION_SEED_OFFSET
 from pufferfiber.evaluate import collect_observations, play_episodes
 from pufferfiber.fidelity import output_divergence
@@ -83,6 +83,10 @@ def main() -> int:
         help="calibration shapes streams x steps, comma-separated (default 32x128,8x512)",
     )
     p.add_argument("--heldout", default="4x512", help="held-out shape (default 4x512)")
+    p.add_argument(
+        "--pivot", choices=DATA_PIVOTS, default=DATA_PIVOTS[0],
+        help=f"the lstsq fit's choice of kept units (default {DATA_PIVOTS[0]})",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS / "data_fibers_return.json")
     args = p.parse_args()
     start_load = os.getloadavg()[0]
@@ -104,7 +108,7 @@ def main() -> int:
             policy, ckpt.env, streams, steps, CALIBRATION_SEED_OFFSET
         )
         for tau in (float(t) for t in args.thresholds.split(",")):
-            crit = DataCriterion(tau)
+            crit = DataCriterion(tau, pivot=args.pivot)
             crit.calibration = calibration
             _, quotient = crit.fit_transform(policy)
             row: dict[str, Any] = {
@@ -131,6 +135,7 @@ def main() -> int:
         "checkpoint": args.checkpoint.name,
         "episodes": args.episodes,
         "heldout": [hb, hs],
+        "pivot": args.pivot,
         "load_at_start": start_load,
         "original": original,
         "rows": rows,

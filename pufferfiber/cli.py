@@ -732,6 +732,7 @@ def collapse_options(c: CollapseConfig) -> dict[str, Any]:
     if c.criterion == "data":
         options = {
             "fit": c.fit,
+            "pivot": c.pivot,
             "calibration_batch": c.calibration_batch,
             "calibration_steps": c.calibration_steps,
         }

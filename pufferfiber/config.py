@@ -44,6 +44,8 @@ CRITERIA = ("weights", "data")
 FLATTEN_COLOURS = ("positions", "pooled")
 LSTM_CRITERIA = ("units", "published")
 DATA_FITS = ("lstsq", "affine")
+# How the data criterion's least-squares fit picks its next kept unit.
+DATA_PIVOTS = ("consumer", "variance")
 RNN_KINDS = ("lstm", "gru")
 TRACKERS = ("none", "tensorboard")  # metric sinks beside the dashboard and metrics.jsonl
 MAX_THRESHOLD = 2.0
@@ -259,6 +261,12 @@ class CollapseConfig:
         "data criterion: lstsq (each removed unit rebuilt by least squares from several kept "
         "units) or affine (from one representative, a_j = s*a_r + t: plain fibers)",
         choices=DATA_FITS,
+    )
+    pivot: str = setting(
+        "data criterion, lstsq: keep next the unit whose fit removes the most error where its "
+        "consumers see it (consumer: outgoing-weight Gram matrix) or the unit with the largest "
+        "unexplained variance (variance: pivoted Cholesky, the 0.2 default)",
+        choices=DATA_PIVOTS,
     )
     calibration_batch: int = setting(
         "data criterion: calibration sequences played by the policy on env seeds SEED+1000..",

@@ -30,7 +30,13 @@ from typing import Any, ClassVar
 import torch
 
 from pufferfiber.collapse import collapse_policy
-from pufferfiber.config import CRITERIA, DATA_FITS, FLATTEN_COLOURS, LSTM_CRITERIA
+from pufferfiber.config import (
+    CRITERIA,
+    DATA_FITS,
+    DATA_PIVOTS,
+    FLATTEN_COLOURS,
+    LSTM_CRITERIA,
+)
 from pufferfiber.datafibers import (
     CALIBRATION_SEED_OFFSET,
     DEFAULT_CALIBRATION_BATCH,
@@ -48,6 +54,7 @@ DEFAULT_CRITERION = CRITERIA[0]  # "weights"
 __all__ = [
     "CRITERIA",
     "DATA_FITS",
+    "DATA_PIVOTS",
     "DEFAULT_CRITERION",
     "FLATTEN_COLOURS",
     "LSTM_CRITERIA",
@@ -123,7 +130,8 @@ class DataCriterion(FiberCriterion):
     ``calibration`` (``[B, T, *obs]``) is used when given; otherwise ``calibration_batch``
     sequences of ``calibration_steps`` steps are played by the policy in ``env`` on env seeds
     ``seed + CALIBRATION_SEED_OFFSET + i``. ``heldout`` (other sequences) adds held-out error
-    figures per layer. ``fit`` is one of :data:`DATA_FITS`.
+    figures per layer. ``fit`` is one of :data:`DATA_FITS`, ``pivot`` one of
+    :data:`DATA_PIVOTS` (see :func:`pufferfiber.datafibers.select_units`).
     """
 
     name: ClassVar[str] = "data"
@@ -136,12 +144,15 @@ class DataCriterion(FiberCriterion):
     seed: int = 0
     layers: list[str] | None = None
     fit: str = "lstsq"
+    pivot: str = "consumer"
     progress: Progress | None = field(default=None, repr=False)
     collection_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.fit not in DATA_FITS:
             raise ValueError(f"fit must be one of {DATA_FITS}, got {self.fit!r}")
+        if self.pivot not in DATA_PIVOTS:
+            raise ValueError(f"pivot must be one of {DATA_PIVOTS}, got {self.pivot!r}")
         if self.calibration_batch < 1 or self.calibration_steps < 1:
             raise ValueError("the calibration set needs at least one sequence of one step")
 
@@ -178,6 +189,7 @@ class DataCriterion(FiberCriterion):
             heldout=self.heldout,
             layers=self.layers,
             fit=self.fit,
+            pivot=self.pivot,
             progress=self.progress,
         )
 
@@ -199,6 +211,7 @@ class DataCriterion(FiberCriterion):
             "criterion": self.name,
             "threshold": float(self.threshold),
             "fit": self.fit,
+            "pivot": self.pivot,
             "calibration_sequences": shape,
             "calibration_seed": int(self.seed + CALIBRATION_SEED_OFFSET),
             "collection_seconds": self.collection_seconds,

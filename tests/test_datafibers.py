@@ -15,7 +15,13 @@ from pufferfiber.criteria import (
     WeightCriterion,
     make_criterion,
 )
-from pufferfiber.datafibers import apply_reconstructions
+from pufferfiber.datafibers import (
+    Moments,
+    _consumer_greedy,
+    _pivoted_cholesky,
+    apply_reconstructions,
+    select_units,
+)
 from pufferfiber.fibers import compute_fibers
 from pufferfiber.fidelity import output_divergence
 from pufferfiber.policy import Architecture, Policy
@@ -112,12 +118,14 @@ def test_weight_criterion_is_todays_fibers() -> None:
             assert torch.equal(value, expected[key])
 
 
-@pytest.mark.parametrize("fit", ["lstsq", "affine"])
-def test_planted_redundancies_collapse_exactly(fit: str) -> None:
+@pytest.mark.parametrize(
+    ("fit", "pivot"), [("lstsq", "consumer"), ("lstsq", "variance"), ("affine", "consumer")]
+)
+def test_planted_redundancies_collapse_exactly(fit: str, pivot: str) -> None:
     policy = small_policy()
     plant_all(policy)
     calibration, heldout = frames(1), frames(2)
-    crit = DataCriterion(0.0, calibration=calibration, heldout=heldout, fit=fit)
+    crit = DataCriterion(0.0, calibration=calibration, heldout=heldout, fit=fit, pivot=pivot)
     fib, quotient = crit.fit_transform(policy)
     for label in ("conv1", "conv2", "conv3", "linear1", "lstm"):
         rec = fib.reconstructions[fib[label].node.name]
@@ -185,6 +193,44 @@ def test_unit_constant_on_calibration_only_shows_in_heldout_figures() -> None:
     assert output_divergence(policy, quotient, heldout)["value_mae"] > 1e-4
 
 
+def _moments(samples: np.ndarray) -> Moments:
+    return Moments(len(samples), samples.sum(0), samples.T @ samples)
+
+
+def test_consumer_pivot_keeps_first_the_unit_its_consumers_need_most() -> None:
+    """Unit 0 is alone; units 1-3 carry one shared signal (plus a little noise), which the
+    consumers read three times. By variance unit 0 comes first; by consumer error a copy of
+    the shared signal does. Both end within τ for every unit."""
+    rng = np.random.default_rng(0)
+    alone, shared = rng.normal(0, 1.0, 4000), rng.normal(0, 0.9, 4000)
+    noise = rng.normal(0, 0.01, (4000, 3))
+    moments = _moments(np.column_stack([alone, shared + noise[:, 0], shared + noise[:, 1],
+                                        shared + noise[:, 2]]))  # fmt: skip
+    gram, cov = np.eye(4), moments.cov
+    tol = 0.1**2 * np.diag(cov).mean()
+    for pivot in ("consumer", "variance"):
+        kept, coef, _, constant = select_units(moments, gram, 0.1, pivot=pivot)
+        assert len(kept) == 2 and 0 in kept and not constant.any()
+        # residual covariance of a - coef @ a[kept]: every unit within τ
+        residual = cov - coef @ cov[kept] - (coef @ cov[kept]).T
+        residual += coef @ cov[np.ix_(kept, kept)] @ coef.T
+        assert np.diag(residual).max() <= tol + 1e-12
+    assert _consumer_greedy(cov, gram, tol)[0] in (1, 2, 3)
+    assert _pivoted_cholesky(moments.cov, tol)[0] == 0
+
+
+def test_consumer_pivot_never_explains_by_a_near_constant_unit() -> None:
+    """Unit 1 is a scaled-down copy of unit 0, below the tolerance: it is folded as a constant,
+    not kept to rebuild unit 0 with a huge coefficient."""
+    rng = np.random.default_rng(1)
+    big = rng.normal(0, 1.0, 4000)
+    moments = _moments(np.column_stack([big, 1e-4 * big + 3.0, rng.normal(0, 1.0, 4000)]))
+    gram = np.array([[1.0, 0.0, 0.0], [0.0, 1e4, 0.0], [0.0, 0.0, 1.0]])  # consumers amplify 1
+    kept, coef, _, constant = select_units(moments, gram, 0.5)
+    assert 1 not in kept and constant[1]
+    assert np.abs(coef).max() <= 1.0 + 1e-9
+
+
 def test_larger_threshold_keeps_fewer_units() -> None:
     policy = small_policy()
     calibration = frames(1)
@@ -203,3 +249,5 @@ def test_data_criterion_needs_observations() -> None:
         DataCriterion(0.1).fit_predict(small_policy())
     with pytest.raises(ValueError, match="fit must be one of"):
         DataCriterion(0.1, fit="cubic")
+    with pytest.raises(ValueError, match="pivot must be one of"):
+        DataCriterion(0.1, pivot="random")
