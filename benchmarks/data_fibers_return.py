@@ -82,7 +82,11 @@ def main() -> int:
         default="32x128,8x512",
         help="calibration shapes streams x steps, comma-separated (default 32x128,8x512)",
     )
-    p.add_argument("--heldout", default="4x512", help="held-out shape (default 4x512)")
+    p.add_argument(
+        "--heldout", default="4x512",
+        help="held-out shapes, comma-separated; the first is the row's KL / MAE, the others are "
+        "reported beside it, e.g. 4x512,16x64 (default 4x512)",
+    )  # fmt: skip
     p.add_argument(
         "--pivot", choices=DATA_PIVOTS, default=DATA_PIVOTS[0],
         help=f"the lstsq fit's choice of kept units (default {DATA_PIVOTS[0]})",
@@ -92,8 +96,10 @@ def main() -> int:
     start_load = os.getloadavg()[0]
     ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle)
     policy = ckpt.policy.cpu().eval()
-    ((hb, hs),) = parse_shapes(args.heldout)
-    heldout = collect_observations(policy, ckpt.env, hb, hs, 0)
+    shapes = parse_shapes(args.heldout)
+    hb, hs = shapes[0]
+    heldouts = {f"{b}x{s}": collect_observations(policy, ckpt.env, b, s, 0) for b, s in shapes}
+    heldout = heldouts[f"{hb}x{hs}"]
     t0 = time.perf_counter()
     original = summary(play_episodes(policy, ckpt.env, args.episodes, seed=0))
     print(
@@ -117,6 +123,11 @@ def main() -> int:
                 "params_fraction": quotient.parameter_count() / policy.parameter_count(),
             }
             row.update(output_divergence(policy, quotient, heldout))
+            row["heldout_other"] = {
+                name: output_divergence(policy, quotient, frames)
+                for name, frames in heldouts.items()
+                if name != f"{hb}x{hs}"
+            }
             t0 = time.perf_counter()
             row.update(summary(play_episodes(quotient, ckpt.env, args.episodes, seed=0)))
             # play_episodes returns episodes in the order they end, not by env seed, and
@@ -124,6 +135,8 @@ def main() -> int:
             row["diff_mean"], row["diff_ci95"] = welch(np.asarray(row["returns"]), base)
             row["within_one_std"] = row["mean"] >= original["mean"] - original["std"]
             rows.append(row)
+            for name, div in row["heldout_other"].items():
+                print(f"  held-out {name}: KL {div['kl']:.2g}, MAE {div['value_mae']:.3g}")
             print(
                 f"{streams}x{steps} τ={tau}: {100 * row['params_fraction']:.1f} % params, "
                 f"KL {row['kl']:.2g}, MAE {row['value_mae']:.3g}, return {row['mean']:.0f} ± "

@@ -265,7 +265,7 @@ class CollapseConfig:
     pivot: str = setting(
         "data criterion, lstsq: keep next the unit whose fit removes the most error where its "
         "consumers see it (consumer: outgoing-weight Gram matrix) or the unit with the largest "
-        "unexplained variance (variance: pivoted Cholesky, the 0.2 default)",
+        "unexplained variance (variance: pivoted Cholesky, the earlier default)",
         choices=DATA_PIVOTS,
     )
     calibration_batch: int = setting(
