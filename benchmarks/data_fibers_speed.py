@@ -17,7 +17,11 @@ import torch
 
 from pufferfiber.checkpoints import load_checkpoint
 from pufferfiber.criteria import DataCriterion, WeightCriterion
-from pufferfiber.datafibers import CALIBRATION_SEED_OFFSET
+from pufferfiber.datafibers import (
+    CALIBRATION_SEED_OFFSET,
+    DEFAULT_CALIBRATION_BATCH,
+    DEFAULT_CALIBRATION_STEPS,
+)
 from pufferfiber.evaluate import collect_observations
 
 
@@ -35,8 +39,8 @@ def main() -> int:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--allow-pickle", action="store_true", help="trusted PufferLib 2.0 files")
     p.add_argument("--tau", type=float, default=0.2)
-    p.add_argument("--calibration-batch", type=int, default=32)
-    p.add_argument("--calibration-steps", type=int, default=128)
+    p.add_argument("--calibration-batch", type=int, default=DEFAULT_CALIBRATION_BATCH)
+    p.add_argument("--calibration-steps", type=int, default=DEFAULT_CALIBRATION_STEPS)
     p.add_argument("--heldout-batch", type=int, default=16, help="0: no held-out figures")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
