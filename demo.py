@@ -4,6 +4,6 @@ The same as ``pufferfiber train|eval``; the package must be importable (``make s
 installs it into ``.venv``; from the repository root it is found as it is).
 """
 
-from pufferfiber.cli import main
+from pufferfiber.cli.main import main
 
 raise SystemExit(main())

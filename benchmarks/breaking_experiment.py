@@ -4,9 +4,9 @@ Every arm trains the same policy from the same seeds with the same budget throug
 trainer's Python API; only the per-epoch hook differs:
 
 * ``none``: plain PPO;
-* ``break``: :class:`pufferfiber.breaking.SymmetryBreaker` (function-preserving re-initialisation
+* ``break``: :class:`pufferfiber.rl.breaking.SymmetryBreaker` (function-preserving re-initialisation
   of mature redundant units);
-* ``redo``: :class:`pufferfiber.redo.DormantReset` (Sokar et al. 2023: τ-dormant units get fresh
+* ``redo``: :class:`pufferfiber.rl.redo.DormantReset` (Sokar et al. 2023: τ-dormant units get fresh
   incoming weights and zero outgoing weights).
 
 A monitor hook (identical in every arm, run *before* the intervention) records, every few
@@ -43,19 +43,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from pufferfiber.breaking import SymmetryBreaker  # noqa: E402
-from pufferfiber.checkpoints import (  # noqa: E402
+from pufferfiber.config.sections import load_config  # noqa: E402
+from pufferfiber.core.fibers import compute_fibers  # noqa: E402
+from pufferfiber.core.policy import Policy  # noqa: E402
+from pufferfiber.envs.registry import architecture_for, make_vecenv  # noqa: E402
+from pufferfiber.io.checkpoints import (  # noqa: E402
     CheckpointError,
     atomic_write_text,
     load_checkpoint,
 )
-from pufferfiber.config import load_config  # noqa: E402
-from pufferfiber.envs import architecture_for, make_vecenv  # noqa: E402
-from pufferfiber.evaluate import play_episodes  # noqa: E402
-from pufferfiber.fibers import compute_fibers  # noqa: E402
-from pufferfiber.policy import Policy  # noqa: E402
-from pufferfiber.redo import DormantReset, dormant_fraction  # noqa: E402
-from pufferfiber.trainer import Trainer  # noqa: E402
+from pufferfiber.rl.breaking import SymmetryBreaker  # noqa: E402
+from pufferfiber.rl.evaluate import play_episodes  # noqa: E402
+from pufferfiber.rl.redo import DormantReset, dormant_fraction  # noqa: E402
+from pufferfiber.rl.trainer import Trainer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("none", "break", "redo")
@@ -421,8 +421,8 @@ def fold_change(checkpoint: Path, env: str, out: Path) -> dict[str, Any]:
     Real frames from playing the checkpoint: 8 sequences of 16 warm-up steps (giving the LSTM
     state) + 16 measured steps; max |Δlogit|, max |Δvalue| and mean KL per setting.
     """
-    from pufferfiber.breaking import function_change
-    from pufferfiber.evaluate import collect_observations
+    from pufferfiber.rl.breaking import function_change
+    from pufferfiber.rl.evaluate import collect_observations
 
     policy = load_checkpoint(checkpoint, allow_pickle=True, expect_env=env).policy.eval()
     obs = collect_observations(policy, env, 8, 32, seed=0)

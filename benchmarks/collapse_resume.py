@@ -23,10 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pufferfiber import cli
-from pufferfiber.checkpoints import find_run, list_checkpoints, load_checkpoint
-from pufferfiber.evaluate import play_episodes
-from pufferfiber.pipeline import collapse_folder_name
+from pufferfiber.cli import main as cli
+from pufferfiber.io.checkpoints import find_run, list_checkpoints, load_checkpoint
+from pufferfiber.rl.evaluate import play_episodes
+from pufferfiber.workflows.collapse import collapse_folder_name
 
 RESULTS = Path(__file__).resolve().parent / "results" / "collapse_resume.json"
 

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pufferfiber.checkpoints import atomic_write_text, load_checkpoint
-from pufferfiber.criteria import DataCriterion, FiberCriterion, WeightCriterion
-from pufferfiber.datafibers import CALIBRATION_SEED_OFFSET
-from pufferfiber.evaluate import collect_observations, play_episodes
-from pufferfiber.fidelity import output_divergence
-from pufferfiber.policy import Policy
+from pufferfiber.core.criteria import DataCriterion, FiberCriterion, WeightCriterion
+from pufferfiber.core.datafibers import CALIBRATION_SEED_OFFSET
+from pufferfiber.core.divergence import output_divergence
+from pufferfiber.core.policy import Policy
+from pufferfiber.io.checkpoints import atomic_write_text, load_checkpoint
+from pufferfiber.rl.evaluate import collect_observations, play_episodes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T95_10 = 2.262  # Student t, 9 degrees of freedom, 95 % two-sided

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from pufferfiber.checkpoints import atomic_write_text, load_checkpoint
-from pufferfiber.criteria import DATA_PIVOTS, DataCriterion
-from pufferfiber.datafibers import CALIBRATION_SEED_OFFSET
-from pufferfiber.evaluate import collect_observations, play_episodes
-from pufferfiber.fidelity import output_divergence
+from pufferfiber.core.criteria import DATA_PIVOTS, DataCriterion
+from pufferfiber.core.datafibers import CALIBRATION_SEED_OFFSET
+from pufferfiber.core.divergence import output_divergence
+from pufferfiber.io.checkpoints import atomic_write_text, load_checkpoint
+from pufferfiber.rl.evaluate import collect_observations, play_episodes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

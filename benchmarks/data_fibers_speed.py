@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from pufferfiber.checkpoints import load_checkpoint
-from pufferfiber.criteria import DataCriterion, WeightCriterion
-from pufferfiber.datafibers import (
+from pufferfiber.core.criteria import DataCriterion, WeightCriterion
+from pufferfiber.core.datafibers import (
     CALIBRATION_SEED_OFFSET,
     DEFAULT_CALIBRATION_BATCH,
     DEFAULT_CALIBRATION_STEPS,
 )
-from pufferfiber.evaluate import collect_observations
+from pufferfiber.io.checkpoints import load_checkpoint
+from pufferfiber.rl.evaluate import collect_observations
 
 
 def best_of(repeat: int, work: object) -> float:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from pufferfiber.policy import Architecture, Policy, observation_batch
+from pufferfiber.core.policy import Architecture, Policy, observation_batch
 
 MINIBATCH, BPTT, STEPS_PER_UPDATE = 1024, 2, 30720 // 1024 * 3
 

@@ -1,7 +1,7 @@
 """Fibers with the pairwise products on a GPU against the CPU: same fibers, and the time each takes.
 
 The baseline is the default path (numpy products on the CPU), measured in the same run. The other
-path runs the ``n²·d`` candidate products of :mod:`pufferfiber.fibers` on ``--device`` through
+path runs the ``n²·d`` candidate products of :mod:`pufferfiber.core.fibers` on ``--device`` through
 ``products_on``; rows, exact tests, clustering and labels stay on the CPU. Cases:
 
 1. the whole 3.9M-parameter BeamRider network (``--checkpoint``, else a random one), every
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from fibers_speed import DEFAULT_CHECKPOINT, load_network, wide_layer_policy
 
-from pufferfiber.clustering import products_on
-from pufferfiber.fibers import Fibration, compute_fibers
-from pufferfiber.policy import Policy
+from pufferfiber.core.clustering import products_on
+from pufferfiber.core.fibers import Fibration, compute_fibers
+from pufferfiber.core.policy import Policy
 
 
 def best_seconds(work: Callable[[], Fibration], repeat: int) -> tuple[float, Fibration]:

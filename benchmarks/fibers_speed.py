@@ -31,16 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from pufferfiber.collapse import collapse_policy
-from pufferfiber.fibers import compute_fibers
-from pufferfiber.graph import (
+from pufferfiber.core.collapse import collapse_policy
+from pufferfiber.core.fibers import compute_fibers
+from pufferfiber.core.graph import (
     LayerNode,
     bias_view,
     build_graph,
     recurrent_view,
     weight_view,
 )
-from pufferfiber.policy import Architecture, Policy, observation_batch
+from pufferfiber.core.policy import Architecture, Policy, observation_batch
 
 DEFAULT_CHECKPOINT = (
     Path(__file__).resolve().parents[2] / "shared/data/beam_rider-5eed0001/model_000051.pt"
@@ -277,7 +277,7 @@ def wide_layer_policy(units: int, inputs: int = 512, seed: int = 0) -> Policy:
 
 def load_network(path: Path | None) -> tuple[Policy, str]:
     if path is not None and path.is_file():
-        from pufferfiber.checkpoints import load_checkpoint
+        from pufferfiber.io.checkpoints import load_checkpoint
 
         return load_checkpoint(path, allow_pickle=True).policy, f"trained {path.name}"
     torch.manual_seed(0)

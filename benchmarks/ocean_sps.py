@@ -5,7 +5,7 @@
 
 For each game and setting this measures, in the same process, raw stepping of the same Ocean
 env object (random actions, no policy) and whole training epochs of
-:class:`pufferfiber.trainer.Trainer` (collect + PPO update; the first epoch is a warm-up).
+:class:`pufferfiber.rl.trainer.Trainer` (collect + PPO update; the first epoch is a warm-up).
 
 Settings:
 
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from train_sps import timed_epochs
 
-from pufferfiber.config import load_config
-from pufferfiber.envs import make_vecenv
+from pufferfiber.config.sections import load_config
+from pufferfiber.envs.registry import make_vecenv
 
 # Recorded trainer throughput on a 2-core machine of this kind (agent steps/s), issue 8.
 PUFFERLIB_SPS = {

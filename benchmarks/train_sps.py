@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_sps.py [--epochs 3] [--batch-size 8192] [--num-envs 16]
 
 Raw env SPS steps the same serial PufferLib vector env with random actions (no policy); training
-SPS is whole epochs of :class:`pufferfiber.trainer.Trainer` (collect + PPO update) with the
+SPS is whole epochs of :class:`pufferfiber.rl.trainer.Trainer` (collect + PPO update) with the
 guide's BeamRider hyperparameters except the batch size. The first epoch is a warm-up and is
 not counted. Ratios are printed against raw stepping and against PufferLib 2.0's own trainer
 on this kind of machine (README, Benchmarks: ~380 SPS serial; targets: ≥ 1.2× and ≥ 30 % of raw).
@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pufferfiber.config import RunConfig, load_config
-from pufferfiber.dashboard import Dashboard
-from pufferfiber.envs import architecture_for, make_vecenv
-from pufferfiber.policy import Policy
-from pufferfiber.trainer import Trainer
+from pufferfiber.config.sections import RunConfig, load_config
+from pufferfiber.core.policy import Policy
+from pufferfiber.envs.registry import architecture_for, make_vecenv
+from pufferfiber.rl.dashboard import Dashboard
+from pufferfiber.rl.trainer import Trainer
 
 # PufferLib 2.0 clean_pufferl on this 2-core machine, recorded in the README (Benchmarks)
 PUFFERLIB_SERIAL_SPS = 380.0

@@ -21,8 +21,8 @@ from functools import partial
 
 import torch
 
-from pufferfiber.envs import architecture_for
-from pufferfiber.policy import Policy, RecurrentState, observation_batch
+from pufferfiber.core.policy import Policy, RecurrentState, observation_batch
+from pufferfiber.envs.registry import architecture_for
 
 BPTT = 16
 MINIBATCHES = {"ours (4,096)": 256, "reference (16,384)": 1024}

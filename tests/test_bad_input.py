@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import torch
 
-from pufferfiber import cli
-from pufferfiber.cli import collapse_main
-from pufferfiber.fibers import FIBERS_FORMAT
-from pufferfiber.report import main as report_main
+from pufferfiber.cli import main as cli
+from pufferfiber.cli.main import collapse_main
+from pufferfiber.core.fibers import FIBERS_FORMAT
+from pufferfiber.experiments.report import main as report_main
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 512
@@ -275,7 +275,7 @@ def test_report_on_a_garbage_log_says_it_cannot_parse_it(
 
 
 def test_corrupt_fibers_timeline_cache_is_rebuilt(run: Path, tmp_path: Path) -> None:
-    from pufferfiber.timeline import CACHE_FORMAT, CACHE_NAME, fibers_over_time
+    from pufferfiber.workflows.timeline import CACHE_FORMAT, CACHE_NAME, fibers_over_time
 
     copy = tmp_path / run.name
     shutil.copytree(run, copy)

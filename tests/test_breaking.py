@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from pufferfiber.breaking import (
+from pufferfiber.core.fibers import compute_fibers
+from pufferfiber.core.graph import build_graph, named_tensors, put_units, take_units
+from pufferfiber.core.policy import Architecture, Policy, observation_batch
+from pufferfiber.rl.breaking import (
     BreakPlan,
     SymmetryBreaker,
     apply_plans,
     function_change,
     redundant_members,
 )
-from pufferfiber.fibers import compute_fibers
-from pufferfiber.graph import build_graph, named_tensors, put_units, take_units
-from pufferfiber.policy import Architecture, Policy, observation_batch
 
 TINY_CNN = Architecture.atari(4, obs_shape=(1, 44, 44), channels=(4, 6, 6), hidden=12, lstm=8)
 TINY_MLP = Architecture.mlp(4, 2, hidden=(10, 9), lstm=7)
@@ -396,9 +396,9 @@ def test_opfibers_restrict_breaking() -> None:
 
 
 def test_breaking_in_a_real_cartpole_run(tmp_path: Path) -> None:
-    from pufferfiber.config import load_config
-    from pufferfiber.envs import architecture_for, make_vecenv
-    from pufferfiber.trainer import Trainer
+    from pufferfiber.config.sections import load_config
+    from pufferfiber.envs.registry import architecture_for, make_vecenv
+    from pufferfiber.rl.trainer import Trainer
 
     cfg = load_config(
         "cartpole",

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pufferfiber import checkpoints as ck
-from pufferfiber.policy import Architecture, Policy, observation_batch
+from pufferfiber.core.policy import Architecture, Policy, observation_batch
+from pufferfiber.io import checkpoints as ck
 
 SMALL = Architecture.atari(9, channels=(4, 8, 8), hidden=16, lstm=8)
 
@@ -204,7 +204,7 @@ def _upstream_policy() -> torch.nn.Module:
     import pufferlib.cleanrl
     from pufferlib.environments.atari import torch as atari_torch
 
-    from pufferfiber.envs import make_env
+    from pufferfiber.envs.registry import make_env
 
     env = make_env("beam_rider")
     module = pufferlib.cleanrl.RecurrentPolicy(

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from pufferfiber import cli
-from pufferfiber.checkpoints import list_checkpoints, load_checkpoint, load_trainer_state
+from pufferfiber.cli import main as cli
+from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint, load_trainer_state
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -143,7 +143,7 @@ def test_eval_prints_mean_and_std(trained: tuple[Path, Any], capsys: Any) -> Non
 def test_collapse_trains_the_collapsed_model_in_the_collapse_folder(
     trained: tuple[Path, Any], capsys: Any
 ) -> None:
-    pytest.importorskip("pufferfiber.pipeline")
+    pytest.importorskip("pufferfiber.workflows.collapse")
     data, _ = trained
     (run,) = run_dirs(data)
     code = cli.main(
@@ -330,7 +330,7 @@ def test_upstream_pickle_needs_allow_pickle(
         played.append((policy, env, episodes))  # isolate the CLI from 18 s of BeamRider play
         return [1.0, 3.0]
 
-    monkeypatch.setattr("pufferfiber.evaluate.play_episodes", fake_play)
+    monkeypatch.setattr("pufferfiber.rl.evaluate.play_episodes", fake_play)
     assert cli.main([*argv, "--allow-pickle", "--eval-episodes", "2"]) == 0
     out = capsys.readouterr().out
     assert "(epoch 51): return 2.00 ± 1.00 over 2 episodes" in out

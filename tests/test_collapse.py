@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pufferfiber.collapse import collapse_policy
-from pufferfiber.fibers import compute_fibers
-from pufferfiber.graph import build_graph, named_tensors, put_units, take_units
-from pufferfiber.policy import Architecture, Policy, observation_batch
+from pufferfiber.core.collapse import collapse_policy
+from pufferfiber.core.fibers import compute_fibers
+from pufferfiber.core.graph import build_graph, named_tensors, put_units, take_units
+from pufferfiber.core.policy import Architecture, Policy, observation_batch
 
 CNN = Architecture.atari(5, channels=(6, 8, 7), hidden=24, lstm=12)
 MLP = Architecture.mlp(6, 3, hidden=(20, 16), lstm=10)

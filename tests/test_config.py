@@ -1,5 +1,5 @@
 """Config files, overrides, validation, and the options and help generated from the typed
-sections (pufferfiber.config, pufferfiber.cli)."""
+sections (pufferfiber.config.sections, pufferfiber.cli.main)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pufferfiber import cli
-from pufferfiber.config import (
+from pufferfiber.cli import main as cli
+from pufferfiber.config.sections import (
     CONFIG_DIR,
     BreakConfig,
     CollapseConfig,
@@ -26,7 +26,7 @@ from pufferfiber.config import (
     section_classes,
     section_types,
 )
-from pufferfiber.envs import EnvError
+from pufferfiber.envs.registry import EnvError
 
 
 def test_beam_rider_has_the_guides_hyperparameters() -> None:
@@ -212,9 +212,10 @@ def test_ini_defaults_match_the_library_defaults() -> None:
     configure, and the choices those the library accepts."""
     import inspect
 
-    from pufferfiber import config, datafibers, fibers, policy
-    from pufferfiber.breaking import SymmetryBreaker
-    from pufferfiber.pipeline import collapse_to_folder
+    from pufferfiber.config import sections as config
+    from pufferfiber.core import datafibers, fibers, policy
+    from pufferfiber.rl.breaking import SymmetryBreaker
+    from pufferfiber.workflows.collapse import collapse_to_folder
 
     cfg = load_config("cartpole")
     b, c = cfg.breaking, cfg.collapse

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pufferfiber.checkpoints import load_checkpoint, save_checkpoint
-from pufferfiber.cli import collapse_main
-from pufferfiber.envs import architecture_for
-from pufferfiber.fibers import compute_fibers, load_fibers
-from pufferfiber.policy import Policy
+from pufferfiber.cli.main import collapse_main
+from pufferfiber.core.fibers import compute_fibers, load_fibers
+from pufferfiber.core.policy import Policy
+from pufferfiber.envs.registry import architecture_for
+from pufferfiber.io.checkpoints import load_checkpoint, save_checkpoint
 
 FAST = ["--fidelity-batch", "2", "--fidelity-steps", "8"]
 CALIBRATION = ["--calibration-batch", "4", "--calibration-steps", "16"]
@@ -81,7 +81,7 @@ def test_published_lstm_criterion_reproduces_published_counts(shared_run: Path) 
 
 def test_demo_collapse_with_data_criterion(tmp_path: Path, capsys) -> None:
     """``demo.py --collapse τ --criterion data``: collapse on data, then resume training."""
-    from pufferfiber import cli
+    from pufferfiber.cli import main as cli
 
     data = tmp_path / "experiments"
     cartpole_checkpoint(data / "cartpole-0000abcd")

@@ -7,24 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from pufferfiber.collapse import collapse_policy
-from pufferfiber.criteria import (
+from pufferfiber.core.collapse import collapse_policy
+from pufferfiber.core.criteria import (
     CRITERIA,
     LSTM_CRITERIA,
     DataCriterion,
     WeightCriterion,
     make_criterion,
 )
-from pufferfiber.datafibers import (
+from pufferfiber.core.datafibers import (
     Moments,
     _consumer_greedy,
     _pivoted_cholesky,
     apply_reconstructions,
     select_units,
 )
-from pufferfiber.fibers import compute_fibers
-from pufferfiber.fidelity import output_divergence
-from pufferfiber.policy import Architecture, Policy
+from pufferfiber.core.divergence import output_divergence
+from pufferfiber.core.fibers import compute_fibers
+from pufferfiber.core.policy import Architecture, Policy
 
 H = 12  # LSTM units of the small policy
 

@@ -16,15 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from pufferfiber import cli
-from pufferfiber.breaking import SymmetryBreaker
-from pufferfiber.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from pufferfiber.clustering import cluster_rows, products_on
-from pufferfiber.collapse import collapse_policy
-from pufferfiber.evaluate import policy_on
-from pufferfiber.fibers import compute_fibers
-from pufferfiber.pipeline import collapse_to_folder
-from pufferfiber.policy import Architecture, Policy
+from pufferfiber.cli import main as cli
+from pufferfiber.core.clustering import cluster_rows, products_on
+from pufferfiber.core.collapse import collapse_policy
+from pufferfiber.core.fibers import compute_fibers
+from pufferfiber.core.policy import Architecture, Policy
+from pufferfiber.io.checkpoints import (
+    Checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pufferfiber.rl.breaking import SymmetryBreaker
+from pufferfiber.rl.evaluate import policy_on
+from pufferfiber.workflows.collapse import collapse_to_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_collapse import max_output_error, planted, sequence

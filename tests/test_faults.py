@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 import torch
 
-from pufferfiber import checkpoints as ck
-from pufferfiber.config import RunConfig, load_config
-from pufferfiber.dashboard import Dashboard
-from pufferfiber.envs import architecture_for, make_vecenv
-from pufferfiber.policy import Policy
-from pufferfiber.trainer import Trainer, TrainingInterrupted
+from pufferfiber.config.sections import RunConfig, load_config
+from pufferfiber.core.policy import Policy
+from pufferfiber.envs.registry import architecture_for, make_vecenv
+from pufferfiber.io import checkpoints as ck
+from pufferfiber.rl.dashboard import Dashboard
+from pufferfiber.rl.trainer import Trainer, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -296,7 +296,7 @@ def fsync(fd):
         time.sleep(600)
     real(fd)
 os.fsync = fsync
-from pufferfiber.cli import main
+from pufferfiber.cli.main import main
 raise SystemExit(main(sys.argv[2:]))
 """
 
@@ -408,8 +408,8 @@ def test_disk_full_mid_run_keeps_checkpoint_and_state_consistent(small_disk: Pat
 
 
 def test_disk_full_for_collapse_out_and_report_output(small_disk: Path, tmp_path: Path) -> None:
-    from pufferfiber.cli import collapse_main
-    from pufferfiber.report import main as report_main
+    from pufferfiber.cli.main import collapse_main
+    from pufferfiber.experiments.report import main as report_main
 
     trained = demo(*SMALL, "--train.data-dir", str(tmp_path / "exp"),
                    "--train.total-timesteps", str(2 * BATCH))  # fmt: skip
@@ -451,7 +451,7 @@ def test_resume_without_break_flags_continues_the_runs_symmetry_breaking(tmp_pat
 
 
 def test_metrics_line_on_a_full_disk_is_cut_off_whole(small_disk: Path) -> None:
-    from pufferfiber.sinks import append_line as _append_line
+    from pufferfiber.rl.sinks import append_line as _append_line
 
     path = small_disk / "metrics.jsonl"
     path.write_text('{"epoch": 1}\n')

@@ -11,14 +11,14 @@ import torch
 from scipy.spatial.distance import squareform
 from sklearn.cluster import AgglomerativeClustering
 
-from pufferfiber.clustering import (
+from pufferfiber.core.clustering import (
     average_linkage_labels,
     cluster_rows,
     cosine_distances_condensed,
     exact_partition,
     relabel_first_occurrence,
 )
-from pufferfiber.fibers import (
+from pufferfiber.core.fibers import (
     Colouring,
     FibersFileError,
     compute_fibers,
@@ -29,8 +29,8 @@ from pufferfiber.fibers import (
     recurrent_rows,
     save_fibers,
 )
-from pufferfiber.graph import build_graph, named_tensors, put_units, take_units
-from pufferfiber.policy import Architecture, Policy
+from pufferfiber.core.graph import build_graph, named_tensors, put_units, take_units
+from pufferfiber.core.policy import Architecture, Policy
 
 MLP = Architecture.mlp(6, 3, hidden=(24, 16), lstm=12)
 CNN = Architecture.atari(4, channels=(5, 6, 4), hidden=16, lstm=8)
@@ -63,7 +63,7 @@ def test_cosine_distances_match_definition_including_zero_rows() -> None:
 
 
 def test_blocked_distances_equal_direct_computation(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pufferfiber.clustering as clustering
+    import pufferfiber.core.clustering as clustering
 
     rows = np.random.default_rng(0).normal(size=(37, 5))
     full = cosine_distances_condensed(rows)
@@ -87,7 +87,7 @@ def test_clustering_equals_sklearn_on_random_rows(seed: int, tau: float) -> None
 
 @pytest.mark.parametrize("tau", [0.1, 0.3, 0.5, 1.0])
 def test_clustering_equals_sklearn_on_trained_layers(shared_run: Path, tau: float) -> None:
-    from pufferfiber.checkpoints import load_checkpoint
+    from pufferfiber.io.checkpoints import load_checkpoint
 
     policy = load_checkpoint(shared_run / "model_000051.pt", allow_pickle=True).policy
     g = build_graph(policy)

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from pufferfiber.graph import (
+from pufferfiber.core.graph import (
     add_units,
     build_graph,
     named_tensors,
     put_units,
     take_units,
 )
-from pufferfiber.policy import Architecture, Policy
+from pufferfiber.core.policy import Architecture, Policy
 
 
 def small_cnn() -> Policy:

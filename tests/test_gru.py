@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from pufferfiber.breaking import SymmetryBreaker
-from pufferfiber.collapse import collapse_policy
-from pufferfiber.config import load_config
-from pufferfiber.criteria import DataCriterion
-from pufferfiber.fibers import compute_fibers, fibers_dict, load_fibers, save_fibers
-from pufferfiber.fidelity import output_divergence
-from pufferfiber.graph import Kind, build_graph, named_tensors, put_units, take_units
-from pufferfiber.policy import Architecture, Policy, observation_batch
-from pufferfiber.redo import unit_activity
+from pufferfiber.config.sections import load_config
+from pufferfiber.core.collapse import collapse_policy
+from pufferfiber.core.criteria import DataCriterion
+from pufferfiber.core.divergence import output_divergence
+from pufferfiber.core.fibers import compute_fibers, fibers_dict, load_fibers, save_fibers
+from pufferfiber.core.graph import Kind, build_graph, named_tensors, put_units, take_units
+from pufferfiber.core.policy import Architecture, Policy, observation_batch
+from pufferfiber.rl.breaking import SymmetryBreaker
+from pufferfiber.rl.redo import unit_activity
 
 CNN = Architecture.atari(4, obs_shape=(1, 44, 44), channels=(6, 7, 6), hidden=12, lstm=9, rnn="gru")
 MLP = Architecture.mlp(6, 3, hidden=(14, 10), lstm=8, rnn="gru")
@@ -97,7 +97,7 @@ def test_gru_architecture_round_trip_and_parameter_count() -> None:
 
 
 def test_policy_rnn_option_reaches_the_network() -> None:
-    from pufferfiber.envs import architecture_for
+    from pufferfiber.envs.registry import architecture_for
 
     cfg = load_config("cartpole", {"policy.rnn": "gru"})
     assert cfg.policy.rnn == "gru" and cfg.to_dict()["policy"] == {"rnn": "gru"}
@@ -266,8 +266,8 @@ def _train_memory_task() -> tuple[float, float]:
 def test_gru_through_the_guides_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``--policy.rnn gru``: train, collapse and retrain, resume: every run stays a GRU (a
     resumed or collapsed run keeps its own recurrent layer, whatever the command line says)."""
-    from pufferfiber import cli
-    from pufferfiber.checkpoints import list_checkpoints, load_checkpoint
+    from pufferfiber.cli import main as cli
+    from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint
 
     tiny = ["--env", "cartpole", "--train.data-dir", str(tmp_path), "--train.batch-size", "512"]
     tiny += ["--train.minibatch-size", "128", "--vec.num-envs", "4"]

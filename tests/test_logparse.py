@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pufferfiber.upstream_log import (
+from pufferfiber.io.upstream_log import (
     LOSS_FIELDS,
     LogParseError,
     columns,
@@ -55,7 +55,7 @@ def test_import_upstream_log_writes_our_metrics_record(
 
 def test_import_log_of_our_dashboard(tmp_path: Path) -> None:
     """Blocks our dashboard printed import as the numbers that were shown."""
-    from pufferfiber.dashboard import DashboardState, render_text
+    from pufferfiber.rl.dashboard import DashboardState, render_text
 
     blocks = [
         render_text(DashboardState("cartpole", 300 * e, e, 300.0, 10.0 * e, 5.0,
@@ -208,7 +208,7 @@ def test_metrics_jsonl(tmp_path: Path) -> None:
 
 def test_our_dashboard_renderer_round_trip() -> None:
     """Every field our dashboard prints is read back (wide layout, long stat names, big values)."""
-    dashboard = pytest.importorskip("pufferfiber.dashboard")
+    dashboard = pytest.importorskip("pufferfiber.rl.dashboard")
     times = {key: 61.0 * (i + 1) for i, (_, key) in enumerate(dashboard.PERF_ROWS)}
     losses = {name: 0.001 * (i + 1) for i, name in enumerate(dashboard.LOSS_NAMES)}
     stats = {"episode_return": 663.172, "episode_length": 1201.5, "broken_linear1": 7.0,

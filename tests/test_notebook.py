@@ -18,8 +18,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from pufferfiber.fibers import load_fibers
-from pufferfiber.logparse import parse_log, series
+from pufferfiber.core.fibers import load_fibers
+from pufferfiber.io.logparse import parse_log, series
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "Collapsing_step_by_step_guide.ipynb"

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pufferfiber.checkpoints import list_checkpoints, load_checkpoint
-from pufferfiber.config import family_of, load_config
-from pufferfiber.envs import OCEAN_ENVS, EnvError, architecture_for, make_env, make_vecenv
-from pufferfiber.ocean import OCEAN_GAMES, OceanEnv, OceanError
+from pufferfiber.config.sections import family_of, load_config
+from pufferfiber.envs.ocean import OCEAN_GAMES, OceanEnv, OceanError
+from pufferfiber.envs.registry import OCEAN_ENVS, EnvError, architecture_for, make_env, make_vecenv
+from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import pufferfiber.pipeline as pipeline
-from pufferfiber import timeline
-from pufferfiber.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from pufferfiber.cli import collapse_main
-from pufferfiber.config import validate_threshold
-from pufferfiber.envs import architecture_for
-from pufferfiber.fibers import load_fibers
-from pufferfiber.pipeline import collapse_folder_name
-from pufferfiber.policy import Policy
+import pufferfiber.workflows.collapse as pipeline
+from pufferfiber.cli.main import collapse_main
+from pufferfiber.config.sections import validate_threshold
+from pufferfiber.core.fibers import load_fibers
+from pufferfiber.core.policy import Policy
+from pufferfiber.envs.registry import architecture_for
+from pufferfiber.io.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from pufferfiber.workflows import timeline
+from pufferfiber.workflows.collapse import collapse_folder_name
 
 FAST = ["--episodes", "1", "--fidelity-batch", "2", "--fidelity-steps", "8"]
 
@@ -232,7 +232,7 @@ def test_help_explains_every_option(capsys, tmp_path: Path) -> None:
     value it runs with: the base file's, or a ``--config`` file's."""
     import re
 
-    from pufferfiber.config import CollapseConfig, load_section, option_fields
+    from pufferfiber.config.sections import CollapseConfig, load_section, option_fields
 
     mine = tmp_path / "mine.ini"
     mine.write_text("[collapse]\nlstm_rounds = 4\nfit = affine\n")

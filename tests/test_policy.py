@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pufferfiber.envs import architecture_for
-from pufferfiber.policy import Architecture, Policy, observation_batch
+from pufferfiber.core.policy import Architecture, Policy, observation_batch
+from pufferfiber.envs.registry import architecture_for
 
 
 def test_beam_rider_network_matches_pufferlib() -> None:

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from pufferfiber import cli
-from pufferfiber.checkpoints import load_trainer_state
-from pufferfiber.policy import Architecture, Policy, observation_batch
-from pufferfiber.redo import (
+from pufferfiber.cli import main as cli
+from pufferfiber.core.policy import Architecture, Policy, observation_batch
+from pufferfiber.io.checkpoints import load_trainer_state
+from pufferfiber.rl.redo import (
     DormantReset,
     dormancy_scores,
     dormant_fraction,
@@ -170,9 +170,9 @@ def test_hook_reads_ctx_observations_and_rejects_bad_settings() -> None:
 
 
 def test_redo_in_a_real_cartpole_run(tmp_path: Path) -> None:
-    from pufferfiber.config import load_config
-    from pufferfiber.envs import architecture_for, make_vecenv
-    from pufferfiber.trainer import Trainer
+    from pufferfiber.config.sections import load_config
+    from pufferfiber.envs.registry import architecture_for, make_vecenv
+    from pufferfiber.rl.trainer import Trainer
 
     cfg = load_config(
         "cartpole",

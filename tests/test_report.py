@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from pufferfiber import report
-from pufferfiber.upstream_log import read_metrics
+from pufferfiber.experiments import report
+from pufferfiber.io.upstream_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = "cartpole"
@@ -72,7 +72,7 @@ def _args(**kw: object) -> argparse.Namespace:
 
 def _timeline_available() -> bool:
     try:
-        import pufferfiber.timeline  # noqa: F401
+        import pufferfiber.workflows.timeline  # noqa: F401
     except ImportError:
         return False
     return True

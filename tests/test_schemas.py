@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pufferfiber import checkpoints as ck
-from pufferfiber import runfiles
-from pufferfiber.schemas import (
+from pufferfiber.io import checkpoints as ck
+from pufferfiber.io import runfiles
+from pufferfiber.io.schemas import (
     FIBERS_FORMAT,
     FIDELITY_FORMAT,
     TRAINER_STATE_FORMAT,
@@ -51,7 +51,7 @@ def test_no_module_spells_a_run_file_name() -> None:
 
 
 def test_one_run_folder_regex() -> None:
-    from pufferfiber import report
+    from pufferfiber.experiments import report
 
     assert report.RUN_NAME is runfiles.RUN_DIR_RE  # the report and find_run agree
     for name in ("beam_rider-5eed0001", "puffer_breakout-0123abcd", "cartpole-deadbeef"):
@@ -167,7 +167,7 @@ def test_fibers_header() -> None:
 
 
 def test_save_fibers_refuses_a_file_readers_could_not_use(tmp_path: Path) -> None:
-    from pufferfiber.fibers import load_fibers, save_fibers
+    from pufferfiber.core.fibers import load_fibers, save_fibers
 
     save_fibers(tmp_path / "ok.pkl", _fibers())
     assert load_fibers(tmp_path / "ok.pkl")["params_after"] == 250

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from pufferfiber.config import ConfigError, load_config
-from pufferfiber.dashboard import Dashboard
-from pufferfiber.envs import architecture_for, make_vecenv
-from pufferfiber.policy import Policy
-from pufferfiber.sinks import (
+from pufferfiber.config.sections import ConfigError, load_config
+from pufferfiber.core.policy import Policy
+from pufferfiber.envs.registry import architecture_for, make_vecenv
+from pufferfiber.rl.dashboard import Dashboard
+from pufferfiber.rl.sinks import (
     DashboardSink,
     EpochMetrics,
     MetricsFile,
     TrackerError,
     make_tracker,
 )
-from pufferfiber.trainer import Trainer
+from pufferfiber.rl.trainer import Trainer
 
 
 def _metrics(epoch: int, **losses: float) -> EpochMetrics:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pufferfiber import cli
-from pufferfiber.criteria import CRITERIA
-from pufferfiber.sweep import SUMMARY_COLUMNS, final_return
-from pufferfiber.sweep import main as sweep_main
-from pufferfiber.sweep_report import ArmSummary, mean_band, mean_ci, sentence
+from pufferfiber.cli import main as cli
+from pufferfiber.core.criteria import CRITERIA
+from pufferfiber.experiments.sweep import SUMMARY_COLUMNS, final_return
+from pufferfiber.experiments.sweep import main as sweep_main
+from pufferfiber.experiments.sweep_report import ArmSummary, mean_band, mean_ci, sentence
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--env", "cartpole", "--thresholds", "0.3", "--seeds", "2", "--collapse-epoch", "2",

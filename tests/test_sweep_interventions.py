@@ -13,9 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from pufferfiber.sweep import SPEC_NAME, TRAJECTORY_NAME, SweepSpec, prepare_out, spec_from_args
-from pufferfiber.sweep import main as sweep_main
-from pufferfiber.sweep_report import ArmSummary, fiber_turns, sentence
+from pufferfiber.experiments.sweep import (
+    SPEC_NAME,
+    TRAJECTORY_NAME,
+    SweepSpec,
+    prepare_out,
+    spec_from_args,
+)
+from pufferfiber.experiments.sweep import main as sweep_main
+from pufferfiber.experiments.sweep_report import ArmSummary, fiber_turns, sentence
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--env", "cartpole", "--seeds", "1", "--collapse-epoch", "2", "--eval-episodes", "2",

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from pufferfiber.checkpoints import list_checkpoints, load_checkpoint, load_trainer_state
-from pufferfiber.config import RunConfig, load_config
-from pufferfiber.dashboard import Dashboard
-from pufferfiber.envs import architecture_for, make_vecenv
-from pufferfiber.policy import Architecture, Policy
-from pufferfiber.trainer import (
+from pufferfiber.config.sections import RunConfig, load_config
+from pufferfiber.core.policy import Architecture, Policy
+from pufferfiber.envs.registry import architecture_for, make_vecenv
+from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint, load_trainer_state
+from pufferfiber.rl.dashboard import Dashboard
+from pufferfiber.rl.trainer import (
     EpochContext,
     RolloutBuffer,
     Trainer,
@@ -215,7 +215,7 @@ def test_resume_continues_epochs_steps_and_optimizer(tmp_path: Path) -> None:
 
 
 def test_keyboard_interrupt_saves_a_checkpoint(tmp_path: Path, monkeypatch: Any) -> None:
-    from pufferfiber.trainer import TrainingInterrupted
+    from pufferfiber.rl.trainer import TrainingInterrupted
 
     trainer = _trainer(_cartpole(total_timesteps=4096, checkpoint_interval=100), tmp_path)
     real_update = trainer.update
@@ -249,7 +249,7 @@ def test_cartpole_learns(tmp_path: Path) -> None:
 
 
 def test_dashboard_formats_and_modes(tmp_path: Path) -> None:
-    from pufferfiber.dashboard import DashboardState, abbreviate, duration, render_text
+    from pufferfiber.rl.dashboard import DashboardState, abbreviate, duration, render_text
 
     assert [abbreviate(x) for x in (950, 30720, 1_700_000, 2e9)] == ["950", "30.7k", "1.7m", "2.0b"]
     assert [duration(x) for x in (45, 153, 3915)] == ["45s", "2m 33s", "1h 5m 15s"]
@@ -303,7 +303,7 @@ def test_dashboard_formats_and_modes(tmp_path: Path) -> None:
 
 
 def test_precision_setting(monkeypatch: Any) -> None:
-    from pufferfiber import trainer as trainer_mod
+    from pufferfiber.rl import trainer as trainer_mod
 
     cpu = torch.device("cpu")
     assert trainer_mod.use_bf16("bfloat16", cpu) and not trainer_mod.use_bf16("float32", cpu)
@@ -339,7 +339,7 @@ class _OneTensorState(torch.nn.Module):
 
 
 def test_actor_carries_a_one_tensor_state_and_resets_it() -> None:
-    from pufferfiber.rollout import Actor
+    from pufferfiber.rl.rollout import Actor
 
     actor = Actor(_OneTensorState(), 3, torch.device("cpu"), greedy=True)  # type: ignore[arg-type]
     obs = torch.zeros(3, 4)
@@ -370,7 +370,7 @@ class _PushAfter(_OneTensorState):
 def _plain_loop(policy: Any, episodes: int, n: int, seed: int, greedy: bool) -> list[float]:
     """Evaluation as a plain loop: policy on the batch, CPU sampling from the seeded
     generator (or argmax), the state zeroed when an episode ends."""
-    from pufferfiber.envs import make_env
+    from pufferfiber.envs.registry import make_env
 
     gen = torch.Generator().manual_seed(seed)
     envs = [make_env("cartpole") for _ in range(n)]
@@ -404,7 +404,7 @@ def _plain_loop(policy: Any, episodes: int, n: int, seed: int, greedy: bool) -> 
 @pytest.mark.parametrize("which", ["lstm-sampled", "one-tensor-greedy"])
 def test_play_episodes_matches_a_plain_loop(which: str) -> None:
     """The shared rollout helper plays the same episodes as a plain evaluation loop."""
-    from pufferfiber.evaluate import play_episodes
+    from pufferfiber.rl.evaluate import play_episodes
 
     torch.manual_seed(3)
     greedy = which.endswith("greedy")
@@ -414,7 +414,7 @@ def test_play_episodes_matches_a_plain_loop(which: str) -> None:
 
 
 def test_collect_observations_is_seeded() -> None:
-    from pufferfiber.evaluate import collect_observations
+    from pufferfiber.rl.evaluate import collect_observations
 
     policy = Policy(Architecture.mlp(4, 2, hidden=(8,), lstm=6))
     frames = collect_observations(policy, "cartpole", 3, 20, seed=1)
@@ -441,7 +441,7 @@ class _Counter:
 
 
 def test_hook_state_is_saved_and_restored_by_name(tmp_path: Path) -> None:
-    from pufferfiber.callbacks import named_hooks, restore_hook_states
+    from pufferfiber.rl.callbacks import named_hooks, restore_hook_states
 
     cfg = _cartpole(total_timesteps=1024, checkpoint_interval=1)
     a, b = _Counter("alpha"), _Counter("beta")

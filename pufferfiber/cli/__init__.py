@@ -1,0 +1,1 @@
+"""The command line: argument parsing, messages and exit codes. Nothing imports this package."""

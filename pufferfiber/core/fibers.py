@@ -1,0 +1,579 @@
+"""Fibers (and opfibers) of a policy's layers: which units compute the same signal.
+
+The mathematics is in ``docs/method.md`` (§1). For each collapsible layer, in forward order
+along the layer graph (:mod:`pufferfiber.core.graph`, one :func:`walk`), every unit gets an
+*input-collapsed row*: its incoming weights summed over each colour class (fiber) of the
+producer, with the bias(es) last. Units whose rows agree form a fiber; the rows are clustered
+by :mod:`pufferfiber.core.clustering`.
+
+* ``threshold == 0`` gives the **exact** fibers (the coarsest balanced colouring): rows equal up
+  to a relative float tolerance (``clustering.EXACT_RTOL``). For ReLU layers rows are compared up
+  to a positive factor (ReLU is positively homogeneous; the collapse folds the factor into the
+  outgoing column); rows of the recurrent layer (LSTM or GRU, gated) must be equal. Its
+  recurrent weights are refined from one colour to a true fixed point (at most ``n`` rounds).
+* ``0 < threshold <= 2`` gives **approximate** fibers: cosine distance ``1 - cos`` between rows,
+  average-linkage clusters merged while the distance is ``<= threshold``. For the recurrent
+  layer the colouring starts from the exact fibers and is re-clustered for at most
+  ``max_lstm_rounds`` rounds (default :data:`DEFAULT_LSTM_ROUNDS` = 1): further rounds cascade.
+
+At the conv → Linear boundary the colour of Linear input ``k`` is ``(fiber of channel, position)``
+(``flatten_colours="positions"``, a true fibration). ``"pooled"`` reproduces the published
+reference, which sums a row over image positions too (more merges, not faithful).
+
+Labels are deterministic: fibers are numbered by first occurrence, so the representative of a
+fiber (its lowest unit index) is the first unit carrying its label.
+
+*Opfibers* are the same construction on the output side (transposed weights), walking back
+from the heads, whose outputs each have their own colour.
+
+``fibers.pkl`` (:func:`save_fibers` / :func:`load_fibers`) is a dict of plain Python and numpy
+values only, read back with a restricted unpickler that refuses anything else.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pufferfiber.config.sections import FLATTEN_COLOURS, LSTM_CRITERIA, validate_threshold
+from pufferfiber.core.clustering import cluster_rows, exact_partition, meet
+from pufferfiber.core.graph import (
+    InputMap,
+    LayerGraph,
+    LayerNode,
+    build_graph,
+    recurrent_view,
+    weight_view,
+)
+from pufferfiber.core.policy import Policy
+from pufferfiber.io.schemas import FIBERS_FORMAT, FibersHeader
+
+# FLATTEN_COLOURS (positions, pooled) and LSTM_CRITERIA, the choices of config.py: "units" (ours:
+# a unit's four gate rows with biases, exact fixed point, then bounded re-clustering) or
+# "published" (the reference's joint gate-row clustering, see pufferfiber.core.published). The first
+# of each is the default.
+# Approximate LSTM re-clustering rounds. Round 1 compares full W_hh rows (hidden colouring =
+# the exact fibers); later rounds sum W_hh over the approximate clusters and cascade: on the
+# upstream BeamRider epoch-51 checkpoint at τ = 0.5 (positions) rounds 1..6 give 248, 48, 75,
+# 68, 68, 69 LSTM fibers (no fixed point). One round is the faithful default; more is opt-in.
+DEFAULT_LSTM_ROUNDS = 1
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class LayerFibers:
+    """The fibers of one layer.
+
+    ``labels[u]`` is the fiber of unit ``u`` (0..n_fibers-1, numbered by first occurrence).
+    ``collapsed`` is False for a layer left whole (every unit its own fiber). ``rounds`` is
+    the number of recurrent colouring rounds (LSTM only).
+    """
+
+    node: LayerNode
+    labels: np.ndarray
+    collapsed: bool = True
+    rounds: int = 0
+    scales: torch.Tensor | None = None  # ReLU fold factors (see fold_scales); None = all 1
+
+    @property
+    def n_fibers(self) -> int:
+        return int(self.labels.max()) + 1 if self.labels.size else 0
+
+    @property
+    def representatives(self) -> np.ndarray:
+        """Lowest unit index of each fiber (fiber order)."""
+        return np.unique(self.labels, return_index=True)[1]
+
+
+@dataclass
+class Fibration:
+    """Fibers of every hidden layer, in forward order, with the settings that produced them."""
+
+    threshold: float
+    flatten_colours: str
+    layers: list[LayerFibers]
+    side: str = "in"  # "in": fibers, "out": opfibers
+    max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> LayerFibers:
+        for layer in self.layers:
+            if key in (layer.node.label, layer.node.name):
+                return layer
+        raise KeyError(key)
+
+    def get(self, node: LayerNode) -> LayerFibers | None:
+        return next((f for f in self.layers if f.node.name == node.name), None)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Layer label → number of fibers."""
+        return {f.node.label: f.n_fibers for f in self.layers}
+
+    @property
+    def lstm_rounds(self) -> int:
+        """Colouring rounds of the recurrent layer (0 when it was not collapsed)."""
+        return max((f.rounds for f in self.layers if f.node.recurrent), default=0)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class Colouring:
+    """A partition of a producer's units plus each unit's fold factor (see :func:`fold_scales`)."""
+
+    labels: torch.Tensor  # long [units]
+    count: int
+    scales: torch.Tensor  # float64 [units]
+
+    @classmethod
+    def discrete(cls, n: int) -> Colouring:
+        return cls(torch.arange(n), n, torch.ones(n, dtype=torch.float64))
+
+    @classmethod
+    def of(cls, labels: np.ndarray, scales: torch.Tensor | None = None) -> Colouring:
+        lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        ones = torch.ones(len(lab), dtype=torch.float64)
+        return cls(lab, int(lab.max()) + 1 if len(lab) else 0, ones if scales is None else scales)
+
+    @property
+    def is_trivial(self) -> bool:
+        """Every unit its own colour, in order, unscaled (summing over it changes nothing)."""
+        n = len(self.labels)
+        return (
+            self.count == n
+            and bool(torch.equal(self.labels, torch.arange(n)))
+            and bool((self.scales == 1).all())
+        )
+
+    def matrix(self) -> torch.Tensor:
+        """``[units, colours]`` float64: the fold factor of unit u in column labels[u]."""
+        m = torch.zeros(len(self.labels), self.count, dtype=torch.float64)
+        m[torch.arange(len(self.labels)), self.labels] = self.scales
+        return m
+
+
+def sum_over_colours(view: torch.Tensor, colouring: Colouring, axis: int = 2) -> torch.Tensor:
+    """Sum a unit view over the colour classes of ``axis`` (scaled by the fold factors).
+
+    Columns are sorted by colour and summed in contiguous runs (``np.add.reduceat``): one
+    pass over the tensor, much faster than a scatter-add along an inner axis or a product
+    with the indicator matrix. A trivial colouring is a plain copy.
+    """
+    if colouring.is_trivial:
+        return view.double().clone()
+    moved = view.double().movedim(axis, 0)  # colour axis first: rows gathered contiguously
+    counts = np.bincount(colouring.labels.numpy(), minlength=colouring.count)
+    if counts.min() == 0:  # an empty colour (hand-made labels): reduceat cannot express it
+        return (moved.movedim(0, -1) @ colouring.matrix()).movedim(-1, axis)
+    order = np.argsort(colouring.labels.numpy(), kind="stable")
+    flat = moved.reshape(moved.shape[0], -1).numpy()[order] * colouring.scales.numpy()[order, None]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    summed = np.add.reduceat(flat, starts, axis=0)
+    return torch.from_numpy(summed).reshape(colouring.count, *moved.shape[1:]).movedim(0, axis)
+
+
+def node_rows(
+    node: LayerNode,
+    params: Mapping[str, torch.Tensor],
+    inputs: Colouring,
+    *,
+    pooled: bool = False,
+) -> torch.Tensor:
+    """Input-collapsed rows ``[units, d]`` of an encoder node (float64), bias last.
+
+    ``pooled`` also sums over positions after a flatten (the published reference). The rows
+    of a recurrent layer also depend on its own colouring: see :func:`recurrent_rows`.
+    """
+    if node.recurrent:
+        raise ValueError(f"{node.label}: recurrent rows need the hidden colouring")
+    parts = [input_part(node, params, inputs, pooled=pooled), bias_part(node, params)]
+    return torch.cat(parts, dim=2).flatten(1)
+
+
+def recurrent_rows(
+    node: LayerNode,
+    params: Mapping[str, torch.Tensor],
+    inputs: Colouring,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The rows of a recurrent layer as a function of its own partition ``labels``: per gate,
+    ``W_ih`` summed over the input colours, the combined biases, then ``W_hh`` summed over
+    ``labels`` (float64 ``[units, d]``). The input side is computed once."""
+    fixed = torch.cat([input_part(node, params, inputs), bias_part(node, params)], dim=2)
+    w_hh = recurrent_view(node, params[node.recurrent_key or ""])
+
+    def rows_for(labels: np.ndarray) -> np.ndarray:
+        hh = sum_over_colours(w_hh, Colouring.of(labels)).flatten(2)
+        return torch.cat([fixed, hh], dim=2).flatten(1).numpy()
+
+    return rows_for
+
+
+def input_part(
+    node: LayerNode, params: Mapping[str, torch.Tensor], inputs: Colouring, *, pooled: bool = False
+) -> torch.Tensor:
+    """``[units, gates, colours·extent]``: incoming weights summed over input colours."""
+    w = sum_over_colours(weight_view(node, params[node.weight_key]), inputs)
+    if pooled and node.mapping == InputMap.FLATTEN:
+        w = w.sum(dim=3, keepdim=True)
+    return w.flatten(2)
+
+
+def bias_part(node: LayerNode, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``[units, gates, k]``: the biases combined as the layer's kind uses them (one entry for
+    a single bias or the LSTM's ``b_ih + b_hh``; see :class:`pufferfiber.core.graph.LayerKind`)."""
+    return node.spec.combined_bias(node, params)
+
+
+def fold_scales(rows: torch.Tensor, colouring: Colouring) -> torch.Tensor:
+    """Fold factor of each unit: its row's projection on its fiber's mean row.
+
+    For rows that are positive multiples ``c_j · w`` this is exactly ``c_j / mean(c)``, so a
+    ReLU fiber collapses faithfully with outgoing column ``Σ_j s_j · w_out,j``; duplicates give
+    1. Negative projections are clipped to 0 (ReLU is only positively homogeneous).
+    """
+    mean = mean_over_fibers(rows, colouring)[colouring.labels]
+    num = (rows * mean).sum(dim=1)
+    den = (mean * mean).sum(dim=1)
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 1.0).clamp(min=0.0)
+
+
+def mean_over_fibers(x: torch.Tensor, colouring: Colouring, axis: int = 0) -> torch.Tensor:
+    """Mean of ``x`` over each fiber along ``axis`` (fibers in label order)."""
+    if colouring.count == len(colouring.labels) and colouring.is_trivial:
+        return x.double().clone()
+    counts = torch.bincount(colouring.labels, minlength=colouring.count).double()
+    plain = Colouring(colouring.labels, colouring.count, 1.0 / counts[colouring.labels])
+    return sum_over_colours(x, plain, axis)
+
+
+# --------------------------------------------------------------------------- the walk
+
+
+ColourFn = Callable[[LayerNode, Colouring], Colouring]
+
+
+def walk(
+    graph: LayerGraph, colour: ColourFn, nodes: Iterable[LayerNode] | None = None
+) -> dict[str, Colouring]:
+    """Colour the layers in forward order: ``colour(node, inputs)`` gets the colouring of the
+    node's producer (discrete for the observation) and returns the node's own colouring.
+
+    ``nodes`` defaults to the hidden layers; pass ``graph.nodes`` to visit the heads too. The
+    one walk behind fibers, their fold factors, the collapse and symmetry breaking.
+    """
+    colourings: dict[str, Colouring] = {}
+    for node in graph.hidden if nodes is None else nodes:
+        producer = graph.producer(node)
+        inputs = colourings[producer.name] if producer else Colouring.discrete(node.in_units)
+        colourings[node.name] = colour(node, inputs)
+    return colourings
+
+
+def fiber_colourings(
+    graph: LayerGraph,
+    params: Mapping[str, torch.Tensor],
+    fibration: Fibration,
+    *,
+    scale_aware: bool = True,
+) -> dict[str, Colouring]:
+    """Each hidden layer's fibers as a colouring with its fold factors (see :func:`fold_scales`).
+
+    The factors :func:`compute_fibers` stored are reused; only fibers made elsewhere (hand-made,
+    read from a file) get theirs from the rows here. Layers without a homogeneous activation
+    (the recurrent layer) and ``scale_aware=False`` use factor 1.
+    """
+
+    def colour(node: LayerNode, inputs: Colouring) -> Colouring:
+        fib = fibration.get(node)
+        own = Colouring.of(fib.labels) if fib is not None else Colouring.discrete(node.size)
+        if not (scale_aware and node.spec.homogeneous):
+            return own
+        scales = fib.scales if fib is not None else None
+        if scales is None:
+            scales = fold_scales(node_rows(node, params, inputs), own)
+        return Colouring(own.labels, own.count, scales)
+
+    return walk(graph, colour)
+
+
+# --------------------------------------------------------------------------- fibers
+
+
+def _check(
+    threshold: float, flatten_colours: str, max_lstm_rounds: int = 1, lstm_criterion: str = "units"
+) -> float:
+    if lstm_criterion not in LSTM_CRITERIA:
+        raise ValueError(f"lstm_criterion must be one of {LSTM_CRITERIA}, got {lstm_criterion!r}")
+    if max_lstm_rounds < 1:
+        raise ValueError(f"max_lstm_rounds must be at least 1, got {max_lstm_rounds}")
+    if flatten_colours not in FLATTEN_COLOURS:
+        raise ValueError(
+            f"flatten_colours must be one of {FLATTEN_COLOURS}, got {flatten_colours!r}"
+        )
+    return validate_threshold(threshold)
+
+
+def selected_layers(graph: LayerGraph, layers: list[str] | None) -> set[str]:
+    """Names of the nodes to collapse (see :meth:`LayerGraph.select_hidden`)."""
+    return {n.name for n in graph.select_hidden(layers)}
+
+
+def _policy_params(policy: Policy) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+
+
+def compute_fibers(
+    policy: Policy,
+    threshold: float,
+    *,
+    flatten_colours: str = "positions",
+    layers: list[str] | None = None,
+    max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
+    lstm_criterion: str = "units",
+) -> Fibration:
+    """Fibers of every hidden layer of ``policy`` at ``threshold`` (see the module docstring).
+
+    ``layers`` selects the layers to collapse (names, labels or kinds); the others keep every
+    unit as its own fiber and colour their consumers' inputs discretely. ``lstm_criterion``
+    is one of :data:`LSTM_CRITERIA` (``"published"``: :mod:`pufferfiber.core.published`; its fiber
+    count after each round goes to ``extra["published_lstm_counts"]``).
+    """
+    threshold = _check(threshold, flatten_colours, max_lstm_rounds, lstm_criterion)
+    extra: dict[str, Any] = {"lstm_criterion": lstm_criterion}
+    graph = build_graph(policy)
+    params = _policy_params(policy)
+    chosen = selected_layers(graph, layers)
+    pooled = flatten_colours == "pooled"
+    result: list[LayerFibers] = []
+
+    def colour(node: LayerNode, inputs: Colouring) -> Colouring:
+        if node.name not in chosen:
+            fib = LayerFibers(node, np.arange(node.size), collapsed=False)
+        elif node.recurrent and lstm_criterion == "published":
+            from pufferfiber.core.published import published_lstm_fibers
+
+            fib, extra["published_lstm_counts"] = published_lstm_fibers(
+                node, params, inputs, threshold
+            )
+        elif node.recurrent:
+            rows_for = recurrent_rows(node, params, inputs)
+            labels, rounds = recurrent_partition(node.size, rows_for, threshold, max_lstm_rounds)
+            fib = LayerFibers(node, labels, rounds=rounds)
+        else:
+            rows = node_rows(node, params, inputs, pooled=pooled)
+            fib = LayerFibers(node, cluster_rows(rows.numpy(), threshold, scale_free=True))
+            if pooled and node.mapping == InputMap.FLATTEN:  # fold factors of the quotient's rows
+                rows = node_rows(node, params, inputs)
+            # ReLU: positive multiples are one signal up to a factor the consumer absorbs.
+            fib.scales = fold_scales(rows, Colouring.of(fib.labels))
+        result.append(fib)
+        return Colouring.of(fib.labels, fib.scales)
+
+    walk(graph, colour)
+    return Fibration(threshold, flatten_colours, result, "in", max_lstm_rounds, extra)
+
+
+def recurrent_partition(
+    size: int,
+    rows_for: Callable[[np.ndarray], np.ndarray],
+    threshold: float,
+    max_rounds: int,
+) -> tuple[np.ndarray, int]:
+    """Partition of a recurrent layer whose rows depend on its own partition (``rows_for``).
+
+    Starts from one colour and refines with exact equality to a true fixed point (at most
+    ``size`` rounds); for ``threshold > 0`` then re-clusters at most ``max_rounds`` times,
+    since approximate rounds can cascade. Returns the labels and the rounds taken.
+    """
+    labels = np.zeros(size, dtype=np.int64)
+    rows, rows_labels = None, None
+    rounds = 0
+    for rounds in range(1, size + 1):  # noqa: B007 - rounds is reported
+        rows, rows_labels = rows_for(labels), labels
+        refined = meet(labels, exact_partition(rows, scale_free=False))
+        if refined.max() == labels.max():
+            break
+        labels = refined
+        if labels.max() + 1 == size:  # discrete: nothing finer exists, a fixed point
+            break
+    if threshold == 0:
+        return labels, rounds
+    for rounds in range(1, max_rounds + 1):
+        # Round 1 reuses the fixed point's rows when they were computed for its labels.
+        if not (rounds == 1 and rows_labels is labels and rows is not None):
+            rows = rows_for(labels)
+        new = cluster_rows(rows, threshold, scale_free=True)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels, rounds
+
+
+def compute_opfibers(
+    policy: Policy,
+    threshold: float,
+    *,
+    layers: list[str] | None = None,
+    max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
+) -> Fibration:
+    """Opfibers: units with the same outgoing pattern, walking back from the heads.
+
+    A unit's *output-collapsed row* is its outgoing columns in every consumer, summed over the
+    consumer's opfiber colours (head outputs are discrete); the LSTM adds its ``W_hh`` columns
+    over its own colouring (iterated as for fibers). Flatten positions stay separate.
+    """
+    threshold = _check(threshold, "positions", max_lstm_rounds)
+    graph = build_graph(policy)
+    params = _policy_params(policy)
+    chosen = selected_layers(graph, layers)
+    colourings = {h.name: Colouring.discrete(h.size) for h in graph.heads}
+    result: list[LayerFibers] = []
+    for node in reversed(graph.hidden):
+        consumers = graph.consumers(node)
+
+        def rows_for(
+            hidden: Colouring | None, node: LayerNode = node, consumers: list[LayerNode] = consumers
+        ) -> np.ndarray:
+            parts = [_out_columns(c, params[c.weight_key], colourings[c.name]) for c in consumers]
+            if node.recurrent_key is not None and hidden is not None:
+                hh = recurrent_view(node, params[node.recurrent_key])
+                parts.append(_out_columns_view(hh, hidden))
+            return torch.cat(parts, dim=1).numpy()
+
+        if node.name not in chosen:
+            fib = LayerFibers(node, np.arange(node.size), collapsed=False)
+        elif node.recurrent:
+            fib = _recurrent_opfibers(node, rows_for, threshold, max_lstm_rounds)
+        else:
+            # Exact opfibers need equal columns; approximate ones compare directions.
+            fib = LayerFibers(node, cluster_rows(rows_for(None), threshold, scale_free=False))
+        colourings[node.name] = Colouring.of(fib.labels)
+        result.append(fib)
+    return Fibration(threshold, "positions", result[::-1], "out", max_lstm_rounds)
+
+
+def _out_columns(consumer: LayerNode, weight: torch.Tensor, colouring: Colouring) -> torch.Tensor:
+    return _out_columns_view(weight_view(consumer, weight), colouring)
+
+
+def _out_columns_view(view: torch.Tensor, colouring: Colouring) -> torch.Tensor:
+    """``[producer units, d]``: a consumer's columns summed over its own (output) colours."""
+    summed = sum_over_colours(view, colouring, axis=0)  # [k, gates, producer units, extent]
+    return summed.permute(2, 0, 1, 3).flatten(1)
+
+
+def _recurrent_opfibers(
+    node: LayerNode, rows_for: Any, threshold: float, max_rounds: int
+) -> LayerFibers:
+    labels, rounds = recurrent_partition(
+        node.size, lambda labels: rows_for(Colouring.of(labels)), threshold, max_rounds
+    )
+    return LayerFibers(node, labels, rounds=rounds)
+
+
+# --------------------------------------------------------------------------- fibers.pkl
+
+
+def fibers_dict(
+    fibration: Fibration,
+    *,
+    epoch: int,
+    env: str,
+    params_before: int,
+    params_after: int,
+) -> dict[str, Any]:
+    """The documented ``fibers.pkl`` content (plain Python + numpy only).
+
+    Keys: ``format``, ``threshold``, ``epoch``, ``env``, ``flatten_colours``, ``max_lstm_rounds``,
+    ``lstm_rounds``, ``params_before``, ``params_after`` and ``layers``: one dict per hidden layer
+    in forward order with ``name`` (state-dict module path), ``label``, ``kind``, ``size``,
+    ``n_fibers``, ``collapsed`` (bool) and ``labels`` (``np.int64`` array, fiber id per unit).
+    """
+    return {
+        "format": FIBERS_FORMAT,
+        "threshold": float(fibration.threshold),
+        "epoch": int(epoch),
+        "env": str(env),
+        "flatten_colours": fibration.flatten_colours,
+        "max_lstm_rounds": int(fibration.max_lstm_rounds),
+        "lstm_rounds": int(fibration.lstm_rounds),
+        "params_before": int(params_before),
+        "params_after": int(params_after),
+        "layers": [
+            {
+                "name": f.node.name,
+                "label": f.node.label,
+                "kind": str(f.node.kind.value),
+                "size": int(f.node.size),
+                "n_fibers": int(f.n_fibers),
+                "collapsed": bool(f.collapsed),
+                "labels": np.asarray(f.labels, dtype=np.int64),
+            }
+            for f in fibration.layers
+        ],
+    }
+
+
+class FibersFileError(ValueError):
+    """``fibers.pkl`` is missing, corrupt, or holds something other than plain data."""
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("builtins", "bool"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "complex"),
+    ("builtins", "slice"),
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain containers, numbers, strings and numpy arrays; refuses anything else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def save_fibers(path: Path | str, fibers: dict[str, Any]) -> Path:
+    """Write ``fibers.pkl`` atomically (checks it reads back with the restricted loader)."""
+    from pufferfiber.io.checkpoints import atomic_write_bytes
+
+    data = pickle.dumps(fibers, protocol=4)
+    _PlainUnpickler(io.BytesIO(data)).load()  # never write what load_fibers would refuse
+    FibersHeader.from_dict(fibers, path)  # nor a header the readers could not use
+    return atomic_write_bytes(Path(path), data)
+
+
+def load_fibers(path: Path | str) -> dict[str, Any]:
+    """Read ``fibers.pkl`` with the restricted unpickler; :class:`FibersFileError` otherwise."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FibersFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        obj = _PlainUnpickler(io.BytesIO(data)).load()
+    except Exception as exc:
+        raise FibersFileError(f"{path} is not a valid fibers file: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FIBERS_FORMAT:
+        raise FibersFileError(f"{path} is not a pufferfiber fibers file (format {FIBERS_FORMAT})")
+    return obj

@@ -1,0 +1,935 @@
+"""``python -m pufferfiber sweep``: the guide's protocol over a grid of envs, arms and seeds, on
+Ray Tune.
+
+One *cell* is one env, one intervention and one seed. It trains the original run once
+(``demo.py --mode train``, to the end of the schedule), then for every *arm* (threshold τ ×
+collapse criterion × ``--flatten-colours``) collapses the checkpoint closest to
+``--collapse-epoch`` and trains the collapsed network to the same final epoch (``demo.py
+--collapse``), so every arm of a seed has the same total agent steps. Each finished run is
+evaluated on ``--eval-episodes`` episodes. Ray Tune runs the cells (a grid search over env ×
+intervention × seed, one CPU each by default), on a local Ray started here or on the cluster at
+``--ray-address``.
+
+The *intervention* (``--interventions``) is what runs during training, in the original run and in
+the resumed runs of its collapsed networks alike: ``none``, ``break`` (symmetry breaking on the
+fibers), ``break-opfibers`` (fibers met with opfibers) or ``redo`` (ReDo's dormant-unit resets),
+with the settings given as ``--break.KEY`` / ``--redo.KEY`` (``demo.py``'s options). Without
+``--thresholds`` a cell trains only its original. Every finished run also gets
+``trajectory.json``: fibers per layer and the dormant-unit fraction over its checkpoints, which the
+report draws.
+
+Layout of ``--out DIR``::
+
+    sweep.json                            the grid (a restart must ask for the same one)
+    summary.csv                           one row per env × seed × arm (the original included)
+    <env>/seed_<S>/<env>-<id8>/           the original run (the guide's layout, report works on it)
+        collapsed_model_thr_TT_EEEEEE/    the default arm (weights, positions) and its resumed run
+    <env>/seed_<S>/<criterion>-<colours>/<env>-<id8>/collapsed_model_thr_TT_EEEEEE/
+                                          other arms, beside a copy of the collapsed checkpoint
+    <env>/seed_<S>/results.json           the cell's rows
+    <env>/<intervention>/seed_<S>/...     the same for every intervention but ``none``
+
+Starting the same command again continues a killed sweep: finished runs are kept, an
+interrupted original resumes from its last checkpoint, an interrupted arm is collapsed and
+trained again, evaluations already made are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pufferfiber.config.sections import FLATTEN_COLOURS, BreakConfig, RedoConfig, load_section
+from pufferfiber.core.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
+from pufferfiber.io.runfiles import (
+    FIDELITY,
+    METRICS,
+    RUN_DIR_RE,
+    SWEEP_EVAL,
+    SWEEP_LOG,
+    SWEEP_RESULTS,
+    SWEEP_SPEC,
+    SWEEP_SUMMARY,
+    SWEEP_TRAJECTORY,
+    sweep_seed_dir_name,
+)
+
+REPO = Path(__file__).resolve().parents[2]  # the package's parent, for Ray workers' path
+SPEC_NAME = SWEEP_SPEC
+SUMMARY_NAME = SWEEP_SUMMARY
+RESULTS_NAME = SWEEP_RESULTS
+EVAL_NAME = SWEEP_EVAL
+DEFAULT_FLATTEN = FLATTEN_COLOURS[0]  # positions: the true fibration
+FINAL_FRACTION = 0.1  # final return = mean over the last 10 % of the schedule's epochs
+SUMMARY_COLUMNS = (
+    "env",
+    "seed",
+    "intervention",
+    "arm",
+    "threshold",
+    "criterion",
+    "flatten_colours",
+    "params",
+    "params_pct",
+    "kl",
+    "value_mae",
+    "return_at_collapse",
+    "final_return",
+    "eval_return",
+    "eval_std",
+    "eval_episodes",
+    "collapse_epoch",
+    "final_epoch",
+    "agent_steps",
+    "units_edited",
+    "train_seconds",
+    "run_dir",
+)
+INTERVENTIONS = ("none", "break", "break-opfibers", "redo")
+TRAJECTORY_NAME = SWEEP_TRAJECTORY
+TRAJECTORY_POINTS = 25  # checkpoints per run measured for trajectory.json (evenly spaced)
+DORMANT_STEPS = 64  # rollout steps per game for the dormant fraction (as ReDo's hook sees)
+DORMANT_GAMES = 16
+
+
+class SweepError(ValueError):
+    """A user-facing sweep problem (one line, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One collapse setting of the grid."""
+
+    threshold: float
+    criterion: str = DEFAULT_CRITERION
+    flatten_colours: str = DEFAULT_FLATTEN
+
+    @property
+    def name(self) -> str:
+        return f"tau={self.threshold:g}/{self.criterion}/{self.flatten_colours}"
+
+    @property
+    def default_view(self) -> bool:
+        """Whether the collapse folder lives in the original run (the guide's layout)."""
+        return (self.criterion, self.flatten_colours) == (DEFAULT_CRITERION, DEFAULT_FLATTEN)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """The grid and the settings every run shares."""
+
+    out: str
+    envs: tuple[str, ...]
+    seeds: tuple[int, ...]
+    arms: tuple[Arm, ...]
+    collapse_epoch: int
+    collapse_until: int | None
+    eval_episodes: int
+    overrides: tuple[tuple[str, str], ...]
+    interventions: tuple[str, ...] = ("none",)
+    # --break.KEY / --redo.KEY settings of the interventions, as demo.py options
+    intervention_options: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["overrides"] = [list(kv) for kv in self.overrides]
+        d["intervention_options"] = [list(kv) for kv in self.intervention_options]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
+        return cls(
+            out=str(d["out"]),
+            envs=tuple(d["envs"]),
+            seeds=tuple(int(s) for s in d["seeds"]),
+            arms=tuple(
+                Arm(float(a["threshold"]), a["criterion"], a["flatten_colours"]) for a in d["arms"]
+            ),
+            collapse_epoch=int(d["collapse_epoch"]),
+            collapse_until=None if d["collapse_until"] is None else int(d["collapse_until"]),
+            eval_episodes=int(d["eval_episodes"]),
+            overrides=tuple((str(k), str(v)) for k, v in d["overrides"]),
+            interventions=tuple(d.get("interventions") or ("none",)),
+            intervention_options=tuple(
+                (str(k), str(v)) for k, v in d.get("intervention_options") or ()
+            ),
+        )
+
+    def override_args(self) -> list[str]:
+        return [a for k, v in self.overrides for a in (f"--{k}", v)]
+
+    def options(self, section: str) -> dict[str, str]:
+        """``--break.*`` or ``--redo.*`` settings given to the sweep (dotted key → value)."""
+        return {k: v for k, v in self.intervention_options if k.startswith(section + ".")}
+
+    def intervention_args(self, intervention: str) -> list[str]:
+        """``demo.py`` options that switch ``intervention`` on with the sweep's settings.
+        ``break`` ignores ``--break.opfiber-threshold``; ``break-opfibers`` defaults it to the
+        fiber threshold."""
+        if intervention == "none":
+            return []
+        if intervention == "redo":
+            return ["--redo", *_as_args(self.options("redo"))]
+        settings = self.options("break")
+        opfiber = settings.pop("break.opfiber_threshold", None)
+        args = ["--break-symmetry", *_as_args(settings)]
+        if intervention == "break-opfibers":
+            fiber = settings.get(
+                "break.fiber_threshold", str(load_section(BreakConfig).fiber_threshold)
+            )
+            args += ["--break.opfiber-threshold", opfiber or fiber]
+        return args
+
+    def fiber_threshold(self) -> float:
+        """τ of the fibers drawn over training: the breaking threshold."""
+        default = load_section(BreakConfig).fiber_threshold
+        return float(self.options("break").get("break.fiber_threshold", default))
+
+    def dormancy_threshold(self) -> float:
+        """τ of the dormant fraction drawn over training: ReDo's threshold."""
+        default = load_section(RedoConfig).tau
+        return float(self.options("redo").get("redo.tau", default))
+
+
+def _as_args(settings: dict[str, str]) -> list[str]:
+    return [a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)]
+
+
+def cell_dir(spec: SweepSpec, env: str, intervention: str, seed: int) -> Path:
+    """``<env>/seed_<S>`` without intervention (the layout of earlier sweeps), else
+    ``<env>/<intervention>/seed_<S>``."""
+    base = Path(spec.out) / env
+    if intervention != "none":
+        base = base / intervention
+    return base / sweep_seed_dir_name(seed)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pufferfiber.cli.main import Parser
+
+    p = Parser(
+        prog="python -m pufferfiber sweep",
+        description="Run the guide's protocol (train to the end of the schedule, collapse the "
+        "checkpoint near --collapse-epoch, train the collapsed network to the same final epoch, "
+        "evaluate) for every env × threshold × criterion × flatten colouring × seed, on Ray "
+        "Tune. Writes the runs and summary.csv into --out; 'python -m pufferfiber report OUT' "
+        "aggregates the seeds. Extra --SECTION.KEY settings (--train.KEY, --env.KEY...) go to "
+        "every run (see 'pufferfiber train --env ENV --help'); --break.KEY / --redo.KEY set "
+        "the interventions.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--env", required=True,
+        help="environment(s), comma-separated, e.g. puffer_pong or puffer_pong,puffer_breakout",
+    )  # fmt: skip
+    p.add_argument(
+        "--thresholds", default=None, metavar="TAU[,TAU...]",
+        help="collapse thresholds τ in (0, 2], comma-separated, e.g. 0.1,0.3 (default: none, "
+             "only the originals are trained)",
+    )  # fmt: skip
+    p.add_argument(
+        "--interventions", default="none", metavar="NAME[,NAME...]",
+        help=f"what runs during training, comma-separated: {', '.join(INTERVENTIONS)} (symmetry "
+             "breaking on fibers, on fibers and opfibers, ReDo); settings with demo.py's "
+             "--break.KEY / --redo.KEY options (default: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seeds", type=int, default=5, metavar="N",
+        help="seeds 1..N for every cell (default: 5)",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="sweep folder")
+    p.add_argument(
+        "--criterion", default=DEFAULT_CRITERION, metavar="NAME[,NAME...]",
+        help=f"collapse criteria, comma-separated; choices: {', '.join(CRITERIA)} "
+             f"(default: {DEFAULT_CRITERION})",
+    )  # fmt: skip
+    p.add_argument(
+        "--flatten-colours", default=DEFAULT_FLATTEN, metavar="MODE[,MODE...]",
+        help="conv->Linear colourings, comma-separated: positions, pooled (default: positions; "
+             "no effect on MLP policies)",
+    )  # fmt: skip
+    p.add_argument(
+        "--collapse-epoch", type=int, default=50,
+        help="collapse the checkpoint closest to this epoch (default: 50)",
+    )  # fmt: skip
+    p.add_argument(
+        "--collapse-until", type=int, default=None,
+        help="last epoch of every run (default: the schedule's last epoch, "
+             "total_timesteps / batch_size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--eval-episodes", type=int, default=20, metavar="N",
+        help="episodes played by each final policy (default: 20)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray-address", default=None, metavar="ADDR",
+        help="attach to this Ray cluster (e.g. auto or ray://host:10001); pufferfiber must be "
+             "installed on its nodes and --out reachable by them (default: start a local Ray)",
+    )  # fmt: skip
+    p.add_argument(
+        "--num-cpus", type=int, default=None, metavar="N",
+        help="CPUs of the local Ray (default: all of this machine's cores)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cpus-per-cell", type=float, default=1.0, metavar="N",
+        help="CPUs reserved for each env × seed cell (default: 1)",
+    )  # fmt: skip
+    return p
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
+    """The validated grid of a command line (``SweepError`` / ``ConfigError`` on bad input)."""
+    from pufferfiber.cli.main import normalise_argv
+    from pufferfiber.config.sections import parse_overrides, validate_threshold
+
+    ns, rest = build_parser().parse_known_args(normalise_argv(argv))
+    overrides = parse_overrides(rest)
+    options = {k: v for k, v in overrides.items() if k.split(".")[0] in ("break", "redo")}
+    overrides = {k: v for k, v in overrides.items() if k not in options}
+    envs = _split(ns.env)
+    try:
+        thresholds = [validate_threshold(t) for t in _split(ns.thresholds or "")]
+        criteria = [check_criterion(c) for c in _split(ns.criterion)]
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
+    if (ns.thresholds is not None and not thresholds) or any(t == 0 for t in thresholds):
+        raise SweepError("--thresholds needs one or more τ in (0, 2] (the original is always run)")
+    interventions = list(dict.fromkeys(_split(ns.interventions)))
+    bad = [i for i in interventions if i not in INTERVENTIONS]
+    if bad or not interventions:
+        raise SweepError(f"--interventions must be among {', '.join(INTERVENTIONS)}")
+    _check_intervention_options(options, interventions)
+    colours = _split(ns.flatten_colours)
+    bad = [c for c in colours if c not in FLATTEN_COLOURS]
+    if bad or not colours:
+        raise SweepError(f"--flatten-colours must be among {', '.join(FLATTEN_COLOURS)}")
+    if ns.seeds < 1 or ns.eval_episodes < 1 or ns.cpus_per_cell <= 0:
+        raise SweepError("--seeds, --eval-episodes and --cpus-per-cell must be positive")
+    if not envs:
+        raise SweepError("--env needs at least one environment")
+    arms = tuple(
+        Arm(t, c, f)
+        for t in sorted(set(thresholds))
+        for c in criteria
+        for f in dict.fromkeys(colours)
+    )
+    spec = SweepSpec(
+        out=str(ns.out.resolve()),
+        envs=tuple(dict.fromkeys(envs)),
+        seeds=tuple(range(1, ns.seeds + 1)),
+        arms=arms,
+        collapse_epoch=ns.collapse_epoch,
+        collapse_until=ns.collapse_until,
+        eval_episodes=ns.eval_episodes,
+        overrides=tuple(sorted(overrides.items())),
+        interventions=tuple(interventions),
+        intervention_options=tuple(sorted(options.items())),
+    )
+    for env in spec.envs:
+        check_schedule(spec, env, checkpoints=False)
+    if "train.checkpoint_interval" not in overrides and any(
+        _collapse_point(spec, env) >= final_epoch(spec, env) for env in spec.envs
+    ):
+        # e.g. cartpole saves every 10 epochs: a short sweep still needs its collapse checkpoint
+        print(
+            f"sweep: note: --train.checkpoint-interval {spec.collapse_epoch} so that a checkpoint "
+            "exists at the collapse epoch",
+            file=sys.stderr,
+        )
+        extra = {**overrides, "train.checkpoint_interval": str(spec.collapse_epoch)}
+        spec = replace(spec, overrides=tuple(sorted(extra.items())))
+    for env in spec.envs:
+        check_schedule(spec, env)
+    return spec, ns
+
+
+def _check_intervention_options(options: dict[str, str], interventions: list[str]) -> None:
+    """The ``--break.*`` / ``--redo.*`` settings must be ``[break]`` / ``[redo]`` keys with
+    valid values (checked as a training run checks them)."""
+    from pufferfiber.cli.main import UsageError, hooks_from
+
+    for key in options:
+        section = key.split(".")[0]
+        wanted = ("break", "break-opfibers") if section == "break" else ("redo",)
+        if not any(i in wanted for i in interventions):
+            raise SweepError(f"--{key.replace('_', '-')} needs --interventions {wanted[0]}")
+    switched_on = {**options, "break.enabled": "True", "redo.enabled": "True"}
+    try:
+        hooks_from(load_section(BreakConfig, switched_on), load_section(RedoConfig, switched_on), 0)
+    except UsageError as exc:
+        raise SweepError(str(exc)) from None
+
+
+def _collapse_point(spec: SweepSpec, env: str) -> int:
+    """The epoch of the checkpoint the collapse will pick (as ``closest_checkpoint`` does)."""
+    t = run_config(spec, env).train
+    saved = [*range(t.checkpoint_interval, t.end_epoch + 1, t.checkpoint_interval), t.end_epoch]
+    return min(saved, key=lambda e: (abs(e - spec.collapse_epoch), -e))
+
+
+def run_config(spec: SweepSpec, env: str, seed: int = 1) -> Any:
+    """The validated configuration of the runs of ``env`` (raises ``ConfigError``)."""
+    from pufferfiber.config.sections import load_config
+
+    return load_config(env, {**dict(spec.overrides), "train.seed": str(seed)})
+
+
+def check_schedule(spec: SweepSpec, env: str, checkpoints: bool = True) -> None:
+    """The collapse epoch and final epoch must fit the schedule (and, with ``checkpoints``, the
+    checkpoint interval must give a checkpoint to collapse before the final epoch)."""
+    cfg = run_config(spec, env)
+    end = cfg.train.end_epoch
+    until = end if spec.collapse_until is None else spec.collapse_until
+    if until > end:
+        raise SweepError(
+            f"--collapse-until ({until}) is after the last epoch of {env}'s schedule ({end})"
+        )
+    if not 1 <= spec.collapse_epoch < until:
+        raise SweepError(
+            f"--collapse-epoch ({spec.collapse_epoch}) must be in 1..{until - 1} for {env}"
+        )
+    point = _collapse_point(spec, env)
+    if checkpoints and point >= until:
+        raise SweepError(
+            f"the checkpoint closest to --collapse-epoch {spec.collapse_epoch} is epoch {point}, "
+            f"not before the last epoch {until} ({env}); lower --train.checkpoint-interval"
+        )
+
+
+def final_epoch(spec: SweepSpec, env: str) -> int:
+    end = int(run_config(spec, env).train.end_epoch)
+    return end if spec.collapse_until is None else spec.collapse_until
+
+
+def prepare_out(spec: SweepSpec) -> None:
+    """Create ``--out`` with ``sweep.json``, or check that it holds this same sweep."""
+    from pufferfiber.io.checkpoints import atomic_write_text, check_writable
+
+    out = Path(spec.out)
+    path = out / SPEC_NAME
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SweepError(f"cannot read {path}: {exc}") from None
+        # a sweep.json of an older version lacks the newer keys (they take their defaults)
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            before = SweepSpec.from_dict(before).to_dict()
+        if json.loads(json.dumps(before)) != json.loads(json.dumps(spec.to_dict())):
+            raise SweepError(
+                f"{out} holds a different sweep ({SPEC_NAME} differs); use another --out or "
+                "repeat the original command"
+            )
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SweepError(f"--out {out} exists and is not an empty folder nor a sweep")
+    check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(spec.to_dict(), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------- one cell
+
+
+def _say(tag: str, message: str) -> None:
+    print(f"[{tag}] {message}", flush=True)
+
+
+def _package_path() -> str:
+    """``PYTHONPATH`` under which a child process imports this very package (a checkout or
+    an installed copy), whatever its working directory."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def _demo(args: list[str], log: Path) -> None:
+    """Run ``pufferfiber train args`` (``demo.py --mode train``) with stdout/stderr appended
+    to ``log``; raise on failure."""
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n$ pufferfiber train {' '.join(args)}\n")
+        f.flush()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pufferfiber", "train", *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _package_path()},
+            check=False,
+        )
+    if proc.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+        raise RuntimeError(
+            f"pufferfiber train {args[:4]} failed ({proc.returncode}): {' '.join(tail)}"
+        )
+
+
+def _runs_in(folder: Path, env: str) -> list[Path]:
+
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and (m := RUN_DIR_RE.match(p.name)) and m.group("env") == env
+    )
+
+
+def _last_epoch(run: Path) -> int:
+    from pufferfiber.io.checkpoints import list_checkpoints
+
+    found = list_checkpoints(run)
+    return found[-1][0] if found else 0
+
+
+def ensure_original(
+    spec: SweepSpec, env: str, seed: int, seed_dir: Path, tag: str, extra: Sequence[str] = ()
+) -> Path:
+    """The finished original run of this cell: trained, resumed, or already there (``extra``:
+    the intervention's ``demo.py`` options)."""
+    end = int(run_config(spec, env, seed).train.end_epoch)
+    runs = [r for r in _runs_in(seed_dir, env) if _last_epoch(r) > 0]
+    for r in _runs_in(seed_dir, env):
+        if _last_epoch(r) == 0:  # killed before its first checkpoint: nothing to keep
+            shutil.rmtree(r)
+    common = ["--env", env, "--train.data-dir", str(seed_dir), "--train.seed", str(seed), *extra]
+    log = seed_dir / SWEEP_LOG
+    if not runs:
+        _say(tag, f"original: training epochs 1..{end}")
+        _demo([*common, *spec.override_args()], log)
+        runs = _runs_in(seed_dir, env)
+    run = runs[-1]
+    if _last_epoch(run) < end:
+        _say(tag, f"original: resuming {run.name} at epoch {_last_epoch(run)}")
+        _demo(
+            [*common, "--resume", "--exp-id", run.name, *spec.override_args()],
+            log,
+        )
+    return run
+
+
+def _arm_base(original: Path, arm: Arm, source: Path) -> Path:
+    """The run folder whose collapse folder holds this arm (a view for non-default arms)."""
+    if arm.default_view:
+        return original
+    view = original.parent / f"{arm.criterion}-{arm.flatten_colours}" / original.name
+    if not (view / source.name).is_file():
+        from pufferfiber.io.checkpoints import atomic_write_bytes
+
+        view.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(view / source.name, source.read_bytes())
+    return view
+
+
+def ensure_arm(
+    spec: SweepSpec,
+    env: str,
+    seed: int,
+    original: Path,
+    arm: Arm,
+    tag: str,
+    extra: Sequence[str] = (),
+) -> tuple[Path, Path]:
+    """``(collapse folder, finished resumed run)`` of one arm, collapsing and training if needed."""
+    from pufferfiber.io.checkpoints import closest_checkpoint
+    from pufferfiber.workflows.collapse import collapse_folder_name
+
+    until = final_epoch(spec, env)
+    epoch, source = closest_checkpoint(original, spec.collapse_epoch)
+    base = _arm_base(original, arm, source)
+    folder = base / collapse_folder_name(arm.threshold, epoch)
+    done = [r for r in _runs_in(folder, env) if _last_epoch(r) >= until]
+    if done:
+        return folder, done[-1]
+    for stale in _runs_in(folder, env):  # an interrupted arm is collapsed and trained again
+        shutil.rmtree(stale)
+    _say(tag, f"{arm.name}: collapsing epoch {epoch}, training to epoch {until}")
+    args = [
+        "--env", env,
+        "--train.data-dir", str(base.parent), "--exp-id", base.name, "--train.seed", str(seed),
+        "--collapse", f"{arm.threshold:g}", "--collapse-epoch", str(spec.collapse_epoch),
+        "--collapse-until", str(until), "--flatten-colours", arm.flatten_colours,
+    ]  # fmt: skip
+    if arm.criterion != DEFAULT_CRITERION:
+        args += ["--criterion", arm.criterion]
+    _demo([*args, *extra, *spec.override_args()], original.parent / "sweep.log")
+    (run,) = [r for r in _runs_in(folder, env) if _last_epoch(r) >= until]
+    return folder, run
+
+
+def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any]:
+    """Mean and std of the return of ``run``'s last checkpoint (cached in ``eval.json``)."""
+    import numpy as np
+
+    from pufferfiber.io.checkpoints import atomic_write_text, list_checkpoints, load_checkpoint
+    from pufferfiber.rl.evaluate import play_episodes
+
+    _, path = list_checkpoints(run)[-1]
+    cache = run / EVAL_NAME
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("checkpoint") == path.name and saved.get("episodes") == episodes:
+            return saved
+    ckpt = load_checkpoint(path, expect_env=env)
+    returns = np.asarray(play_episodes(ckpt.policy, env, episodes, seed=10_000 + seed))
+    result = {
+        "checkpoint": path.name,
+        "episodes": episodes,
+        "eval_return": float(returns.mean()),
+        "eval_std": float(returns.std()),
+    }
+    atomic_write_text(cache, json.dumps(result) + "\n")
+    return result
+
+
+def _history(run: Path) -> list[tuple[int, float]]:
+    """``(epoch, episode_return)`` of a run's epochs that finished episodes."""
+    from pufferfiber.experiments.report import RETURN_KEY
+    from pufferfiber.io.upstream_log import LogParseError, read_metrics, series
+
+    try:
+        epochs, values = series(read_metrics(run / METRICS), RETURN_KEY)
+    except LogParseError:
+        return []
+    return [(int(e), float(v)) for e, v in zip(epochs, values, strict=True) if math.isfinite(v)]
+
+
+def final_return(points: list[tuple[int, float]], last_epoch: int) -> float:
+    """Mean return over the last 10 % of the schedule's epochs (NaN if none finished there)."""
+    window = max(1, math.ceil(FINAL_FRACTION * last_epoch))
+    values = [v for e, v in points if last_epoch - window < e <= last_epoch]
+    return sum(values) / len(values) if values else math.nan
+
+
+def run_cell(
+    spec: SweepSpec, env: str, seed: int, intervention: str = "none"
+) -> list[dict[str, Any]]:
+    """The original and every arm of one env × intervention × seed; returns (and saves) the
+    summary rows."""
+    from pufferfiber.io.checkpoints import atomic_write_text, load_checkpoint
+
+    tag = f"{env} seed {seed}" if intervention == "none" else f"{env} {intervention} seed {seed}"
+    seed_dir = cell_dir(spec, env, intervention, seed)
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    extra = spec.intervention_args(intervention)
+    original = ensure_original(spec, env, seed, seed_dir, tag, extra)
+    until = final_epoch(spec, env)
+    cfg = run_config(spec, env, seed)
+    full = load_checkpoint(original / _checkpoint_name(original), expect_env=env)
+    full_params = full.policy.parameter_count()
+    base_row = {
+        "env": env,
+        "seed": seed,
+        "intervention": intervention,
+        "final_epoch": until,
+        "agent_steps": until * cfg.train.batch_size,
+    }
+    evaluation = evaluate_run(original, env, seed, spec.eval_episodes)
+    rows = [
+        {
+            **base_row,
+            "arm": "original",
+            "threshold": 0.0,
+            "criterion": "",
+            "flatten_colours": "",
+            "params": full_params,
+            "params_pct": 100.0,
+            "kl": 0.0,
+            "value_mae": 0.0,
+            "return_at_collapse": math.nan,
+            "final_return": final_return(_history(original), until),
+            "eval_return": evaluation["eval_return"],
+            "eval_std": evaluation["eval_std"],
+            "eval_episodes": spec.eval_episodes,
+            "collapse_epoch": "",
+            **_run_facts(spec, original, env, seed),
+        }
+    ]
+    _say(
+        tag,
+        f"original: final return {rows[0]['final_return']:.2f}, "
+        f"eval {evaluation['eval_return']:.2f}",
+    )
+    for arm in spec.arms:
+        folder, run = ensure_arm(spec, env, seed, original, arm, tag, extra)
+        fidelity = json.loads((folder / FIDELITY).read_text())
+        collapse_epoch = int(fidelity["epoch"])
+        before = [(e, v) for e, v in _history(original) if e <= collapse_epoch]
+        evaluation = evaluate_run(run, env, seed, spec.eval_episodes)
+        row = {
+            **base_row,
+            "arm": arm.name,
+            "threshold": arm.threshold,
+            "criterion": arm.criterion,
+            "flatten_colours": arm.flatten_colours,
+            "params": int(fidelity["params_after"]),
+            "params_pct": 100.0 * int(fidelity["params_after"]) / full_params,
+            "kl": float(fidelity["kl"]),
+            "value_mae": float(fidelity["value_mae"]),
+            "return_at_collapse": _nan(fidelity.get("return_mean")),
+            "final_return": final_return(before + _history(run), until),
+            "eval_return": evaluation["eval_return"],
+            "eval_std": evaluation["eval_std"],
+            "eval_episodes": spec.eval_episodes,
+            "collapse_epoch": collapse_epoch,
+            **_run_facts(spec, run, env, seed),
+        }
+        rows.append(row)
+        _say(
+            tag,
+            f"{arm.name}: {row['params_pct']:.1f} % params, KL {row['kl']:.4g}, final return "
+            f"{row['final_return']:.2f}, eval {row['eval_return']:.2f}",
+        )
+    atomic_write_text(seed_dir / RESULTS_NAME, json.dumps(rows, indent=1) + "\n")
+    _say(tag, f"cell done in {time.perf_counter() - start:.0f} s")
+    return rows
+
+
+def units_edited(run: Path) -> dict[int, dict[str, int]]:
+    """Epoch → layer → units broken (``breaking.jsonl``) or recycled (``redo.jsonl``)."""
+    from pufferfiber.rl.breaking import BREAK_LOG
+    from pufferfiber.rl.redo import REDO_LOG
+
+    edited: dict[int, dict[str, int]] = {}
+    for name, key in ((BREAK_LOG, "broken"), (REDO_LOG, "reset")):
+        path = run / name
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill; the epoch is trained again
+                continue
+            per_layer = edited.setdefault(int(record["epoch"]), {})
+            for label, n in dict(record.get(key) or {}).items():
+                per_layer[label] = per_layer.get(label, 0) + int(n)
+    return edited
+
+
+def _train_seconds(run: Path) -> float:
+    """Wall time of the run's training (the trainer's uptime at its last logged epoch; a
+    resumed run counts from its resumption)."""
+    from pufferfiber.io.logparse import LogParseError, read_metrics
+    from pufferfiber.experiments.report import METRICS_NAME
+
+    try:
+        records = read_metrics(run / METRICS_NAME)
+    except LogParseError:
+        return math.nan
+    times = [float(r.summary["uptime"]) for r in records if "uptime" in r.summary]
+    return times[-1] if times else math.nan
+
+
+def trajectory(spec: SweepSpec, run: Path, env: str, seed: int) -> dict[str, Any]:
+    """Fibers per layer (at the breaking threshold) and the dormant-unit fraction (at ReDo's
+    threshold) at up to ``TRAJECTORY_POINTS`` checkpoints of ``run``, cached in
+    ``trajectory.json``. The dormant fraction is measured as ReDo's hook measures it: on
+    ``DORMANT_GAMES`` games × ``DORMANT_STEPS`` steps that the checkpoint itself plays, run
+    from a zero LSTM state."""
+    from pufferfiber.io.checkpoints import atomic_write_text, list_checkpoints, load_checkpoint
+    from pufferfiber.rl.evaluate import collect_observations
+    from pufferfiber.rl.redo import dormant_fraction
+    from pufferfiber.workflows.timeline import fibers_at
+
+    found = list_checkpoints(run)
+    step = max(1, math.ceil(len(found) / TRAJECTORY_POINTS))
+    chosen = found[::step] + ([found[-1]] if (len(found) - 1) % step else [])
+    fiber_tau, dormant_tau = spec.fiber_threshold(), spec.dormancy_threshold()
+    key = {
+        "fiber_threshold": fiber_tau,
+        "dormant_threshold": dormant_tau,
+        "checkpoints": [p.name for _, p in chosen],
+    }
+    cache = run / TRAJECTORY_NAME
+    if cache.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key:
+                return dict(saved)
+    points = []
+    for epoch, path in chosen:
+        entry = fibers_at(path, fiber_tau)
+        policy = load_checkpoint(path, expect_env=env).policy
+        obs = collect_observations(policy, env, DORMANT_GAMES, DORMANT_STEPS, seed=20_000 + seed)
+        dormant = dormant_fraction(policy, obs, dormant_tau)
+        points.append(
+            {
+                "epoch": epoch,
+                "fibers": entry["fibers"],
+                "sizes": entry["sizes"],
+                "params_collapsed": entry["params_collapsed"],
+                "dormant_fraction": dormant,
+            }
+        )
+    result = {"key": key, "points": points, "edited": units_edited(run)}
+    atomic_write_text(cache, json.dumps(result) + "\n")
+    return json.loads(json.dumps(result))  # epochs as keys come back as strings, as cached
+
+
+def _run_facts(spec: SweepSpec, run: Path, env: str, seed: int) -> dict[str, Any]:
+    """Summary columns every run has: units edited, wall time, its folder (and, as a side
+    effect, its ``trajectory.json``)."""
+    trajectory(spec, run, env, seed)
+    edited = units_edited(run)
+    return {
+        "units_edited": sum(sum(per.values()) for per in edited.values()),
+        "train_seconds": _train_seconds(run),
+        "run_dir": str(run),
+    }
+
+
+def _checkpoint_name(run: Path) -> str:
+    from pufferfiber.io.checkpoints import list_checkpoints
+
+    return list_checkpoints(run)[-1][1].name
+
+
+def _nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------- Ray Tune
+
+
+def _cell_trainable(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Tune's function trainable: one env × seed cell."""
+    spec = SweepSpec.from_dict(config["spec"])
+    env, intervention, seed = config["cell"]
+    rows = run_cell(spec, env, int(seed), intervention)
+    return {"arms": len(rows), "done": 1}
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> None:
+    """Attach to ``address`` or start a local Ray whose workers import this checkout."""
+    import ray
+
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    path = _package_path()
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}},
+    )
+
+
+def run_sweep(spec: SweepSpec, address: str | None, num_cpus: int | None, cpus: float) -> list[str]:
+    """Run every cell on Ray Tune; returns the errors of failed cells."""
+    # Ray folds alike log lines of different workers ("repeated 2x across cluster"), which
+    # hides the cells' progress lines; it reads this when it is imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+    from ray import tune
+
+    start_ray(address, num_cpus)
+    try:
+        # seed-major order: a sweep stopped early has whole seeds of every intervention
+        cells = [[e, i, s] for s in spec.seeds for e in spec.envs for i in spec.interventions]
+        print(
+            f"sweep: {len(cells)} cells (env × intervention × seed), {len(spec.arms)} collapse "
+            f"arm(s) each, into {spec.out}",
+            flush=True,
+        )
+        tuner = tune.Tuner(
+            tune.with_resources(_cell_trainable, {"cpu": cpus}),
+            param_space={
+                "spec": spec.to_dict(),
+                "cell": tune.grid_search(cells),
+            },
+            tune_config=tune.TuneConfig(reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(Path(spec.out) / "_tune"),
+                verbose=1,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        results = tuner.fit()
+        found = [results[i] for i in range(len(results))]
+        return [_one_line(r.error) for r in found if r.error is not None]
+    finally:
+        ray.shutdown()
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    useful = [line for line in lines if "Error" in line] or lines or [type(exc).__name__]
+    return useful[-1]
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def write_summary(spec: SweepSpec) -> tuple[Path, int]:
+    """``summary.csv`` from the cells' ``results.json`` (cells not finished are left out)."""
+    from pufferfiber.io.checkpoints import atomic_write_text
+
+    rows: list[dict[str, Any]] = []
+    for env in spec.envs:
+        for intervention in spec.interventions:
+            for seed in spec.seeds:
+                path = cell_dir(spec, env, intervention, seed) / RESULTS_NAME
+                if path.is_file():
+                    rows.extend(json.loads(path.read_text()))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k, "")) for k in SUMMARY_COLUMNS})
+    path = Path(spec.out) / SUMMARY_NAME
+    atomic_write_text(path, buf.getvalue())
+    return path, len(rows)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pufferfiber sweep``; returns the exit code (bad input: one line, code 2)."""
+    from pufferfiber.cli.main import run_command
+
+    argv = sys.argv[1:] if argv is None else argv
+    return run_command("sweep", lambda: _sweep(argv), errors=(SweepError,))
+
+
+def _sweep(argv: list[str]) -> int:
+    spec, ns = spec_from_args(argv)
+    prepare_out(spec)
+    start = time.perf_counter()
+    try:
+        errors = run_sweep(spec, ns.ray_address, ns.num_cpus, ns.cpus_per_cell)
+    except KeyboardInterrupt:
+        print("sweep: interrupted; run the same command again to continue", file=sys.stderr)
+        write_summary(spec)
+        return 130
+    path, n = write_summary(spec)
+    print(f"sweep: {n} rows in {path} ({time.perf_counter() - start:.0f} s)", flush=True)
+    for error in errors:
+        print(f"sweep: a cell failed: {error}", file=sys.stderr)
+    if errors:
+        print("sweep: run the same command again to retry the failed cells", file=sys.stderr)
+        return 1
+    return 0

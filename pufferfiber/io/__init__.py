@@ -1,0 +1,2 @@
+"""Files: atomic writes, run-folder names, record schemas, checkpoints, fibers files and the
+importers of upstream PufferLib runs and policies."""

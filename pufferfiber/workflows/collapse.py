@@ -1,0 +1,343 @@
+"""The collapse pipeline: checkpoint → fibers → quotient → folder.
+
+:func:`collapse_to_folder` is what ``demo.py --collapse τ`` and ``pufferfiber collapse`` both
+call (their command line is :mod:`pufferfiber.cli.main`, the method docs/method.md). It writes, into
+one folder and atomically (all three or nothing)::
+
+    model_<EPOCH:06d>_collapsed.pt   the collapsed policy (our weights-only checkpoint format)
+    fibers.pkl                       the fibers (see :func:`pufferfiber.core.fibers.fibers_dict`)
+    fidelity.json                    KL, value error, return, sizes (see core.divergence)
+
+Folder names follow the guide: ``collapsed_model_thr_<TT>_<EPOCH:06d>`` with ``TT = 10·τ`` as
+two digits (0.3 → ``03``, 1.0 → ``10``); a τ that is not a multiple of 0.1 keeps all its
+digits without the point (0.25 → ``025``, 0.125 → ``0125``), which can never clash with a
+two-digit name because τ ≤ 2 has a single integer digit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pufferfiber.config.sections import validate_threshold
+from pufferfiber.core.clustering import products_on
+from pufferfiber.core.criteria import (
+    DEFAULT_CRITERION,
+    FiberCriterion,
+    make_criterion,
+)
+from pufferfiber.core.datafibers import (
+    DataFibration,
+    stderr_progress,
+)
+from pufferfiber.core.divergence import fidelity_report, format_fidelity
+from pufferfiber.core.fibers import (
+    DEFAULT_LSTM_ROUNDS,
+    Fibration,
+    fibers_dict,
+    save_fibers,
+)
+from pufferfiber.io.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    atomic_dir,
+    check_writable,
+    save_checkpoint,
+)
+from pufferfiber.io.runfiles import (
+    COLLAPSED_MODEL_RE,
+    FIBERS,
+    FIDELITY,
+    collapse_dir_name,
+    collapsed_model_name,
+)
+from pufferfiber.io.schemas import write_fidelity
+from pufferfiber.rl.evaluate import collect_observations, policy_on
+
+
+@dataclass
+class CollapseResult:
+    """What :func:`collapse_to_folder` produced.
+
+    ``checkpoint`` is the collapsed checkpoint (``path`` = its final location, ``meta["collapse"]``
+    says threshold and source), ``fibers`` the ``fibers.pkl`` dict, ``fidelity`` the
+    ``fidelity.json`` dict, ``fibration`` the in-memory fibers.
+    """
+
+    checkpoint: Checkpoint
+    out_dir: Path
+    fibers: dict[str, Any]
+    fidelity: dict[str, Any]
+    fibration: Fibration
+
+
+def threshold_tag(tau: float) -> str:
+    """``03`` for 0.3, ``10`` for 1.0, ``025`` for 0.25 (see the module docstring)."""
+    tau = validate_threshold(tau)
+    tenths = round(tau * 10)
+    if abs(tau * 10 - tenths) < 1e-9:
+        return f"{tenths:02d}"
+    return f"{tau:.6f}".rstrip("0").replace(".", "")
+
+
+def collapse_folder_name(threshold: float, epoch: int) -> str:
+    """``collapsed_model_thr_03_000051`` for τ = 0.3 at epoch 51."""
+    return collapse_dir_name(threshold_tag(threshold), epoch)
+
+
+def collapse_to_folder(
+    ckpt: Checkpoint,
+    threshold: float,
+    out_dir: Path,
+    *,
+    flatten_colours: str = "positions",
+    layers: list[str] | None = None,
+    max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
+    lstm_criterion: str = "units",
+    criterion: str | FiberCriterion = DEFAULT_CRITERION,
+    criterion_options: dict[str, Any] | None = None,
+    fidelity_episodes: int = 3,
+    fidelity_batch: int = 8,
+    fidelity_steps: int = 64,
+    observations: torch.Tensor | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    replace: bool = False,
+    echo: bool = True,
+    device: str | torch.device | None = None,
+) -> CollapseResult:
+    """Collapse ``ckpt`` at ``threshold`` and write the three files into ``out_dir``.
+
+    ``criterion`` is a name of :data:`pufferfiber.core.criteria.CRITERIA` (built with
+    ``criterion_options``, e.g. ``fit`` or ``calibration_batch`` for ``"data"``) or a
+    :class:`~pufferfiber.core.criteria.FiberCriterion`; the default reproduces the weight fibers
+    from ``flatten_colours``, ``layers``, ``max_lstm_rounds`` and ``lstm_criterion``.
+    ``observations`` (``[B, T, *obs]``) replaces the ``fidelity_batch × fidelity_steps`` real
+    frames otherwise collected by playing the original policy (env seeds ``seed``...); KL and
+    value error are measured on them, so for ``"data"`` they are held-out frames (its
+    calibration set is played on other seeds). An existing non-empty
+    ``out_dir`` is an error unless ``overwrite``; then only the three files are replaced
+    (other contents, e.g. a resumed run inside, are kept). ``replace`` (``--force``) replaces a
+    folder holding only an earlier collapse's files as a whole; one that holds more (a resumed
+    run) keeps that, but no collapsed model of another epoch stays beside the new files.
+    ``echo`` prints the fidelity table. ``device`` (default: the CPU) runs the fibers' pairwise
+    products and the fidelity's forward passes and episodes, e.g. on a GPU; the collapse itself
+    is float64 algebra on the CPU.
+    Raises ``ValueError`` / :class:`CheckpointError` with one-line messages; on any error
+    nothing is left half-written.
+    """
+    threshold = validate_threshold(threshold)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"output {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (overwrite or replace):
+        raise CheckpointError(
+            f"output folder {out_dir} already exists and is not empty "
+            "(pass --force to replace its collapsed model)"
+        )
+    check_writable(out_dir)  # fail before the slow fibers and fidelity work
+    policy = ckpt.policy.cpu().eval()
+    if isinstance(criterion, str):
+        criterion = _build_criterion(
+            criterion,
+            threshold,
+            ckpt.env,
+            seed,
+            layers,
+            dict(
+                flatten_colours=flatten_colours,
+                max_lstm_rounds=max_lstm_rounds,
+                lstm_criterion=lstm_criterion,
+            ),
+            criterion_options or {},
+        )
+    original_on = policy_on(policy, device)[0]
+    observation_seeds = None
+    if observations is None:
+        observations = collect_observations(
+            original_on, ckpt.env, fidelity_batch, fidelity_steps, seed
+        )
+        observation_seeds = [seed, seed + fidelity_batch - 1]
+    if getattr(criterion, "heldout", False) is None:  # data: per-layer held-out figures
+        criterion.heldout = observations  # type: ignore[attr-defined]
+    with products_on(device):
+        fibration, quotient = criterion.fit_transform(policy)
+    quotient = quotient.eval()
+    quotient_on = policy_on(quotient, device)[0]
+    fidelity = fidelity_report(
+        original_on,
+        quotient_on,
+        fibration,
+        env=ckpt.env,
+        observations=observations,
+        episodes=fidelity_episodes,
+        seed=seed,
+    )
+    fidelity.update(epoch=ckpt.epoch, source=str(ckpt.path), criterion=criterion.describe())
+    fidelity["observation_seeds"] = observation_seeds
+    fibers = fibers_dict(
+        fibration,
+        epoch=ckpt.epoch,
+        env=ckpt.env,
+        params_before=policy.parameter_count(),
+        params_after=quotient.parameter_count(),
+    )
+    fibers["criterion"] = criterion.name
+    if isinstance(fibration, DataFibration):
+        fidelity["calibration"] = fibration.calibration
+        _add_data_layers(fibers, fibration)
+    meta = dict(ckpt.meta)
+    meta["collapse"] = _collapse_meta(ckpt, fibration, fidelity)
+    name = collapsed_model_name(ckpt.epoch)
+    whole = replace and out_dir.is_dir() and not _other_contents(out_dir)
+    with atomic_dir(out_dir) if whole else _output_folder(out_dir) as tmp:
+        save_checkpoint(
+            tmp / name,
+            quotient,
+            epoch=ckpt.epoch,
+            global_step=ckpt.global_step,
+            env=ckpt.env,
+            config=ckpt.config,
+            meta=meta,
+        )
+        save_fibers(tmp / FIBERS, fibers)
+        write_fidelity(tmp / FIDELITY, fidelity)
+    if echo:
+        print(format_fidelity(fidelity))
+        if "calibration" in fidelity:
+            print(format_calibration(fidelity["calibration"]))
+    collapsed = Checkpoint(
+        policy=quotient,
+        arch=quotient.arch,
+        epoch=ckpt.epoch,
+        global_step=ckpt.global_step,
+        env=ckpt.env,
+        config=dict(ckpt.config),
+        path=out_dir / name,
+        meta=meta,
+    )
+    return CollapseResult(collapsed, out_dir, fibers, fidelity, fibration)
+
+
+def _build_criterion(
+    name: str,
+    threshold: float,
+    env: str,
+    seed: int,
+    layers: list[str] | None,
+    weight_options: dict[str, Any],
+    options: dict[str, Any],
+) -> FiberCriterion:
+    """A criterion from its name: weight options for ``"weights"``, data ones for ``"data"``."""
+    if name == "weights":
+        return make_criterion(name, threshold, layers=layers, **weight_options, **options)
+    if weight_options.get("flatten_colours") != "positions":
+        raise ValueError("--flatten-colours pooled applies to the weights criterion only")
+    if weight_options.get("lstm_criterion") != "units":
+        raise ValueError("--lstm-criterion applies to the weights criterion only")
+    return make_criterion(
+        name, threshold, env=env, seed=seed, layers=layers, progress=stderr_progress, **options
+    )
+
+
+def format_calibration(figures: dict[str, Any]) -> str:
+    """The data criterion's per-layer figures: kept, constant, fit error (calibration and
+    held-out), units whose relation fails on the held-out frames."""
+    lines = [
+        f"data fibers on {figures['frames']} calibration frames "
+        f"(relative fit error: calibration max / held-out max, units over τ on held-out)"
+    ]
+    for label, fig in figures.items():
+        if isinstance(fig, dict):
+            lines.append(
+                f"  {label:<8} {fig['units']:>4} -> {fig['kept']:>4} kept, "
+                f"{fig['constant']:>4} constant, error {fig['fit_error_max']:.3g} / "
+                f"{fig.get('heldout_error_max', float('nan')):.3g}, "
+                f"{fig.get('heldout_over_threshold', 0)} over τ "
+                f"({fig.get('heldout_constant_over_threshold', 0)} of them constant)"
+            )
+    return "\n".join(lines)
+
+
+def _add_data_layers(fibers: dict[str, Any], fibration: DataFibration) -> None:
+    """``fibers.pkl`` of the data criterion: per layer also ``kept`` (representatives) and
+    ``constant`` (units folded as constants; listed in fiber 0, their ``s`` is 0)."""
+    for layer in fibers["layers"]:
+        rec = fibration.reconstructions.get(layer["name"])
+        if rec is not None:
+            layer["kept"] = np.asarray(rec.kept, dtype=np.int64)
+            layer["constant"] = np.asarray(rec.constant, dtype=bool)
+
+
+def _collapse_meta(ckpt: Checkpoint, fibration: Fibration, fidelity: dict) -> dict[str, Any]:
+    return {
+        "criterion": fidelity["criterion"],
+        "threshold": fibration.threshold,
+        "flatten_colours": fibration.flatten_colours,
+        "collapsed_layers": fidelity["collapsed_layers"],
+        "fibers": fidelity["fibers"],
+        "lstm_rounds": fibration.lstm_rounds,
+        "params_before": fidelity["params_before"],
+        "params_after": fidelity["params_after"],
+        "source": str(ckpt.path),
+        "source_epoch": ckpt.epoch,
+        "source_architecture": ckpt.arch.to_dict(),
+    }
+
+
+def _other_contents(out_dir: Path) -> list[str]:
+    """What a collapse folder holds besides a collapse's own files (e.g. resumed runs)."""
+    own = (FIBERS, FIDELITY)
+    return sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if not (p.name in own or COLLAPSED_MODEL_RE.match(p.name) or p.name.startswith("."))
+    )
+
+
+class _output_folder:
+    """A new folder via :func:`atomic_dir`; an existing one gets files moved in one by one.
+
+    Either way the files are first written completely into a temporary folder; a failure
+    before the move leaves the destination exactly as it was.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self._inner: Any = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        if not self.out_dir.is_dir():
+            self._inner = atomic_dir(self.out_dir)
+            return Path(self._inner.__enter__())
+        try:
+            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir))
+        except OSError as exc:
+            raise CheckpointError(f"cannot write into {self.out_dir}: {exc.strerror}") from None
+        return self._tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if self._inner is not None:
+            return bool(self._inner.__exit__(exc_type, exc, tb))
+        assert self._tmp is not None
+        try:
+            if exc_type is None:
+                written = {f.name for f in self._tmp.iterdir()}
+                for name in sorted(written):
+                    os.replace(self._tmp / name, self.out_dir / name)
+                for stale in self.out_dir.iterdir():  # an earlier collapse of another epoch
+                    if COLLAPSED_MODEL_RE.match(stale.name) and stale.name not in written:
+                        stale.unlink()
+        except OSError as err:
+            raise CheckpointError(f"cannot write into {self.out_dir}: {err.strerror}") from None
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return False
