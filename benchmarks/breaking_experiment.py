@@ -47,11 +47,8 @@ from pufferfiber.config.sections import load_config  # noqa: E402
 from pufferfiber.core.fibers import compute_fibers  # noqa: E402
 from pufferfiber.core.policy import Policy  # noqa: E402
 from pufferfiber.envs.registry import architecture_for, make_vecenv  # noqa: E402
-from pufferfiber.io.checkpoints import (  # noqa: E402
-    CheckpointError,
-    atomic_write_text,
-    load_checkpoint,
-)
+from pufferfiber.io.atomic import atomic_write_text  # noqa: E402
+from pufferfiber.io.checkpoints import CheckpointError, load_checkpoint  # noqa: E402
 from pufferfiber.rl.breaking import SymmetryBreaker  # noqa: E402
 from pufferfiber.rl.evaluate import play_episodes  # noqa: E402
 from pufferfiber.rl.redo import DormantReset, dormant_fraction  # noqa: E402

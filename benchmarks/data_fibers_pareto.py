@@ -31,7 +31,8 @@ from pufferfiber.core.criteria import DataCriterion, FiberCriterion, WeightCrite
 from pufferfiber.core.datafibers import CALIBRATION_SEED_OFFSET
 from pufferfiber.core.divergence import output_divergence
 from pufferfiber.core.policy import Policy
-from pufferfiber.io.checkpoints import atomic_write_text, load_checkpoint
+from pufferfiber.io.atomic import atomic_write_text
+from pufferfiber.io.checkpoints import load_checkpoint
 from pufferfiber.rl.evaluate import collect_observations, play_episodes
 
 RESULTS = Path(__file__).resolve().parent / "results"

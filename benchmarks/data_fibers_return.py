@@ -30,7 +30,8 @@ from scipy import stats
 from pufferfiber.core.criteria import DATA_PIVOTS, DataCriterion
 from pufferfiber.core.datafibers import CALIBRATION_SEED_OFFSET
 from pufferfiber.core.divergence import output_divergence
-from pufferfiber.io.checkpoints import atomic_write_text, load_checkpoint
+from pufferfiber.io.atomic import atomic_write_text
+from pufferfiber.io.checkpoints import load_checkpoint
 from pufferfiber.rl.evaluate import collect_observations, play_episodes
 
 RESULTS = Path(__file__).resolve().parent / "results"

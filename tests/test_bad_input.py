@@ -23,8 +23,9 @@ import torch
 
 from pufferfiber.cli import main as cli
 from pufferfiber.cli.main import collapse_main
-from pufferfiber.core.fibers import FIBERS_FORMAT
-from pufferfiber.experiments.report import main as report_main
+from pufferfiber.cli.report import main as report_main
+from pufferfiber.io.schemas import FIBERS_FORMAT
+from pufferfiber.workflows.train import resume_command
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 512
@@ -207,7 +208,7 @@ def test_total_timesteps_below_one_batch_is_said(
 
 def test_printed_resume_command_names_the_backend() -> None:
     cfg = cli.load_config("cartpole", {}, backend="multiprocessing")
-    command = cli.resume_command(cfg, Path("/data/exp/cartpole-0123abcd"))
+    command = resume_command(cfg, Path("/data/exp/cartpole-0123abcd"))
     assert command == (
         "python demo.py --mode train --env cartpole --vec multiprocessing --resume "
         "--exp-id cartpole-0123abcd --train.data-dir /data/exp"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pufferfiber.core.policy import Architecture, Policy, observation_batch
+from pufferfiber.io import atomic
 from pufferfiber.io import checkpoints as ck
 
 SMALL = Architecture.atari(9, channels=(4, 8, 8), hidden=16, lstm=8)
@@ -114,7 +115,7 @@ def test_failed_write_leaves_previous_file(tmp_path: Path) -> None:
             raise OSError(28, "No space left on device")
 
     with pytest.raises((ck.CheckpointError, OSError)):
-        ck.atomic_torch_save({"x": Boom()}, path)
+        atomic.atomic_torch_save({"x": Boom()}, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_000001.pt"]
 
@@ -125,17 +126,17 @@ def test_disk_full_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(ck.CheckpointError, match="disk full"):
-        ck.atomic_write_text(tmp_path / "a.txt", "hello")
+        atomic.atomic_write_text(tmp_path / "a.txt", "hello")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_dir_commits_or_vanishes(tmp_path: Path) -> None:
     final = tmp_path / "collapsed"
-    with pytest.raises(RuntimeError), ck.atomic_dir(final) as tmp:
+    with pytest.raises(RuntimeError), atomic.atomic_dir(final) as tmp:
         (tmp / "half.pt").write_bytes(b"x")
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
-    with ck.atomic_dir(final) as tmp:
+    with atomic.atomic_dir(final) as tmp:
         (tmp / "done.pt").write_bytes(b"x")
     assert [p.name for p in final.iterdir()] == ["done.pt"]
 
@@ -146,8 +147,11 @@ def test_read_only_folders_are_respected_even_by_root(tmp_path: Path) -> None:
         with pytest.raises(ck.CheckpointError, match="permission"):
             ck.new_run_dir(tmp_path / "experiments", "cartpole")
         with pytest.raises(ck.CheckpointError, match="permission"):
-            ck.atomic_write_text(tmp_path / "a.txt", "x")
-        with pytest.raises(ck.CheckpointError, match="permission"), ck.atomic_dir(tmp_path / "d"):
+            atomic.atomic_write_text(tmp_path / "a.txt", "x")
+        with (
+            pytest.raises(ck.CheckpointError, match="permission"),
+            atomic.atomic_dir(tmp_path / "d"),
+        ):
             pass
         assert list(tmp_path.iterdir()) == []
     finally:
@@ -157,8 +161,8 @@ def test_read_only_folders_are_respected_even_by_root(tmp_path: Path) -> None:
 def test_written_files_have_the_usual_modes(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
-    ck.atomic_write_text(tmp_path / "a.txt", "x")
-    with ck.atomic_dir(tmp_path / "d"):
+    atomic.atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic.atomic_dir(tmp_path / "d"):
         pass
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask

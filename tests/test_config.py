@@ -27,6 +27,7 @@ from pufferfiber.config.sections import (
     section_types,
 )
 from pufferfiber.envs.registry import EnvError
+from pufferfiber.workflows import hooks, train
 
 
 def test_beam_rider_has_the_guides_hyperparameters() -> None:
@@ -260,18 +261,18 @@ def test_break_settings_build_the_breaker() -> None:
     """``--break-symmetry`` and ``--break.*`` reach :class:`SymmetryBreaker` (seeded by
     ``train.seed``); without ``--break-symmetry`` there is no hook."""
     args = cli.parse_args(["--env", "cartpole"])
-    assert cli.training_hooks(load_config("cartpole", args.overrides), args.overrides) == []
+    assert hooks.training_hooks(load_config("cartpole", args.overrides), args.overrides) == []
     argv = ["--env", "cartpole", "--break-symmetry", "--break.interval", "5",
             "--break.fiber-threshold", "0.1", "--break.opfiber_threshold", "0.2",
             "--break.maturity", "7", "--break.fraction", "0.25", "--break.layers", "linear1, lstm",
             "--train.seed", "4"]  # fmt: skip
     args = cli.parse_args(argv)
-    (b,) = cli.training_hooks(load_config("cartpole", args.overrides), args.overrides)
+    (b,) = hooks.training_hooks(load_config("cartpole", args.overrides), args.overrides)
     assert (
         b.interval, b.fiber_threshold, b.opfiber_threshold, b.maturity, b.fraction, b.layers, b.seed
     ) == (5, 0.1, 0.2, 7, 0.25, ["linear1", "lstm"], 4)  # fmt: skip
     args = cli.parse_args(["--env", "cartpole", "--break-symmetry"])
-    (d,) = cli.training_hooks(load_config("cartpole", args.overrides), args.overrides)
+    (d,) = hooks.training_hooks(load_config("cartpole", args.overrides), args.overrides)
     assert d.layers is None and d.opfiber_threshold is None
 
 
@@ -287,8 +288,8 @@ def test_break_settings_build_the_breaker() -> None:
 def test_invalid_break_settings_are_usage_errors(argv: list[str], message: str) -> None:
     args = cli.parse_args(["--env", "cartpole", "--break-symmetry", *argv])
     cfg = load_config("cartpole", args.overrides)
-    with pytest.raises(cli.UsageError, match=message):
-        cli.training_hooks(cfg, args.overrides)
+    with pytest.raises(hooks.RunError, match=message):
+        hooks.training_hooks(cfg, args.overrides)
 
 
 def test_collapse_section_alone() -> None:
@@ -318,11 +319,11 @@ def test_resume_of_a_run_saved_before_break_was_a_section() -> None:
     settings = {"interval": 3, "fiber_threshold": 0.5, "opfiber_threshold": None, "maturity": 0,
                 "fraction": 1.0, "layers": ["lstm"], "seed": 1}  # fmt: skip
     state = {"hooks": [{"settings": settings, "born": {}}]}
-    cfg = cli.resumed_config(load_config("cartpole"), ckpt, {}, None, state)
+    cfg = train.resumed_config(load_config("cartpole"), ckpt, {}, None, state)
     assert cfg.train.learning_rate == 0.001
     b = cfg.breaking
     assert (b.enabled, b.interval, b.fiber_threshold, b.maturity, b.layers) == (
         True, 3, 0.5, 0, "lstm"
     )  # fmt: skip
-    plain = cli.resumed_config(load_config("cartpole"), ckpt, {}, None, {})
+    plain = train.resumed_config(load_config("cartpole"), ckpt, {}, None, {})
     assert plain.breaking.enabled is False

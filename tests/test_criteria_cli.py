@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from pufferfiber.cli.main import collapse_main
-from pufferfiber.core.fibers import compute_fibers, load_fibers
+from pufferfiber.core.fibers import compute_fibers
 from pufferfiber.core.policy import Policy
 from pufferfiber.envs.registry import architecture_for
 from pufferfiber.io.checkpoints import load_checkpoint, save_checkpoint
+from pufferfiber.io.fibersfile import load_fibers
 
 FAST = ["--fidelity-batch", "2", "--fidelity-steps", "8"]
 CALIBRATION = ["--calibration-batch", "4", "--calibration-steps", "16"]

@@ -409,7 +409,7 @@ def test_disk_full_mid_run_keeps_checkpoint_and_state_consistent(small_disk: Pat
 
 def test_disk_full_for_collapse_out_and_report_output(small_disk: Path, tmp_path: Path) -> None:
     from pufferfiber.cli.main import collapse_main
-    from pufferfiber.experiments.report import main as report_main
+    from pufferfiber.cli.report import main as report_main
 
     trained = demo(*SMALL, "--train.data-dir", str(tmp_path / "exp"),
                    "--train.total-timesteps", str(2 * BATCH))  # fmt: skip

@@ -20,17 +20,14 @@ from pufferfiber.core.clustering import (
 )
 from pufferfiber.core.fibers import (
     Colouring,
-    FibersFileError,
     compute_fibers,
     compute_opfibers,
-    fibers_dict,
-    load_fibers,
     node_rows,
     recurrent_rows,
-    save_fibers,
 )
 from pufferfiber.core.graph import build_graph, named_tensors, put_units, take_units
 from pufferfiber.core.policy import Architecture, Policy
+from pufferfiber.io.fibersfile import FibersFileError, fibers_dict, load_fibers, save_fibers
 
 MLP = Architecture.mlp(6, 3, hidden=(24, 16), lstm=12)
 CNN = Architecture.atari(4, channels=(5, 6, 4), hidden=16, lstm=8)

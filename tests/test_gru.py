@@ -15,9 +15,10 @@ from pufferfiber.config.sections import load_config
 from pufferfiber.core.collapse import collapse_policy
 from pufferfiber.core.criteria import DataCriterion
 from pufferfiber.core.divergence import output_divergence
-from pufferfiber.core.fibers import compute_fibers, fibers_dict, load_fibers, save_fibers
+from pufferfiber.core.fibers import compute_fibers
 from pufferfiber.core.graph import Kind, build_graph, named_tensors, put_units, take_units
 from pufferfiber.core.policy import Architecture, Policy, observation_batch
+from pufferfiber.io.fibersfile import fibers_dict, load_fibers, save_fibers
 from pufferfiber.rl.breaking import SymmetryBreaker
 from pufferfiber.rl.redo import unit_activity
 

@@ -18,7 +18,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from pufferfiber.core.fibers import load_fibers
+from pufferfiber.io.fibersfile import load_fibers
 from pufferfiber.io.logparse import parse_log, series
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import pytest
 
 from pufferfiber.config.sections import family_of, load_config
 from pufferfiber.envs.ocean import OCEAN_GAMES, OceanEnv, OceanError
-from pufferfiber.envs.registry import OCEAN_ENVS, EnvError, architecture_for, make_env, make_vecenv
+from pufferfiber.envs.registry import OCEAN_ENVS, EnvError, architecture_for, make_vecenv
 from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,9 @@ def test_seeded_reset_replays_the_same_games() -> None:
 
 
 def test_single_copy_for_evaluation_uses_the_ini_settings() -> None:
-    env = make_env("puffer_pong")
+    from pufferfiber.rl.evaluate import make_configured_env
+
+    env = make_configured_env("puffer_pong")
     assert env.env.settings["frameskip"] == load_config("puffer_pong").env["frameskip"]
     obs, _ = env.reset(seed=3)
     assert obs.shape == (8,) and obs.dtype == np.float32

@@ -10,11 +10,11 @@ import torch
 
 import pufferfiber.workflows.collapse as pipeline
 from pufferfiber.cli.main import collapse_main
-from pufferfiber.config.sections import validate_threshold
-from pufferfiber.core.fibers import load_fibers
 from pufferfiber.core.policy import Policy
+from pufferfiber.core.types import validate_threshold
 from pufferfiber.envs.registry import architecture_for
 from pufferfiber.io.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from pufferfiber.io.fibersfile import load_fibers
 from pufferfiber.workflows import timeline
 from pufferfiber.workflows.collapse import collapse_folder_name
 

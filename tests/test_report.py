@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from pufferfiber.cli import report as report_cli
 from pufferfiber.experiments import report
 from pufferfiber.io.upstream_log import read_metrics
 
@@ -177,7 +178,7 @@ def test_cli_png_and_html(tiny_run: Path, tmp_path: Path) -> None:
     assert "report written to" in proc.stdout and "0.3" in proc.stdout
 
     html_path = tmp_path / "report.html"
-    assert report.main([str(tiny_run), "-o", str(html_path), "-q", "--no-fibers"]) == 0
+    assert report_cli.main([str(tiny_run), "-o", str(html_path), "-q", "--no-fibers"]) == 0
     text = html_path.read_text()
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
     assert len(images) == 2  # comparison + thresholds (fibers over time skipped)
@@ -204,13 +205,13 @@ def test_upstream_fork_restarting_at_one_is_shifted(shared_run_copy: Path, tmp_p
     (_, row) = report.table_rows(data)
     assert row[report.TABLE_COLUMNS.index("epochs")] == "51–105 (log 0–54)"
     out = tmp_path / "upstream.png"
-    assert report.main([str(shared_run_copy), "-o", str(out), "-q", "--no-fibers"]) == 0
+    assert report_cli.main([str(shared_run_copy), "-o", str(out), "-q", "--no-fibers"]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert report.main([str(tmp_path / "nope")]) == 2
-    assert report.main([str(tmp_path)]) == 2
+    assert report_cli.main([str(tmp_path / "nope")]) == 2
+    assert report_cli.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("report: error:") for line in err)
     assert "does not exist" in err[0] and "no training run" in err[1]
@@ -231,7 +232,7 @@ def test_bad_output_suffix_writes_nothing(shared_run_copy: Path, tmp_path: Path)
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        report.main(["--help"])
+        report_cli.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     for option in ("EXPERIMENT_DIR", "--output", "--smooth", "--flatten-colours", "--no-fibers",

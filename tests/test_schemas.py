@@ -167,7 +167,7 @@ def test_fibers_header() -> None:
 
 
 def test_save_fibers_refuses_a_file_readers_could_not_use(tmp_path: Path) -> None:
-    from pufferfiber.core.fibers import load_fibers, save_fibers
+    from pufferfiber.io.fibersfile import load_fibers, save_fibers
 
     save_fibers(tmp_path / "ok.pkl", _fibers())
     assert load_fibers(tmp_path / "ok.pkl")["params_after"] == 250

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pufferfiber.cli import main as cli
+from pufferfiber.cli.sweep import main as sweep_main
 from pufferfiber.core.criteria import CRITERIA
 from pufferfiber.experiments.sweep import SUMMARY_COLUMNS, final_return
-from pufferfiber.experiments.sweep import main as sweep_main
 from pufferfiber.experiments.sweep_report import ArmSummary, mean_band, mean_ci, sentence
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from pufferfiber.cli.sweep import main as sweep_main
+from pufferfiber.cli.sweep import spec_from_args
 from pufferfiber.experiments.sweep import (
     SPEC_NAME,
     TRAJECTORY_NAME,
     SweepSpec,
     prepare_out,
-    spec_from_args,
 )
-from pufferfiber.experiments.sweep import main as sweep_main
 from pufferfiber.experiments.sweep_report import ArmSummary, fiber_turns, sentence
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,23 +26,25 @@ import warnings
 warnings.filterwarnings("ignore", message=".*pynvml package is deprecated.*")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import re  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
+from typing import Any  # noqa: E402
 
+from pufferfiber.cli.common import (  # noqa: E402
+    EXIT_BAD_INPUT,
+    Parser,
+    UsageError,
+    normalise_argv,
+    run_command,
+)
 from pufferfiber.config.sections import (  # noqa: E402
     CONFIG_DIR,
     ENV_HELP,
-    BreakConfig,
     CollapseConfig,
     ConfigError,
-    RedoConfig,
     RunConfig,
     field_type,
     load_config,
@@ -50,7 +52,6 @@ from pufferfiber.config.sections import (  # noqa: E402
     merge_files,
     merged_settings,
     option_fields,
-    parse_layers,
     parse_overrides,
     section_classes,
     section_name,
@@ -59,61 +60,10 @@ from pufferfiber.config.sections import (  # noqa: E402
     type_name,
 )
 from pufferfiber.envs.registry import VEC_BACKENDS, EnvError  # noqa: E402
-from pufferfiber.io.runfiles import CHECKPOINT_GLOB, LOG, LOG_COLLAPSED  # noqa: E402
+from pufferfiber.workflows.train import EXIT_INTERRUPTED, one_line, say  # noqa: E402
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 DEFAULT_ENV = "beam_rider"
 CONFIG_DEST = "cfg:"  # argparse dest prefix of the generated --section.key options
-
-
-class UsageError(Exception):
-    """Bad command-line usage (reported as one line)."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are one-line :class:`UsageError` s (exit code 2, no usage
-    block), like every other bad input."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def run_command(
-    prog: str, body: Callable[[], int], errors: tuple[type[Exception], ...] = ()
-) -> int:
-    """Run a command's ``body``; bad input of any kind (``errors``: the command's own error
-    types) becomes ``PROG: error: ...`` (one line) and exit code 2, Ctrl-C exit code 130."""
-    from pufferfiber.core.fibers import FibersFileError
-    from pufferfiber.io.checkpoints import CheckpointError, describe_os_error
-
-    try:
-        return body()
-    except (UsageError, ConfigError, EnvError, CheckpointError, FibersFileError) as exc:
-        _say(f"{prog}: error: {_one_line(exc)}")
-    except errors as exc:
-        _say(f"{prog}: error: {_one_line(exc)}")
-    except OSError as exc:  # e.g. the dashboard's log copy on a full disk
-        _say(f"{prog}: error: {describe_os_error(Path(exc.filename or '?'), exc)}")
-    except KeyboardInterrupt:
-        _say("interrupted")
-        return EXIT_INTERRUPTED
-    return EXIT_BAD_INPUT
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, KeyError) and exc.args:
-        exc = Exception(exc.args[0])
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,19 +72,6 @@ def _one_line(exc: BaseException) -> str:
 
 def _dashed(key: str) -> str:
     return key.replace("_", "-")
-
-
-def normalise_argv(argv: Sequence[str]) -> list[str]:
-    """``--train.batch_size`` → ``--train.batch-size``: config keys take dashes or
-    underscores, argparse knows the dashed form."""
-    out = []
-    for token in argv:
-        name, eq, value = token.partition("=")
-        if token.startswith("--") and "." in name:
-            section, _, key = name[2:].partition(".")
-            token = f"--{section}.{_dashed(key)}{eq}{value}"
-        out.append(token)
-    return out
 
 
 def _help_text(text: str, default: str | None) -> str:
@@ -340,445 +277,6 @@ def parse_args(argv: Sequence[str], *, prog: str = "demo.py", mode: str | None =
     return Args(ns, overrides)
 
 
-# ----------------------------------------------------------------------------------------------
-# Building blocks
-
-
-def build_vecenv(cfg: RunConfig) -> Any:
-    """The vector env of ``cfg``; its ``[env]`` settings go to the environment's constructor."""
-    from pufferlib.exceptions import APIUsageError
-
-    from pufferfiber.envs.registry import make_vecenv
-
-    v = cfg.vec
-    # Worker processes inherit "ignore SIGINT": Ctrl-C then reaches only the trainer, which
-    # saves a checkpoint and closes the workers (instead of each printing a traceback).
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return make_vecenv(
-            cfg.env_name, v.backend, v.num_envs, v.num_workers, v.env_batch_size, dict(cfg.env)
-        )
-    except APIUsageError as exc:  # PufferLib's own consistency checks on the vec settings
-        raise EnvError(f"vectorisation settings rejected by PufferLib: {exc}") from None
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextmanager
-def opened_vecenv(cfg: RunConfig) -> Iterator[Any]:
-    """The run's vector env, closed afterwards whatever happens. Built before any folder is
-    created, so a bad vec setting (e.g. ray missing) leaves nothing behind."""
-    vecenv = build_vecenv(cfg)
-    try:
-        yield vecenv
-    finally:
-        try:
-            vecenv.close()
-        except Exception as exc:  # dead workers after Ctrl-C must not hide the real outcome
-            _say(f"warning: closing the environments failed: {_one_line(exc)}")
-
-
-def run_training(
-    cfg: RunConfig,
-    vecenv: Any,
-    policy: Any,
-    run_dir: Path,
-    *,
-    start_epoch: int = 0,
-    start_global_step: int = 0,
-    end_epoch: int | None = None,
-    optimizer_state: dict[str, Any] | None = None,
-    log_name: str = LOG,
-    meta: dict[str, Any] | None = None,
-    hooks: Sequence[Any] = (),
-) -> int:
-    """Train ``policy`` in ``run_dir`` (a new or resumed run); returns the exit code.
-
-    ``hooks`` are per-epoch trainer hooks (e.g. symmetry breaking), see ``Trainer``."""
-    from pufferfiber.rl.trainer import Trainer, TrainingInterrupted
-
-    trainer = Trainer(
-        cfg,
-        vecenv,
-        policy,
-        run_dir,
-        start_epoch=start_epoch,
-        start_global_step=start_global_step,
-        end_epoch=end_epoch,
-        optimizer_state=optimizer_state,
-        log_name=log_name,
-        meta=meta,
-        hooks=hooks,
-    )
-    _say(
-        f"run folder: {run_dir} (epochs {start_epoch + 1}..{trainer.end_epoch}, "
-        f"device {trainer.device})"
-    )
-    try:
-        result = trainer.train()
-    except TrainingInterrupted as stop:
-        _say(f"interrupted: checkpoint of epoch {stop.epoch} saved to {stop.path}")
-        _say(f"resume with: {resume_command(cfg, run_dir)}")
-        return EXIT_INTERRUPTED
-    last = result.checkpoints[-1] if result.checkpoints else None
-    _say(f"done: epoch {result.epoch}, {result.global_step} agent steps; last checkpoint {last}")
-    return 0
-
-
-def resume_command(cfg: RunConfig, run_dir: Path) -> str:
-    """The command that continues ``run_dir``; ``--resume`` restores the rest of the settings
-    (hyperparameters, ``[vec]``, ``[env]``, symmetry breaking) from the run itself."""
-    return (
-        f"python demo.py --mode train --env {cfg.env_name} --vec {cfg.vec.backend} --resume "
-        f"--exp-id {run_dir.name} --train.data-dir {run_dir.parent}"
-    )
-
-
-@contextmanager
-def new_run(parent: Path, env_name: str) -> Iterator[Path]:
-    """A new locked run folder in ``parent``, removed again if the run fails before its first
-    checkpoint (a full disk, an error), so no empty run folder is left behind."""
-    import shutil
-
-    from pufferfiber.io.checkpoints import list_checkpoints, locked_run, new_run_dir
-
-    run_dir = new_run_dir(parent, env_name)
-    try:
-        with locked_run(run_dir):
-            yield run_dir
-    except BaseException:
-        if not list_checkpoints(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-
-def _note_schedule(cfg: RunConfig) -> None:
-    """Say when total_timesteps is not a whole number of batches (a batch is never cut)."""
-    t = cfg.train
-    if t.total_timesteps % t.batch_size:
-        _say(
-            f"note: train.total_timesteps ({t.total_timesteps}) is not a whole number of batches "
-            f"of {t.batch_size} steps: the schedule runs {t.end_epoch} epoch(s) = "
-            f"{t.end_epoch * t.batch_size} agent steps"
-        )
-
-
-def train_new(cfg: RunConfig, hooks: Sequence[Any] = ()) -> int:
-    """``--mode train``: a fresh run folder ``<data_dir>/<env>-<id8>``."""
-    import torch
-
-    from pufferfiber.core.policy import Policy
-    from pufferfiber.envs.registry import architecture_for
-
-    _note_schedule(cfg)
-    with opened_vecenv(cfg) as vecenv:
-        torch.manual_seed(cfg.train.seed)
-        policy = Policy(architecture_for(cfg.env_name, vecenv, rnn=cfg.policy.rnn))
-        check_hooks(hooks, policy)
-        with new_run(Path(cfg.train.data_dir), cfg.env_name) as run_dir:
-            return run_training(cfg, vecenv, policy, run_dir, hooks=hooks)
-
-
-def train_resume(
-    cfg: RunConfig,
-    exp_id: str | None,
-    allow_pickle: bool,
-    overrides: dict[str, str] | None = None,
-    backend: str | None = None,
-) -> int:
-    """``--resume``: the latest checkpoint + optimizer state of the chosen run, same folder,
-    with the settings stored in the checkpoint (symmetry breaking included); ``overrides``
-    (``--section.key``) and ``backend`` (``--vec``) given now replace stored values, and each
-    change is reported.
-
-    The run keeps its own last epoch (a collapsed run stops at its ``--collapse-until``) unless
-    ``--train.total-timesteps`` is given, which extends or shortens it.
-    """
-    from pufferfiber.io.checkpoints import find_run, load_trainer_state, locked_run
-    from pufferfiber.rl.callbacks import restore_hook_states
-    from pufferfiber.rl.trainer import trim_metrics
-
-    overrides = overrides or {}
-    run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, exp_id)
-    with locked_run(run_dir):
-        state = load_trainer_state(run_dir) or {}
-        epoch, path = _resume_point(run_dir, state)
-        ckpt = _load_latest(run_dir, path, allow_pickle, cfg.env_name)
-        check_same_network(ckpt, overrides)  # before resumed_config reports the changes
-        cfg = keep_network(resumed_config(cfg, ckpt, overrides, backend, state), ckpt)
-        _check_device(cfg)
-        optimizer_state = state.get("optimizer") if state.get("epoch") == epoch else None
-        if optimizer_state is None:
-            _say(f"warning: no optimizer state for epoch {epoch} in {run_dir}; fresh Adam moments")
-        hooks = training_hooks(cfg, overrides)
-        check_hooks(hooks, ckpt.policy)
-        restore_hook_states(hooks, state.get("hooks"))  # e.g. symmetry breaking's unit ages
-        new_schedule = "train.total_timesteps" in overrides
-        end_epoch = cfg.train.end_epoch
-        if not new_schedule and "end_epoch" in state:
-            end_epoch = int(state["end_epoch"])
-        if new_schedule:
-            _note_schedule(cfg)
-        if epoch >= end_epoch:
-            _say(f"{run_dir.name} already finished at epoch {epoch} (schedule ends at {end_epoch})")
-            return 0
-        log_name = LOG_COLLAPSED if (run_dir / LOG_COLLAPSED).exists() else LOG
-        _say(f"resuming {run_dir.name} from {path.name}")
-        dropped = trim_metrics(run_dir, ckpt.epoch)
-        if dropped:
-            _say(
-                f"resume: dropped {len(dropped)} metrics.jsonl line(s) after epoch {ckpt.epoch} "
-                "(logged after the last checkpoint; those epochs are trained again)"
-            )
-        with opened_vecenv(cfg) as vecenv:
-            check_fits_env(ckpt, vecenv)
-            return run_training(
-                cfg,
-                vecenv,
-                ckpt.policy,
-                run_dir,
-                start_epoch=ckpt.epoch,
-                start_global_step=ckpt.global_step,
-                end_epoch=end_epoch,
-                optimizer_state=optimizer_state,
-                log_name=log_name,
-                meta=ckpt.meta,
-                hooks=hooks,
-            )
-
-
-def _resume_point(run_dir: Path, state: dict[str, Any]) -> tuple[int, Path]:
-    """The latest checkpoint, or, if the run was killed between writing a checkpoint and its
-    optimizer state, the previous one that has both (the orphan is trained again)."""
-    from pufferfiber.io.checkpoints import list_checkpoints
-
-    epoch, path = _latest_checkpoint(run_dir)
-    paired = dict(list_checkpoints(run_dir)).get(state.get("epoch", -1))
-    if state.get("epoch") != epoch and paired is not None and state.get("epoch", -1) < epoch:
-        _say(
-            f"warning: {path.name} has no saved optimizer state (the run stopped while saving "
-            f"it); resuming from {paired.name}, the last checkpoint saved with it"
-        )
-        return int(state["epoch"]), paired
-    return epoch, path
-
-
-def _load_latest(run_dir: Path, path: Path, allow_pickle: bool, env_name: str) -> Any:
-    """The run's latest checkpoint; if it is unreadable, the error names the previous one."""
-    from pufferfiber.io.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
-
-    try:
-        return load_checkpoint(path, allow_pickle=allow_pickle, expect_env=env_name)
-    except CheckpointError as exc:
-        earlier = [p for _, p in list_checkpoints(run_dir) if p != path]
-        if not earlier:
-            raise
-        raise CheckpointError(
-            f"{exc}; to resume from the previous checkpoint {earlier[-1].name}, move "
-            f"{path.name} out of {run_dir}"
-        ) from None
-
-
-# Settings that say where the run is, not how it trains: never restored from the run.
-_NOT_RESTORED = ("train.data_dir",)
-
-
-def resumed_config(
-    cfg: RunConfig,
-    ckpt: Any,
-    overrides: dict[str, str],
-    backend: str | None,
-    state: dict[str, Any] | None = None,
-) -> RunConfig:
-    """The run's own settings (stored in its checkpoint) with this command's ``overrides``
-    and ``--vec`` applied on top; every changed value is reported in one line."""
-    stored = dict(ckpt.config) if isinstance(ckpt.config, dict) else {}
-    if not stored.get("train"):
-        _say(
-            f"warning: {ckpt.path.name} records no settings (an imported checkpoint?); resuming "
-            "with the config files and this command line"
-        )
-        return cfg
-    if "break" not in stored:  # runs saved before [break] was a config section
-        stored["break"] = _stored_break(state or {})
-    known = cfg.to_dict()
-    restored: dict[str, str] = {}
-    for section in section_names():
-        for key, value in dict(stored.get(section) or {}).items():
-            dotted = f"{section}.{key}"
-            if key in known[section] and dotted not in _NOT_RESTORED and dotted != "vec.backend":
-                restored[dotted] = value if isinstance(value, str) else repr(value)
-    stored_backend = str(dict(stored.get("vec") or {}).get("backend") or cfg.vec.backend)
-    original = load_config(cfg.env_name, restored, backend=stored_backend)
-    restored.update({k: v for k, v in overrides.items() if k != "train.data_dir"})
-    restored["train.data_dir"] = cfg.train.data_dir
-    resumed = load_config(cfg.env_name, restored, backend=backend or stored_backend)
-    changes = _changes(original.to_dict(), resumed.to_dict())
-    if changes:
-        _say(f"resume: the run's settings, except {', '.join(changes)} (given now)")
-    for name, before, now in (
-        ("symmetry breaking", original.breaking, resumed.breaking),
-        ("ReDo", original.redo, resumed.redo),
-    ):
-        if before.enabled and now.enabled and f"{now.SECTION}.enabled" not in overrides:
-            _say(f"resume: {name} continues with the run's settings {dataclasses.asdict(now)}")
-    return resumed
-
-
-def keep_network(cfg: RunConfig, ckpt: Any) -> RunConfig:
-    """``cfg`` with the ``[policy]`` choices of the network in ``ckpt``: a resumed or collapsed
-    run keeps its own recurrent layer (stored with the run, so the record stays true)."""
-    return dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, rnn=ckpt.arch.rnn))
-
-
-def check_same_network(ckpt: Any, given: Mapping[str, str]) -> None:
-    """``--policy.rnn`` given now for another layer than ``ckpt``'s is an error rather than
-    silently ignored."""
-    wanted = given.get("policy.rnn")
-    if wanted is not None and wanted.strip() != ckpt.arch.rnn:
-        raise UsageError(
-            f"--policy.rnn {wanted.strip()}: {ckpt.path.name} is a {ckpt.arch.rnn} network; the "
-            "recurrent layer is chosen when a run starts"
-        )
-
-
-def _stored_break(state: dict[str, Any]) -> dict[str, Any]:
-    """The ``[break]`` settings of a run that stored them only with its hook state."""
-    hooks = state.get("hooks") or []
-    stored = hooks.values() if isinstance(hooks, dict) else hooks  # {name: state}, or a list (0.1)
-    breaking = [h for h in stored if isinstance(h, dict) and h.get("kind", "break") == "break"]
-    found = [h.get("settings") for h in breaking]
-    settings = next((x for x in found if isinstance(x, dict)), None)
-    if settings is None:
-        return {"enabled": False}
-    layers = settings.get("layers")
-    return {
-        **{k: v for k, v in settings.items() if k not in ("layers", "seed")},
-        "enabled": True,
-        "layers": "all" if not layers else ",".join(layers),
-    }
-
-
-def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    out = []
-    for section in section_names():
-        for key, value in after[section].items():
-            old = before[section].get(key)
-            if f"{section}.{key}" not in _NOT_RESTORED and old != value:
-                name = "--vec" if (section, key) == ("vec", "backend") else f"{section}.{key}"
-                out.append(f"{name} {value} (was {old})")
-    return out
-
-
-def check_fits_env(ckpt: Any, vecenv: Any = None) -> None:
-    """The checkpoint's action count and observation size must be those of its env."""
-    from pufferfiber.envs.registry import architecture_for
-    from pufferfiber.io.checkpoints import check_fits_env as check
-
-    check(ckpt, architecture_for(ckpt.env, vecenv), ckpt.env)
-
-
-def _check_device(cfg: RunConfig) -> None:
-    from pufferfiber.rl.trainer import resolve_device
-
-    resolve_device(cfg.train.device)
-
-
-def train_collapsed(cfg: RunConfig, exp_id: str | None, allow_pickle: bool) -> int:
-    """``--collapse τ``: collapse the checkpoint closest to ``--collapse-epoch`` of the run, then
-    train the collapsed policy (fresh optimizer, same hyperparameters) to ``--collapse-until``
-    in a new run folder inside the collapse folder."""
-    from pufferfiber.io.checkpoints import closest_checkpoint, find_run, load_checkpoint
-
-    c = cfg.collapse
-    hooks = training_hooks(cfg)
-    run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, exp_id)
-    epoch, path = closest_checkpoint(run_dir, c.epoch)
-    if epoch != c.epoch:
-        _say(
-            f"--collapse-epoch {c.epoch}: no checkpoint of that epoch; using the "
-            f"closest, {path.name} ({abs(epoch - c.epoch)} epochs away)"
-        )
-    until = cfg.train.end_epoch if c.until is None else c.until
-    if until <= epoch:
-        raise UsageError(f"--collapse-until ({until}) must be after the collapsed epoch ({epoch})")
-    ckpt = load_checkpoint(path, allow_pickle=allow_pickle, expect_env=cfg.env_name)
-    cfg = keep_network(cfg, ckpt)
-    check_hooks(hooks, ckpt.policy)  # layer names survive the collapse
-    with opened_vecenv(cfg) as vecenv:
-        check_fits_env(ckpt, vecenv)
-        collapsed = collapse_checkpoint(ckpt, run_dir, epoch, cfg)
-        # PufferLib's own checkpoints do not record agent steps: count whole epochs instead.
-        steps = collapsed.global_step or collapsed.epoch * cfg.train.batch_size
-        with new_run(collapsed.path.parent, cfg.env_name) as child:
-            return run_training(
-                cfg,
-                vecenv,
-                collapsed.policy,
-                child,
-                start_epoch=collapsed.epoch,
-                start_global_step=steps,
-                end_epoch=until,
-                log_name=LOG_COLLAPSED,
-                meta=collapsed.meta,
-                hooks=hooks,
-            )
-
-
-def collapse_options(c: CollapseConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`~pufferfiber.workflows.collapse.collapse_to_folder` that the
-    ``[collapse]`` section sets (threshold and output folder aside)."""
-    options = {}
-    if c.criterion == "data":
-        options = {
-            "fit": c.fit,
-            "pivot": c.pivot,
-            "calibration_batch": c.calibration_batch,
-            "calibration_steps": c.calibration_steps,
-        }
-    return {
-        "flatten_colours": c.flatten_colours,
-        "layers": c.layer_list,
-        "max_lstm_rounds": c.lstm_rounds,
-        "lstm_criterion": c.lstm_criterion,
-        "criterion": c.criterion,
-        "criterion_options": options,
-        "fidelity_episodes": c.episodes_played,
-        "fidelity_batch": c.fidelity_batch,
-        "fidelity_steps": c.fidelity_steps,
-    }
-
-
-def collapse_checkpoint(ckpt: Any, run_dir: Path, epoch: int, cfg: RunConfig) -> Any:
-    """Write ``run_dir/collapsed_model_thr_TT_EEEEEE/`` (model, fibers.pkl, fidelity.json) as
-    ``cfg.collapse`` says; returns the collapsed checkpoint."""
-    from pufferfiber.rl.trainer import resolve_device
-    from pufferfiber.workflows.collapse import collapse_folder_name, collapse_to_folder
-
-    tau = cfg.collapse.threshold
-    out_dir = run_dir / collapse_folder_name(tau, epoch)
-    _say(f"collapsing {run_dir.name}/{ckpt.path.name} at threshold {tau} into {out_dir.name}")
-    try:
-        result = collapse_to_folder(
-            ckpt,
-            tau,
-            out_dir,
-            seed=cfg.train.seed,
-            overwrite=True,  # re-collapsing replaces the three files, keeps earlier runs inside
-            echo=False,
-            device=resolve_device(cfg.train.device),
-            **collapse_options(cfg.collapse),
-        )
-    except ValueError as exc:  # the pipeline's one-line input errors
-        raise UsageError(str(exc)) from None
-    collapsed = result.checkpoint
-    _say(
-        f"collapsed model: {collapsed.path} ({collapsed.policy.parameter_count()} of "
-        f"{ckpt.policy.parameter_count()} parameters)"
-    )
-    return collapsed
-
-
 def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
     """``--mode eval``: play ``--eval-episodes`` episodes and print mean ± std return."""
     import numpy as np
@@ -786,11 +284,12 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
     from pufferfiber.io.checkpoints import find_run, load_checkpoint
     from pufferfiber.rl.evaluate import play_episodes
     from pufferfiber.rl.trainer import resolve_device
+    from pufferfiber.workflows.train import check_fits_env, latest_checkpoint
 
     path = ns.eval_model_path
     if path is None:
         run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, ns.exp_id)
-        path = _latest_checkpoint(run_dir)[1]
+        path = latest_checkpoint(run_dir)[1]
     ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
     check_fits_env(ckpt)
     returns = np.asarray(
@@ -811,16 +310,10 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
     return 0
 
 
-def _latest_checkpoint(run_dir: Path) -> tuple[int, Path]:
-    from pufferfiber.io.checkpoints import CheckpointError, list_checkpoints
-
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise CheckpointError(f"no checkpoints ({CHECKPOINT_GLOB}) in {run_dir}")
-    return found[-1]
-
-
 def dispatch(args: Args) -> int:
+    from pufferfiber.workflows.hooks import training_hooks
+    from pufferfiber.workflows.train import check_device, train_collapsed, train_new, train_resume
+
     ns = args.ns
     cfg = load_config(
         ns.env,
@@ -835,69 +328,12 @@ def dispatch(args: Args) -> int:
         # the run's own settings are known only once its checkpoint is read
         return train_resume(cfg, ns.exp_id, ns.allow_pickle, args.overrides, ns.vec)
     hooks = training_hooks(cfg, args.overrides)  # settings checked before any work
-    _check_device(cfg)  # before any folder is created
+    check_device(cfg)  # before any folder is created
     if ns.mode == "eval":
         return evaluate(cfg, ns)
     if collapse:
         return train_collapsed(cfg, ns.exp_id, ns.allow_pickle)
     return train_new(cfg, hooks)
-
-
-def check_hooks(hooks: Sequence[Any], policy: Any) -> None:
-    """Let hooks with a ``check(policy)`` method validate their settings before any training."""
-    for hook in hooks:
-        if hasattr(hook, "check"):
-            try:
-                hook.check(policy)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-
-
-def training_hooks(cfg: RunConfig, given: dict[str, str] | None = None) -> list[Any]:
-    """Per-epoch hooks of the run's settings: symmetry breaking (``[break] enabled``) and ReDo
-    (``[redo] enabled``). ``given``: the settings on this command line; ``--break.*`` without
-    breaking (``--redo.*`` without ReDo) is an error."""
-    for section, switch, what in (
-        ("break", cfg.breaking.enabled, "--break-symmetry (symmetry breaking is off)"),
-        ("redo", cfg.redo.enabled, "--redo (ReDo is off)"),
-    ):
-        stray = sorted(
-            k for k in given or {} if k.startswith(f"{section}.") and k != f"{section}.enabled"
-        )
-        if stray and not switch:
-            raise UsageError(f"--{stray[0].replace('_', '-')} needs {what}")
-    return hooks_from(cfg.breaking, cfg.redo, cfg.train.seed)
-
-
-def hooks_from(breaking: BreakConfig, redo: RedoConfig, seed: int) -> list[Any]:
-    """The hooks that ``breaking`` and ``redo`` switch on (``UsageError`` for a bad value)."""
-    from pufferfiber.rl.breaking import SymmetryBreaker
-    from pufferfiber.rl.redo import DormantReset
-
-    b, r = breaking, redo
-    hooks: list[Any] = []
-    try:
-        if b.enabled:
-            hooks.append(
-                SymmetryBreaker(
-                    interval=b.interval,
-                    fiber_threshold=b.fiber_threshold,
-                    opfiber_threshold=b.opfiber_threshold,
-                    maturity=b.maturity,
-                    fraction=b.fraction,
-                    layers=parse_layers(b.layers),
-                    seed=seed,
-                )
-            )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        if r.enabled:
-            layers = parse_layers(r.layers)
-            hooks.append(DormantReset(tau=r.tau, interval=r.interval, layers=layers, seed=seed))
-    except ValueError as exc:
-        raise UsageError(f"--redo: {exc}") from None
-    return hooks
 
 
 def main(
@@ -1003,6 +439,8 @@ def _collapse(argv: list[str]) -> int:
         short = re.sub(r"\bcollapse\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
         raise UsageError(short) from None
     ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
+    from pufferfiber.workflows.train import check_fits_env, collapse_options
+
     check_fits_env(ckpt)
     threshold = settings.threshold
     out = args.out or args.checkpoint.parent / collapse_folder_name(threshold, ckpt.epoch)
@@ -1017,9 +455,9 @@ def _collapse(argv: list[str]) -> int:
             **collapse_options(settings),
         )
     except (ValueError, KeyError) as exc:  # the pipeline's one-line input errors
-        raise UsageError(_one_line(exc)) from None
+        raise UsageError(one_line(exc)) from None
     except KeyboardInterrupt:
-        _say("interrupted: nothing was written")
+        say("interrupted: nothing was written")
         return EXIT_INTERRUPTED
     print(f"wrote {result.out_dir}/ ({result.checkpoint.path.name}, fibers.pkl, fidelity.json)")
     return 0
@@ -1050,14 +488,15 @@ of 'python demo.py' (the guide's entry point) without --mode."""
 
 
 def _commands() -> dict[str, Callable[[list[str]], int]]:
-    from pufferfiber.experiments import report, sweep
+    from pufferfiber.cli import report as report_cli
+    from pufferfiber.cli import sweep as sweep_cli
 
     return {
         "train": lambda argv: main(argv, prog="train", mode="train"),
         "eval": lambda argv: main(argv, prog="eval", mode="eval"),
         "collapse": collapse_main,
-        "report": report.main,
-        "sweep": sweep.main,
+        "report": report_cli.main,
+        "sweep": sweep_cli.main,
     }
 
 
@@ -1069,6 +508,6 @@ def console_main(argv: Sequence[str] | None = None) -> int:
         return 0
     commands = _commands()
     if argv[0] not in commands:
-        _say(f"pufferfiber: error: unknown command {argv[0]!r} (choose {', '.join(commands)})")
+        say(f"pufferfiber: error: unknown command {argv[0]!r} (choose {', '.join(commands)})")
         return EXIT_BAD_INPUT
     return commands[argv[0]](argv[1:])

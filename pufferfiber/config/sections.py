@@ -25,7 +25,6 @@ import ast
 import configparser
 import dataclasses
 import difflib
-import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -33,22 +32,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pufferfiber.core.types import (
+    CRITERIA,
+    DATA_FITS,
+    DATA_PIVOTS,
+    FLATTEN_COLOURS,
+    LSTM_CRITERIA,
+    RNN_KINDS,
+    validate_threshold,
+)
 from pufferfiber.envs.registry import VEC_BACKENDS, check_env_name, family_of
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRECISIONS = ("float32", "bfloat16", "auto")
-# Choices of settings: the one list of each (criteria, fibers and datafibers import them).
-# RNN_KINDS is also pufferfiber.core.policy's (derived there from the torch modules; a test checks
-# that they agree).
-CRITERIA = ("weights", "data")
-FLATTEN_COLOURS = ("positions", "pooled")
-LSTM_CRITERIA = ("units", "published")
-DATA_FITS = ("lstsq", "affine")
-# How the data criterion's least-squares fit picks its next kept unit.
-DATA_PIVOTS = ("consumer", "variance")
-RNN_KINDS = ("lstm", "gru")
 TRACKERS = ("none", "tensorboard")  # metric sinks beside the dashboard and metrics.jsonl
-MAX_THRESHOLD = 2.0
 
 
 class ConfigError(ValueError):
@@ -389,18 +386,6 @@ def parse_layers(text: str | Sequence[str] | None) -> list[str] | None:
     items = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(map(str, text))
     items = [t for t in items if t]
     return None if not items or items == ["all"] else items
-
-
-def validate_threshold(tau: Any, what: str = "threshold") -> float:
-    """τ as a float in ``[0, 2]`` (cosine distances lie there); ``ValueError`` with a clear
-    message otherwise. The one check of a fiber threshold."""
-    try:
-        value = float(tau)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number between 0 and 2, got {tau!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value <= MAX_THRESHOLD:
-        raise ValueError(f"{what} must be between 0 and 2 (cosine distance), got {tau}")
-    return value
 
 
 def config_files(env_name: str, config_dir: Path = CONFIG_DIR) -> list[Path]:

@@ -29,13 +29,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from pufferfiber.config.sections import (
-    CRITERIA,
-    DATA_FITS,
-    DATA_PIVOTS,
-    FLATTEN_COLOURS,
-    LSTM_CRITERIA,
-)
 from pufferfiber.core.collapse import collapse_policy
 from pufferfiber.core.datafibers import (
     CALIBRATION_SEED_OFFSET,
@@ -48,6 +41,13 @@ from pufferfiber.core.datafibers import (
 )
 from pufferfiber.core.fibers import DEFAULT_LSTM_ROUNDS, Fibration, compute_fibers
 from pufferfiber.core.policy import Policy
+from pufferfiber.core.types import (
+    CRITERIA,
+    DATA_FITS,
+    DATA_PIVOTS,
+    FLATTEN_COLOURS,
+    LSTM_CRITERIA,
+)
 
 DEFAULT_CRITERION = CRITERIA[0]  # "weights"
 

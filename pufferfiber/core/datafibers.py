@@ -50,7 +50,6 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from pufferfiber.config.sections import DATA_FITS, DATA_PIVOTS, validate_threshold
 from pufferfiber.core.fibers import Fibration, LayerFibers
 from pufferfiber.core.graph import (
     LayerGraph,
@@ -64,6 +63,7 @@ from pufferfiber.core.graph import (
     weight_view,
 )
 from pufferfiber.core.policy import Architecture, Policy
+from pufferfiber.core.types import DATA_FITS, DATA_PIVOTS, validate_threshold
 
 # Calibration sequences: 16 streams × 512 steps (8,192 frames) by default, played on env seeds
 # CALIBRATION_SEED_OFFSET + seed + i, disjoint from the held-out fidelity frames (seed + i).

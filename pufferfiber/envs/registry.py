@@ -92,11 +92,10 @@ def check_env_name(name: str) -> None:
 def make_env(name: str, **kwargs: Any) -> Any:
     """One PufferLib-emulated environment (module-level so it pickles for worker processes)."""
     if is_ocean(name):
-        from pufferfiber.config.sections import load_config
         from pufferfiber.envs.ocean import OceanSingle
 
-        # Evaluation plays the game as configured in configs/ocean/<env>.ini unless told otherwise.
-        return OceanSingle(name, **(kwargs or dict(load_config(name).env)))
+        # The caller passes the settings (rl.evaluate.make_configured_env: the ini ones).
+        return OceanSingle(name, **kwargs)
     with _quiet_imports():
         if name == "cartpole":
             from pufferlib.environments.classic_control import environment as cc

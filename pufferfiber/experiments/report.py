@@ -154,7 +154,7 @@ def _read_fibers(path: Path) -> dict[str, Any] | None:
     """``fibers.pkl`` if it loads and its header reads (see :class:`FibersHeader`), else None."""
     if not path.is_file():
         return None
-    from pufferfiber.core.fibers import FibersFileError, load_fibers
+    from pufferfiber.io.fibersfile import FibersFileError, load_fibers
 
     try:
         fibers = load_fibers(path)
@@ -642,59 +642,13 @@ def _html_table(rows: Sequence[Sequence[str]]) -> str:
 # ---------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pufferfiber.cli.main import Parser
-
-    p = Parser(
-        prog="python -m pufferfiber report",
-        description=(
-            "Plot an experiment: episode return of the original run and of every collapsed, "
-            "resumed run (with the collapsed model's parameter count, in % of the full model, "
-            "on a second axis), fibers per layer over time, and with several thresholds "
-            "parameters vs return vs KL per threshold."
-        ),
-    )
-    p.add_argument(
-        "experiment_dir", type=Path, metavar="EXPERIMENT_DIR",
-        help="the original run's folder, experiments/<env>-<id8> (a folder of runs: the newest "
-             "run in it); its collapsed_model_thr_TT_EEEEEE/ folders are found automatically. "
-             "A sweep folder (summary.csv) is aggregated over seeds instead (default output "
-             "SWEEP_DIR/report.html)",
-    )  # fmt: skip
-    p.add_argument(
-        "-o", "--output", type=Path, metavar="FILE",
-        help="FILE.png (all figures in one image) or FILE.html (figures embedded + a table of "
-             "the numbers); default EXPERIMENT_DIR/report.png",
-    )  # fmt: skip
-    p.add_argument(
-        "--smooth", type=int, default=5, metavar="N",
-        help="moving-average window (epochs) for the return curves and final returns (default 5)",
-    )  # fmt: skip
-    p.add_argument(
-        "--flatten-colours", choices=("positions", "pooled"), default=None,
-        help="conv→Linear colouring for fibers over time (default: the one each collapse used)",
-    )  # fmt: skip
-    p.add_argument(
-        "--no-fibers", action="store_true",
-        help="skip computing fibers over time (faster; sizes come from fibers.pkl only)",
-    )  # fmt: skip
-    p.add_argument(
-        "--allow-pickle", action="store_true",
-        help="read PufferLib 2.0 whole-module pickled checkpoints for fibers over time (this "
-             "runs code from the files: only for checkpoints you trust)",
-    )  # fmt: skip
-    p.add_argument("--dpi", type=int, default=100, help="image resolution (default 100)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
-    return p
-
-
 def _output_path(args: argparse.Namespace, exp: Experiment) -> Path:
     out = Path(args.output) if args.output else exp.run_dir / REPORT_PNG
     if out.suffix.lower() not in (".png", ".html", ".htm"):
         raise ReportError(f"output must end in .png or .html, not {out.name!r}")
     if not out.parent.is_dir():
         raise ReportError(f"output folder {out.parent} does not exist")
-    from pufferfiber.io.checkpoints import folder_writable
+    from pufferfiber.io.atomic import folder_writable
 
     if not folder_writable(out.parent):  # before the work, not after it
         hint = "" if args.output else "; pass -o FILE to write elsewhere"
@@ -723,18 +677,11 @@ def _print_table(data: ReportData) -> None:
     Console(width=200).print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``pufferfiber report``; returns the exit code (bad input: one line, 2)."""
-    from pufferfiber.cli.main import run_command
-
-    return run_command("report", lambda: _report(argv), errors=(ReportError,))
-
-
-def _report(argv: list[str] | None) -> int:
-    from pufferfiber.io.checkpoints import atomic_write_bytes
+def write_report(args: argparse.Namespace) -> int:
+    """``pufferfiber report`` with its parsed options (:mod:`pufferfiber.cli.report`)."""
     from pufferfiber.experiments.sweep_report import is_sweep_dir, write_sweep_report
+    from pufferfiber.io.atomic import atomic_write_bytes
 
-    args = build_parser().parse_args(argv)
     if not 1 <= args.dpi <= MAX_DPI:
         raise ReportError(f"--dpi must be between 1 and {MAX_DPI}, got {args.dpi}")
     if is_sweep_dir(args.experiment_dir):  # a sweep folder: seeds aggregated
@@ -754,6 +701,3 @@ def _report(argv: list[str] | None) -> int:
     print(f"report written to {out}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

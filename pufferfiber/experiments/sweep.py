@@ -36,7 +36,6 @@ trained again, evaluations already made are reused.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
@@ -48,12 +47,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pufferfiber.config.sections import FLATTEN_COLOURS, BreakConfig, RedoConfig, load_section
-from pufferfiber.core.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
+from pufferfiber.core.criteria import DEFAULT_CRITERION
 from pufferfiber.io.runfiles import (
     FIDELITY,
     METRICS,
@@ -66,6 +65,7 @@ from pufferfiber.io.runfiles import (
     SWEEP_TRAJECTORY,
     sweep_seed_dir_name,
 )
+from pufferfiber.workflows.hooks import RunError, hooks_from
 
 REPO = Path(__file__).resolve().parents[2]  # the package's parent, for Ray workers' path
 SPEC_NAME = SWEEP_SPEC
@@ -217,157 +217,9 @@ def cell_dir(spec: SweepSpec, env: str, intervention: str, seed: int) -> Path:
     return base / sweep_seed_dir_name(seed)
 
 
-# ---------------------------------------------------------------------------- command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from pufferfiber.cli.main import Parser
-
-    p = Parser(
-        prog="python -m pufferfiber sweep",
-        description="Run the guide's protocol (train to the end of the schedule, collapse the "
-        "checkpoint near --collapse-epoch, train the collapsed network to the same final epoch, "
-        "evaluate) for every env × threshold × criterion × flatten colouring × seed, on Ray "
-        "Tune. Writes the runs and summary.csv into --out; 'python -m pufferfiber report OUT' "
-        "aggregates the seeds. Extra --SECTION.KEY settings (--train.KEY, --env.KEY...) go to "
-        "every run (see 'pufferfiber train --env ENV --help'); --break.KEY / --redo.KEY set "
-        "the interventions.",
-        allow_abbrev=False,
-    )
-    p.add_argument(
-        "--env", required=True,
-        help="environment(s), comma-separated, e.g. puffer_pong or puffer_pong,puffer_breakout",
-    )  # fmt: skip
-    p.add_argument(
-        "--thresholds", default=None, metavar="TAU[,TAU...]",
-        help="collapse thresholds τ in (0, 2], comma-separated, e.g. 0.1,0.3 (default: none, "
-             "only the originals are trained)",
-    )  # fmt: skip
-    p.add_argument(
-        "--interventions", default="none", metavar="NAME[,NAME...]",
-        help=f"what runs during training, comma-separated: {', '.join(INTERVENTIONS)} (symmetry "
-             "breaking on fibers, on fibers and opfibers, ReDo); settings with demo.py's "
-             "--break.KEY / --redo.KEY options (default: none)",
-    )  # fmt: skip
-    p.add_argument(
-        "--seeds", type=int, default=5, metavar="N",
-        help="seeds 1..N for every cell (default: 5)",
-    )  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="sweep folder")
-    p.add_argument(
-        "--criterion", default=DEFAULT_CRITERION, metavar="NAME[,NAME...]",
-        help=f"collapse criteria, comma-separated; choices: {', '.join(CRITERIA)} "
-             f"(default: {DEFAULT_CRITERION})",
-    )  # fmt: skip
-    p.add_argument(
-        "--flatten-colours", default=DEFAULT_FLATTEN, metavar="MODE[,MODE...]",
-        help="conv->Linear colourings, comma-separated: positions, pooled (default: positions; "
-             "no effect on MLP policies)",
-    )  # fmt: skip
-    p.add_argument(
-        "--collapse-epoch", type=int, default=50,
-        help="collapse the checkpoint closest to this epoch (default: 50)",
-    )  # fmt: skip
-    p.add_argument(
-        "--collapse-until", type=int, default=None,
-        help="last epoch of every run (default: the schedule's last epoch, "
-             "total_timesteps / batch_size)",
-    )  # fmt: skip
-    p.add_argument(
-        "--eval-episodes", type=int, default=20, metavar="N",
-        help="episodes played by each final policy (default: 20)",
-    )  # fmt: skip
-    p.add_argument(
-        "--ray-address", default=None, metavar="ADDR",
-        help="attach to this Ray cluster (e.g. auto or ray://host:10001); pufferfiber must be "
-             "installed on its nodes and --out reachable by them (default: start a local Ray)",
-    )  # fmt: skip
-    p.add_argument(
-        "--num-cpus", type=int, default=None, metavar="N",
-        help="CPUs of the local Ray (default: all of this machine's cores)",
-    )  # fmt: skip
-    p.add_argument(
-        "--cpus-per-cell", type=float, default=1.0, metavar="N",
-        help="CPUs reserved for each env × seed cell (default: 1)",
-    )  # fmt: skip
-    return p
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
-    """The validated grid of a command line (``SweepError`` / ``ConfigError`` on bad input)."""
-    from pufferfiber.cli.main import normalise_argv
-    from pufferfiber.config.sections import parse_overrides, validate_threshold
-
-    ns, rest = build_parser().parse_known_args(normalise_argv(argv))
-    overrides = parse_overrides(rest)
-    options = {k: v for k, v in overrides.items() if k.split(".")[0] in ("break", "redo")}
-    overrides = {k: v for k, v in overrides.items() if k not in options}
-    envs = _split(ns.env)
-    try:
-        thresholds = [validate_threshold(t) for t in _split(ns.thresholds or "")]
-        criteria = [check_criterion(c) for c in _split(ns.criterion)]
-    except ValueError as exc:
-        raise SweepError(str(exc)) from None
-    if (ns.thresholds is not None and not thresholds) or any(t == 0 for t in thresholds):
-        raise SweepError("--thresholds needs one or more τ in (0, 2] (the original is always run)")
-    interventions = list(dict.fromkeys(_split(ns.interventions)))
-    bad = [i for i in interventions if i not in INTERVENTIONS]
-    if bad or not interventions:
-        raise SweepError(f"--interventions must be among {', '.join(INTERVENTIONS)}")
-    _check_intervention_options(options, interventions)
-    colours = _split(ns.flatten_colours)
-    bad = [c for c in colours if c not in FLATTEN_COLOURS]
-    if bad or not colours:
-        raise SweepError(f"--flatten-colours must be among {', '.join(FLATTEN_COLOURS)}")
-    if ns.seeds < 1 or ns.eval_episodes < 1 or ns.cpus_per_cell <= 0:
-        raise SweepError("--seeds, --eval-episodes and --cpus-per-cell must be positive")
-    if not envs:
-        raise SweepError("--env needs at least one environment")
-    arms = tuple(
-        Arm(t, c, f)
-        for t in sorted(set(thresholds))
-        for c in criteria
-        for f in dict.fromkeys(colours)
-    )
-    spec = SweepSpec(
-        out=str(ns.out.resolve()),
-        envs=tuple(dict.fromkeys(envs)),
-        seeds=tuple(range(1, ns.seeds + 1)),
-        arms=arms,
-        collapse_epoch=ns.collapse_epoch,
-        collapse_until=ns.collapse_until,
-        eval_episodes=ns.eval_episodes,
-        overrides=tuple(sorted(overrides.items())),
-        interventions=tuple(interventions),
-        intervention_options=tuple(sorted(options.items())),
-    )
-    for env in spec.envs:
-        check_schedule(spec, env, checkpoints=False)
-    if "train.checkpoint_interval" not in overrides and any(
-        _collapse_point(spec, env) >= final_epoch(spec, env) for env in spec.envs
-    ):
-        # e.g. cartpole saves every 10 epochs: a short sweep still needs its collapse checkpoint
-        print(
-            f"sweep: note: --train.checkpoint-interval {spec.collapse_epoch} so that a checkpoint "
-            "exists at the collapse epoch",
-            file=sys.stderr,
-        )
-        extra = {**overrides, "train.checkpoint_interval": str(spec.collapse_epoch)}
-        spec = replace(spec, overrides=tuple(sorted(extra.items())))
-    for env in spec.envs:
-        check_schedule(spec, env)
-    return spec, ns
-
-
-def _check_intervention_options(options: dict[str, str], interventions: list[str]) -> None:
+def check_intervention_options(options: dict[str, str], interventions: list[str]) -> None:
     """The ``--break.*`` / ``--redo.*`` settings must be ``[break]`` / ``[redo]`` keys with
     valid values (checked as a training run checks them)."""
-    from pufferfiber.cli.main import UsageError, hooks_from
-
     for key in options:
         section = key.split(".")[0]
         wanted = ("break", "break-opfibers") if section == "break" else ("redo",)
@@ -376,11 +228,11 @@ def _check_intervention_options(options: dict[str, str], interventions: list[str
     switched_on = {**options, "break.enabled": "True", "redo.enabled": "True"}
     try:
         hooks_from(load_section(BreakConfig, switched_on), load_section(RedoConfig, switched_on), 0)
-    except UsageError as exc:
+    except RunError as exc:
         raise SweepError(str(exc)) from None
 
 
-def _collapse_point(spec: SweepSpec, env: str) -> int:
+def collapse_point(spec: SweepSpec, env: str) -> int:
     """The epoch of the checkpoint the collapse will pick (as ``closest_checkpoint`` does)."""
     t = run_config(spec, env).train
     saved = [*range(t.checkpoint_interval, t.end_epoch + 1, t.checkpoint_interval), t.end_epoch]
@@ -408,7 +260,7 @@ def check_schedule(spec: SweepSpec, env: str, checkpoints: bool = True) -> None:
         raise SweepError(
             f"--collapse-epoch ({spec.collapse_epoch}) must be in 1..{until - 1} for {env}"
         )
-    point = _collapse_point(spec, env)
+    point = collapse_point(spec, env)
     if checkpoints and point >= until:
         raise SweepError(
             f"the checkpoint closest to --collapse-epoch {spec.collapse_epoch} is epoch {point}, "
@@ -423,7 +275,7 @@ def final_epoch(spec: SweepSpec, env: str) -> int:
 
 def prepare_out(spec: SweepSpec) -> None:
     """Create ``--out`` with ``sweep.json``, or check that it holds this same sweep."""
-    from pufferfiber.io.checkpoints import atomic_write_text, check_writable
+    from pufferfiber.io.atomic import atomic_write_text, check_writable
 
     out = Path(spec.out)
     path = out / SPEC_NAME
@@ -531,7 +383,7 @@ def _arm_base(original: Path, arm: Arm, source: Path) -> Path:
         return original
     view = original.parent / f"{arm.criterion}-{arm.flatten_colours}" / original.name
     if not (view / source.name).is_file():
-        from pufferfiber.io.checkpoints import atomic_write_bytes
+        from pufferfiber.io.atomic import atomic_write_bytes
 
         view.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(view / source.name, source.read_bytes())
@@ -578,7 +430,8 @@ def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any
     """Mean and std of the return of ``run``'s last checkpoint (cached in ``eval.json``)."""
     import numpy as np
 
-    from pufferfiber.io.checkpoints import atomic_write_text, list_checkpoints, load_checkpoint
+    from pufferfiber.io.atomic import atomic_write_text
+    from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint
     from pufferfiber.rl.evaluate import play_episodes
 
     _, path = list_checkpoints(run)[-1]
@@ -623,7 +476,8 @@ def run_cell(
 ) -> list[dict[str, Any]]:
     """The original and every arm of one env × intervention × seed; returns (and saves) the
     summary rows."""
-    from pufferfiber.io.checkpoints import atomic_write_text, load_checkpoint
+    from pufferfiber.io.atomic import atomic_write_text
+    from pufferfiber.io.checkpoints import load_checkpoint
 
     tag = f"{env} seed {seed}" if intervention == "none" else f"{env} {intervention} seed {seed}"
     seed_dir = cell_dir(spec, env, intervention, seed)
@@ -727,8 +581,8 @@ def units_edited(run: Path) -> dict[int, dict[str, int]]:
 def _train_seconds(run: Path) -> float:
     """Wall time of the run's training (the trainer's uptime at its last logged epoch; a
     resumed run counts from its resumption)."""
-    from pufferfiber.io.logparse import LogParseError, read_metrics
     from pufferfiber.experiments.report import METRICS_NAME
+    from pufferfiber.io.logparse import LogParseError, read_metrics
 
     try:
         records = read_metrics(run / METRICS_NAME)
@@ -744,7 +598,8 @@ def trajectory(spec: SweepSpec, run: Path, env: str, seed: int) -> dict[str, Any
     ``trajectory.json``. The dormant fraction is measured as ReDo's hook measures it: on
     ``DORMANT_GAMES`` games × ``DORMANT_STEPS`` steps that the checkpoint itself plays, run
     from a zero LSTM state."""
-    from pufferfiber.io.checkpoints import atomic_write_text, list_checkpoints, load_checkpoint
+    from pufferfiber.io.atomic import atomic_write_text
+    from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint
     from pufferfiber.rl.evaluate import collect_observations
     from pufferfiber.rl.redo import dormant_fraction
     from pufferfiber.workflows.timeline import fibers_at
@@ -882,7 +737,7 @@ def _one_line(exc: BaseException) -> str:
 
 def write_summary(spec: SweepSpec) -> tuple[Path, int]:
     """``summary.csv`` from the cells' ``results.json`` (cells not finished are left out)."""
-    from pufferfiber.io.checkpoints import atomic_write_text
+    from pufferfiber.io.atomic import atomic_write_text
 
     rows: list[dict[str, Any]] = []
     for env in spec.envs:
@@ -905,31 +760,3 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``pufferfiber sweep``; returns the exit code (bad input: one line, code 2)."""
-    from pufferfiber.cli.main import run_command
-
-    argv = sys.argv[1:] if argv is None else argv
-    return run_command("sweep", lambda: _sweep(argv), errors=(SweepError,))
-
-
-def _sweep(argv: list[str]) -> int:
-    spec, ns = spec_from_args(argv)
-    prepare_out(spec)
-    start = time.perf_counter()
-    try:
-        errors = run_sweep(spec, ns.ray_address, ns.num_cpus, ns.cpus_per_cell)
-    except KeyboardInterrupt:
-        print("sweep: interrupted; run the same command again to continue", file=sys.stderr)
-        write_summary(spec)
-        return 130
-    path, n = write_summary(spec)
-    print(f"sweep: {n} rows in {path} ({time.perf_counter() - start:.0f} s)", flush=True)
-    for error in errors:
-        print(f"sweep: a cell failed: {error}", file=sys.stderr)
-    if errors:
-        print("sweep: run the same command again to retry the failed cells", file=sys.stderr)
-        return 1
-    return 0

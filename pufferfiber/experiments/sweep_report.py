@@ -511,9 +511,9 @@ def render_html(
 
 
 def write_sweep_report(args: argparse.Namespace) -> int:
-    """The ``report`` command on a sweep folder (``args`` from ``report.build_parser``).
+    """The ``report`` command on a sweep folder (``args`` from ``pufferfiber.cli.report.build_parser``).
     Raises :class:`~pufferfiber.experiments.report.ReportError` for bad input."""
-    from pufferfiber.io.checkpoints import atomic_write_bytes, atomic_write_text
+    from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text
     from pufferfiber.experiments.report import ReportError
 
     sweep_dir = Path(args.experiment_dir)

@@ -23,6 +23,25 @@ FIBERS_FORMAT = "pufferfiber.fibers/1"
 TRAINER_STATE_FORMAT = "pufferfiber.trainer_state/1"
 
 
+# The PPO losses of metrics.jsonl and the dashboard's Losses column, in their order.
+LOSS_NAMES = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "old_approx_kl",
+    "approx_kl",
+    "clipfrac",
+    "explained_variance",
+)
+
+
+def json_number(value: Any) -> Any:
+    """NaN/inf are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 class SchemaError(ValueError):
     """A file whose content does not match its record (one-line message)."""
 
@@ -172,7 +191,7 @@ def _finite_or_none(value: float) -> float | None:
 
 def write_fidelity(path: Path, fidelity: Mapping[str, Any] | Fidelity) -> Fidelity:
     """Write ``fidelity.json`` atomically through the record (so it reads back)."""
-    from pufferfiber.io.checkpoints import atomic_write_text
+    from pufferfiber.io.atomic import atomic_write_text
 
     record = fidelity if isinstance(fidelity, Fidelity) else Fidelity.from_dict(fidelity, path)
     atomic_write_text(Path(path), json.dumps(record.to_dict(), indent=2) + "\n")
@@ -255,7 +274,7 @@ class FibersLayer:
 
 @dataclass
 class FibersHeader:
-    """The header of ``fibers.pkl`` (:func:`pufferfiber.core.fibers.fibers_dict` writes it)."""
+    """The header of ``fibers.pkl`` (:func:`pufferfiber.io.fibersfile.fibers_dict` writes it)."""
 
     threshold: float
     epoch: int

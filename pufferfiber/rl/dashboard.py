@@ -21,17 +21,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from pufferfiber.io.schemas import LOSS_NAMES
+
 # Wide enough that no label or duration is truncated or wrapped in the plain-text log.
 PLAIN_WIDTH = 100
-LOSS_NAMES = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "old_approx_kl",
-    "approx_kl",
-    "clipfrac",
-    "explained_variance",
-)
 # (label, key into DashboardState.times); indented rows are parts of the row above.
 PERF_ROWS = (
     ("Evaluate", "evaluate"),

@@ -14,13 +14,20 @@ on the CPU from a seeded generator, so a seed plays the same episodes on any dev
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
 
+from pufferfiber.config.sections import load_config
 from pufferfiber.core.policy import Policy
-from pufferfiber.envs.registry import make_env
+from pufferfiber.envs.registry import is_ocean, make_env
 from pufferfiber.rl.rollout import Actor
+
+
+def make_configured_env(env_name: str) -> Any:
+    """One env to play: an Ocean game as configured in ``configs/ocean/<env>.ini``."""
+    return make_env(env_name, **(dict(load_config(env_name).env) if is_ocean(env_name) else {}))
 
 
 def policy_on(policy: Policy, device: str | torch.device | None) -> tuple[Policy, torch.device]:
@@ -59,7 +66,7 @@ def play_episodes(
     policy, device = policy_on(policy, device)
     policy.eval()
     gen = torch.Generator().manual_seed(seed)
-    envs = [make_env(env_name) for _ in range(n)]
+    envs = [make_configured_env(env_name) for _ in range(n)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
     actor = Actor(policy, n, device, greedy=greedy, generator=gen)
     started, returns, running = n, [], np.zeros(n)
@@ -106,7 +113,7 @@ def collect_observations(
     """
     policy = policy.cpu().eval()
     gen = torch.Generator().manual_seed(seed)
-    envs = [make_env(env_name) for _ in range(batch)]
+    envs = [make_configured_env(env_name) for _ in range(batch)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
     frames = np.empty((batch, steps, *obs.shape[1:]), dtype=obs.dtype)
     # The state is carried across restarts (not reset), as the fidelity replay does.

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from pufferfiber.config.sections import TRACKERS, ConfigError
 from pufferfiber.io.runfiles import METRICS, TENSORBOARD_DIR
+from pufferfiber.io.schemas import json_number
 from pufferfiber.rl.dashboard import Dashboard, DashboardState, machine_usage
 
 
@@ -176,17 +177,10 @@ def make_tracker(name: str, run_dir: Path, start_step: int = 0) -> MetricSink | 
 # metrics.jsonl
 
 
-def json_number(value: Any) -> Any:
-    """NaN/inf are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def append_line(path: Path, line: str) -> None:
     """Append one whole line to ``path``; a failed write (full disk) is cut off again, so the
     file never ends in half a line, and raised as a one-line ``CheckpointError``."""
-    from pufferfiber.io.checkpoints import CheckpointError, describe_os_error
+    from pufferfiber.io.atomic import CheckpointError, describe_os_error
 
     data = line.encode("utf-8")
     try:
@@ -210,7 +204,7 @@ def append_line(path: Path, line: str) -> None:
 def trim_metrics(run_dir: Path, epoch: int) -> list[int]:
     """Drop the ``metrics.jsonl`` lines of epochs after ``epoch`` (a run killed between
     checkpoints logged epochs that a resume trains again); returns the dropped epochs."""
-    from pufferfiber.io.checkpoints import atomic_write_text
+    from pufferfiber.io.atomic import atomic_write_text
 
     path = Path(run_dir) / METRICS
     try:

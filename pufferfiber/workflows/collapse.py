@@ -5,7 +5,7 @@ call (their command line is :mod:`pufferfiber.cli.main`, the method docs/method.
 one folder and atomically (all three or nothing)::
 
     model_<EPOCH:06d>_collapsed.pt   the collapsed policy (our weights-only checkpoint format)
-    fibers.pkl                       the fibers (see :func:`pufferfiber.core.fibers.fibers_dict`)
+    fibers.pkl                       the fibers (see :func:`pufferfiber.io.fibersfile.fibers_dict`)
     fidelity.json                    KL, value error, return, sizes (see core.divergence)
 
 Folder names follow the guide: ``collapsed_model_thr_<TT>_<EPOCH:06d>`` with ``TT = 10·τ`` as
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from pufferfiber.config.sections import validate_threshold
 from pufferfiber.core.clustering import products_on
 from pufferfiber.core.criteria import (
     DEFAULT_CRITERION,
@@ -38,19 +37,11 @@ from pufferfiber.core.datafibers import (
     stderr_progress,
 )
 from pufferfiber.core.divergence import fidelity_report, format_fidelity
-from pufferfiber.core.fibers import (
-    DEFAULT_LSTM_ROUNDS,
-    Fibration,
-    fibers_dict,
-    save_fibers,
-)
-from pufferfiber.io.checkpoints import (
-    Checkpoint,
-    CheckpointError,
-    atomic_dir,
-    check_writable,
-    save_checkpoint,
-)
+from pufferfiber.core.fibers import DEFAULT_LSTM_ROUNDS, Fibration
+from pufferfiber.core.types import validate_threshold
+from pufferfiber.io.atomic import atomic_dir, check_writable
+from pufferfiber.io.checkpoints import Checkpoint, CheckpointError, save_checkpoint
+from pufferfiber.io.fibersfile import fibers_dict, save_fibers
 from pufferfiber.io.runfiles import (
     COLLAPSED_MODEL_RE,
     FIBERS,

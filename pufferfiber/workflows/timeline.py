@@ -18,13 +18,8 @@ from typing import Any
 from pufferfiber.core.criteria import FiberCriterion, WeightCriterion
 from pufferfiber.core.fibers import DEFAULT_LSTM_ROUNDS, validate_threshold
 from pufferfiber.core.graph import build_graph
-from pufferfiber.io.checkpoints import (
-    CheckpointError,
-    atomic_write_text,
-    folder_writable,
-    list_checkpoints,
-    load_checkpoint,
-)
+from pufferfiber.io.atomic import atomic_write_text, folder_writable
+from pufferfiber.io.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from pufferfiber.io.runfiles import CHECKPOINT_GLOB, TIMELINE_CACHE
 from pufferfiber.io.schemas import TIMELINE_FORMAT, TimelineEntry
 

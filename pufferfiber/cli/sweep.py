@@ -1,0 +1,197 @@
+"""``pufferfiber sweep``: the command line of :mod:`pufferfiber.experiments.sweep`.
+
+Parses and validates the grid (``--env``, ``--thresholds``, ``--criterion``, ...) into a
+:class:`~pufferfiber.experiments.sweep.SweepSpec`, then hands it to the library, which runs the
+cells on Ray Tune and writes ``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from pufferfiber.cli.common import Parser, normalise_argv, run_command
+from pufferfiber.config.sections import FLATTEN_COLOURS, parse_overrides, validate_threshold
+from pufferfiber.core.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
+from pufferfiber.experiments.sweep import (
+    DEFAULT_FLATTEN,
+    INTERVENTIONS,
+    Arm,
+    SweepError,
+    SweepSpec,
+    check_intervention_options,
+    check_schedule,
+    collapse_point,
+    final_epoch,
+    prepare_out,
+    run_sweep,
+    write_summary,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m pufferfiber sweep",
+        description="Run the guide's protocol (train to the end of the schedule, collapse the "
+        "checkpoint near --collapse-epoch, train the collapsed network to the same final epoch, "
+        "evaluate) for every env × threshold × criterion × flatten colouring × seed, on Ray "
+        "Tune. Writes the runs and summary.csv into --out; 'python -m pufferfiber report OUT' "
+        "aggregates the seeds. Extra --SECTION.KEY settings (--train.KEY, --env.KEY...) go to "
+        "every run (see 'pufferfiber train --env ENV --help'); --break.KEY / --redo.KEY set "
+        "the interventions.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--env", required=True,
+        help="environment(s), comma-separated, e.g. puffer_pong or puffer_pong,puffer_breakout",
+    )  # fmt: skip
+    p.add_argument(
+        "--thresholds", default=None, metavar="TAU[,TAU...]",
+        help="collapse thresholds τ in (0, 2], comma-separated, e.g. 0.1,0.3 (default: none, "
+             "only the originals are trained)",
+    )  # fmt: skip
+    p.add_argument(
+        "--interventions", default="none", metavar="NAME[,NAME...]",
+        help=f"what runs during training, comma-separated: {', '.join(INTERVENTIONS)} (symmetry "
+             "breaking on fibers, on fibers and opfibers, ReDo); settings with demo.py's "
+             "--break.KEY / --redo.KEY options (default: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seeds", type=int, default=5, metavar="N",
+        help="seeds 1..N for every cell (default: 5)",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="sweep folder")
+    p.add_argument(
+        "--criterion", default=DEFAULT_CRITERION, metavar="NAME[,NAME...]",
+        help=f"collapse criteria, comma-separated; choices: {', '.join(CRITERIA)} "
+             f"(default: {DEFAULT_CRITERION})",
+    )  # fmt: skip
+    p.add_argument(
+        "--flatten-colours", default=DEFAULT_FLATTEN, metavar="MODE[,MODE...]",
+        help="conv->Linear colourings, comma-separated: positions, pooled (default: positions; "
+             "no effect on MLP policies)",
+    )  # fmt: skip
+    p.add_argument(
+        "--collapse-epoch", type=int, default=50,
+        help="collapse the checkpoint closest to this epoch (default: 50)",
+    )  # fmt: skip
+    p.add_argument(
+        "--collapse-until", type=int, default=None,
+        help="last epoch of every run (default: the schedule's last epoch, "
+             "total_timesteps / batch_size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--eval-episodes", type=int, default=20, metavar="N",
+        help="episodes played by each final policy (default: 20)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray-address", default=None, metavar="ADDR",
+        help="attach to this Ray cluster (e.g. auto or ray://host:10001); pufferfiber must be "
+             "installed on its nodes and --out reachable by them (default: start a local Ray)",
+    )  # fmt: skip
+    p.add_argument(
+        "--num-cpus", type=int, default=None, metavar="N",
+        help="CPUs of the local Ray (default: all of this machine's cores)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cpus-per-cell", type=float, default=1.0, metavar="N",
+        help="CPUs reserved for each env × seed cell (default: 1)",
+    )  # fmt: skip
+    return p
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
+    """The validated grid of a command line (``SweepError`` / ``ConfigError`` on bad input)."""
+    ns, rest = build_parser().parse_known_args(normalise_argv(argv))
+    overrides = parse_overrides(rest)
+    options = {k: v for k, v in overrides.items() if k.split(".")[0] in ("break", "redo")}
+    overrides = {k: v for k, v in overrides.items() if k not in options}
+    envs = _split(ns.env)
+    try:
+        thresholds = [validate_threshold(t) for t in _split(ns.thresholds or "")]
+        criteria = [check_criterion(c) for c in _split(ns.criterion)]
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
+    if (ns.thresholds is not None and not thresholds) or any(t == 0 for t in thresholds):
+        raise SweepError("--thresholds needs one or more τ in (0, 2] (the original is always run)")
+    interventions = list(dict.fromkeys(_split(ns.interventions)))
+    bad = [i for i in interventions if i not in INTERVENTIONS]
+    if bad or not interventions:
+        raise SweepError(f"--interventions must be among {', '.join(INTERVENTIONS)}")
+    check_intervention_options(options, interventions)
+    colours = _split(ns.flatten_colours)
+    bad = [c for c in colours if c not in FLATTEN_COLOURS]
+    if bad or not colours:
+        raise SweepError(f"--flatten-colours must be among {', '.join(FLATTEN_COLOURS)}")
+    if ns.seeds < 1 or ns.eval_episodes < 1 or ns.cpus_per_cell <= 0:
+        raise SweepError("--seeds, --eval-episodes and --cpus-per-cell must be positive")
+    if not envs:
+        raise SweepError("--env needs at least one environment")
+    arms = tuple(
+        Arm(t, c, f)
+        for t in sorted(set(thresholds))
+        for c in criteria
+        for f in dict.fromkeys(colours)
+    )
+    spec = SweepSpec(
+        out=str(ns.out.resolve()),
+        envs=tuple(dict.fromkeys(envs)),
+        seeds=tuple(range(1, ns.seeds + 1)),
+        arms=arms,
+        collapse_epoch=ns.collapse_epoch,
+        collapse_until=ns.collapse_until,
+        eval_episodes=ns.eval_episodes,
+        overrides=tuple(sorted(overrides.items())),
+        interventions=tuple(interventions),
+        intervention_options=tuple(sorted(options.items())),
+    )
+    for env in spec.envs:
+        check_schedule(spec, env, checkpoints=False)
+    if "train.checkpoint_interval" not in overrides and any(
+        collapse_point(spec, env) >= final_epoch(spec, env) for env in spec.envs
+    ):
+        # e.g. cartpole saves every 10 epochs: a short sweep still needs its collapse checkpoint
+        print(
+            f"sweep: note: --train.checkpoint-interval {spec.collapse_epoch} so that a checkpoint "
+            "exists at the collapse epoch",
+            file=sys.stderr,
+        )
+        extra = {**overrides, "train.checkpoint_interval": str(spec.collapse_epoch)}
+        spec = replace(spec, overrides=tuple(sorted(extra.items())))
+    for env in spec.envs:
+        check_schedule(spec, env)
+    return spec, ns
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pufferfiber sweep``; returns the exit code (bad input: one line, code 2)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return run_command("sweep", lambda: _sweep(argv), errors=(SweepError,))
+
+
+def _sweep(argv: list[str]) -> int:
+    spec, ns = spec_from_args(argv)
+    prepare_out(spec)
+    start = time.perf_counter()
+    try:
+        errors = run_sweep(spec, ns.ray_address, ns.num_cpus, ns.cpus_per_cell)
+    except KeyboardInterrupt:
+        print("sweep: interrupted; run the same command again to continue", file=sys.stderr)
+        write_summary(spec)
+        return 130
+    path, n = write_summary(spec)
+    print(f"sweep: {n} rows in {path} ({time.perf_counter() - start:.0f} s)", flush=True)
+    for error in errors:
+        print(f"sweep: a cell failed: {error}", file=sys.stderr)
+    if errors:
+        print("sweep: run the same command again to retry the failed cells", file=sys.stderr)
+        return 1
+    return 0
