@@ -51,7 +51,7 @@ def settings(quick: bool) -> list[tuple[str, FiberCriterion]]:
     for tau in () if quick else (0.05, 0.1, 0.2, 0.25, 0.3, 0.4):
         out.append((f"data/lstsq-variance τ={tau}", DataCriterion(tau, pivot="variance")))
     for tau in () if quick else (0.1, 0.3):
-        out.append((f"data/affine τ={tau}", DataCriterion(tau, fit="affine")))
+        out.append((f"data/affine τ={tau}", DataCriterion(tau, fit_method="affine")))
     return out
 
 
@@ -70,9 +70,12 @@ def measure(
     heldout: torch.Tensor,
     env: str,
     episodes: int,
+    calibration: torch.Tensor,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    fibration, quotient = criterion.fit_transform(policy)
+    quotient = criterion.fit_transform(policy, calibration)  # the weight criterion ignores it
+    fibration = criterion.fibration_
+    assert fibration is not None
     seconds = time.perf_counter() - start
     row: dict[str, Any] = {
         "setting": label,
@@ -82,7 +85,7 @@ def measure(
         "params_fraction": quotient.parameter_count() / policy.parameter_count(),
         "fit_collapse_seconds": seconds,
     }
-    row.update(output_divergence(policy, quotient, heldout))
+    row.update(output_divergence(policy, quotient, heldout).to_dict())
     if episodes:
         row.update(returns_summary(play_episodes(quotient, env, episodes, seed=0)))
     return row
@@ -175,9 +178,7 @@ def main() -> int:
     print(f"original return {original['return_mean']:.0f} ± {original['return_std']:.0f}")
     rows = []
     for label, crit in [s for s in settings(args.quick) if s[0].startswith(args.only)]:
-        if isinstance(crit, DataCriterion):
-            crit.calibration = calibration
-        rows.append(measure(label, crit, policy, heldout, ckpt.env, args.episodes))
+        rows.append(measure(label, crit, policy, heldout, ckpt.env, args.episodes, calibration))
         r = rows[-1]
         print(
             f"{label}: {100 * r['params_fraction']:.1f} % params, KL {r['kl']:.3g}, "

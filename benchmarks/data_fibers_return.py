@@ -116,16 +116,15 @@ def main() -> int:
         )
         for tau in (float(t) for t in args.thresholds.split(",")):
             crit = DataCriterion(tau, pivot=args.pivot)
-            crit.calibration = calibration
-            _, quotient = crit.fit_transform(policy)
+            quotient = crit.fit_transform(policy, calibration)
             row: dict[str, Any] = {
                 "threshold": tau,
                 "calibration": [streams, steps],
                 "params_fraction": quotient.parameter_count() / policy.parameter_count(),
             }
-            row.update(output_divergence(policy, quotient, heldout))
+            row.update(output_divergence(policy, quotient, heldout).to_dict())
             row["heldout_other"] = {
-                name: output_divergence(policy, quotient, frames)
+                name: output_divergence(policy, quotient, frames).to_dict()
                 for name, frames in list(heldouts.items())[1:]
             }
             t0 = time.perf_counter()

@@ -61,9 +61,7 @@ def main() -> int:
     base = best_of(args.repeat, lambda: WeightCriterion(0.3).fit_transform(policy))
     data = best_of(
         args.repeat,
-        lambda: DataCriterion(args.tau, calibration=calibration, heldout=heldout).fit_transform(
-            policy
-        ),
+        lambda: DataCriterion(args.tau).fit_transform(policy, calibration, heldout=heldout),
     )
     print(f"weights criterion τ=0.3 (baseline): {base:.2f} s")
     print(

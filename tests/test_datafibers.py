@@ -108,7 +108,10 @@ def test_criteria_names_in_one_place() -> None:
 def test_weight_criterion_is_todays_fibers() -> None:
     policy = small_policy()
     for tau in (0.0, 0.4):
-        fib, quotient = WeightCriterion(tau).fit_transform(policy)
+        crit = WeightCriterion(tau)
+        quotient = crit.fit_transform(policy)
+        fib = crit.fibration_
+        assert fib is not None
         ref = compute_fibers(policy, tau)
         assert fib.counts == ref.counts
         for a, b in zip(fib.layers, ref.layers, strict=True):
@@ -125,8 +128,9 @@ def test_planted_redundancies_collapse_exactly(fit: str, pivot: str) -> None:
     policy = small_policy()
     plant_all(policy)
     calibration, heldout = frames(1), frames(2)
-    crit = DataCriterion(0.0, calibration=calibration, heldout=heldout, fit=fit, pivot=pivot)
-    fib, quotient = crit.fit_transform(policy)
+    crit = DataCriterion(0.0, fit_method=fit, pivot=pivot)
+    quotient = crit.fit_transform(policy, calibration, heldout=heldout)
+    fib = crit.fibration_
     for label in ("conv1", "conv2", "conv3", "linear1", "lstm"):
         rec = fib.reconstructions[fib[label].node.name]
         kept = set(rec.kept.tolist())
@@ -142,8 +146,8 @@ def test_planted_redundancies_collapse_exactly(fit: str, pivot: str) -> None:
     other = 3 - pair
     assert copy.coef[other, list(copy.kept).index(pair)] == pytest.approx(-1.0, abs=1e-6)
     div = output_divergence(policy, quotient, heldout)
-    assert div["kl"] < 1e-7
-    assert div["value_mae"] < 1e-5 * max(1.0, div["value_mean_abs"])
+    assert div.kl < 1e-7
+    assert div.value_mae < 1e-5 * max(1.0, div.value_mean_abs)
     assert quotient.parameter_count() < policy.parameter_count()
     # The recorded reconstructions rebuild the same quotient.
     again = apply_reconstructions(policy, fib)
@@ -158,7 +162,9 @@ def test_constant_lstm_unit_folds_through_w_hh() -> None:
     policy = small_policy()
     plant_all(policy, lstm_const_recurrent=True)
     calibration, heldout = frames(1), frames(2)
-    fib, quotient = DataCriterion(0.0, calibration=calibration).fit_transform(policy)
+    crit = DataCriterion(0.0)
+    quotient = crit.fit_transform(policy, calibration)
+    fib = crit.fibration_
     assert fib.reconstructions[fib["lstm"].node.name].constant[3]
     h0, c0 = policy.initial_state(heldout.shape[0])
     cell = float(np.tanh(0.8))
@@ -180,9 +186,9 @@ def test_unit_constant_on_calibration_only_shows_in_heldout_figures() -> None:
         conv1.bias[0] = -1.5  # dead below a mean pixel of 0.47 (120 of 255)
     calibration = frames(1, high=100)  # dim frames: the unit never fires
     heldout = frames(2)  # full range: it fires on about half the patches
-    fib, quotient = DataCriterion(0.0, calibration=calibration, heldout=heldout).fit_transform(
-        policy
-    )
+    crit = DataCriterion(0.0)
+    quotient = crit.fit_transform(policy, calibration, heldout=heldout)
+    fib = crit.fibration_
     rec = fib.reconstructions[fib["conv1"].node.name]
     assert rec.constant[0] and 0 not in rec.kept
     figures = fib.calibration["conv1"]
@@ -190,7 +196,7 @@ def test_unit_constant_on_calibration_only_shows_in_heldout_figures() -> None:
     assert figures["fit_error_max"] == 0.0  # perfectly constant on calibration
     assert figures["heldout_constant_over_threshold"] >= 1
     assert rec.heldout_error is not None and rec.heldout_error[0] > 0.01
-    assert output_divergence(policy, quotient, heldout)["value_mae"] > 1e-4
+    assert output_divergence(policy, quotient, heldout).value_mae > 1e-4
 
 
 def _moments(samples: np.ndarray) -> Moments:
@@ -236,7 +242,9 @@ def test_larger_threshold_keeps_fewer_units() -> None:
     calibration = frames(1)
     sizes = []
     for tau in (0.0, 0.1, 0.5):
-        fib, quotient = DataCriterion(tau, calibration=calibration).fit_transform(policy)
+        crit = DataCriterion(tau)
+        quotient = crit.fit_transform(policy, calibration)
+        fib = crit.fibration_
         sizes.append(quotient.parameter_count())
         for f in fib.layers:
             assert f.labels.min() >= 0 and f.n_fibers == len(fib.reconstructions[f.node.name].kept)
@@ -245,9 +253,13 @@ def test_larger_threshold_keeps_fewer_units() -> None:
 
 
 def test_data_criterion_needs_observations() -> None:
-    with pytest.raises(ValueError, match="needs an env"):
+    with pytest.raises(ValueError, match="needs calibration observations"):
         DataCriterion(0.1).fit_predict(small_policy())
+    with pytest.raises(ValueError, match="not fitted yet"):
+        DataCriterion(0.1).transform(small_policy())
     with pytest.raises(ValueError, match="fit must be one of"):
-        DataCriterion(0.1, fit="cubic")
+        DataCriterion(0.1, fit_method="cubic")
+    with pytest.raises(ValueError, match="fit must be one of"):
+        make_criterion("data", 0.1, fit="cubic")  # the config's option name
     with pytest.raises(ValueError, match="pivot must be one of"):
         DataCriterion(0.1, pivot="random")

@@ -173,3 +173,27 @@ def test_policy_on_copies_only_when_the_device_changes() -> None:
     moved, there = policy_on(policy, "meta")
     assert moved is not policy and there.type == "meta"
     assert all_on(moved, "meta") and all_on(policy, "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_collection_and_data_criterion_do_not_move_the_callers_policy(device: str) -> None:
+    """A hook may collect observations from, or data-collapse, the policy being trained on a
+    GPU: the caller's module stays where it is, with the same parameters and values."""
+    from pufferfiber.core.criteria import DataCriterion
+    from pufferfiber.rl.evaluate import collect_observations
+
+    torch.manual_seed(0)
+    policy = Policy(MLP).to(device)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    params = list(policy.parameters())
+    frames = collect_observations(policy, "cartpole", 3, 16, seed=1)
+    # The same frames as a CPU copy collects (the policy runs on the CPU either way).
+    assert torch.equal(
+        frames, collect_observations(copy.deepcopy(policy).cpu(), "cartpole", 3, 16, 1)
+    )
+    small = DataCriterion(0.1).fit_transform(policy, frames)
+    assert isinstance(small, Policy)
+    assert list(policy.parameters()) == params
+    assert all_on(policy, device)
+    for key, value in policy.state_dict().items():
+        assert torch.equal(value, before[key]), key

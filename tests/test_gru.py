@@ -190,13 +190,13 @@ def test_data_criterion_folds_a_constant_input_into_the_right_gru_bias() -> None
         linear2.weight[2] = 0.0
         linear2.bias[2] = 0.9  # ReLU(0.9): a constant unit
     calibration, heldout = sequences(MLP, 6, 9, seed=5), sequences(MLP, 6, 9, seed=6)
-    fib, quotient = DataCriterion(0.0, calibration=calibration, heldout=heldout).fit_transform(
-        policy
-    )
+    crit = DataCriterion(0.0)
+    quotient = crit.fit_transform(policy, calibration, heldout=heldout)
+    fib = crit.fibration_
     assert fib["linear2"].node.size - len(fib.reconstructions[fib["linear2"].node.name].kept) >= 1
     assert isinstance(quotient.recurrent, torch.nn.GRU)
     div = output_divergence(policy, quotient, heldout)
-    assert div["kl"] < 1e-9 and div["value_mae"] < 1e-5 * max(1.0, div["value_mean_abs"])
+    assert div.kl < 1e-9 and div.value_mae < 1e-5 * max(1.0, div.value_mean_abs)
 
 
 def test_redo_reads_gru_activity() -> None:

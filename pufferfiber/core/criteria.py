@@ -1,13 +1,21 @@
 """Fiber criteria: the one seam through which fibers are computed.
 
-A *criterion* decides which units of a policy form fibers and how the quotient is built. Every
-criterion is an object with the same small interface (scikit-learn style, deterministic for fixed
-inputs and seeds):
+A *criterion* decides which units of a network form fibers and how the quotient is built. Every
+criterion is an object with the same small interface, scikit-learn style (settings in
+``__init__``, learned state in attributes ending in ``_``, deterministic for fixed inputs):
 
-* ``fit_predict(policy) -> Fibration``: the fibers of every hidden layer;
-* ``transform(policy, fibration) -> Policy``: the collapsed policy;
-* ``fit_transform(policy) -> (Fibration, Policy)``: both (one pass where the criterion can);
+* ``fit(net, observations=None) -> self``: finds the fibers, kept in ``fibration_``;
+* ``transform(net)``: the collapsed network (a new one; ``net`` is untouched);
+* ``fit_transform(net, observations=None)``: both, in one pass where the criterion can;
+* ``fit_predict(net, observations=None) -> Fibration``: the fibers only;
 * ``describe() -> dict``: its settings, plain values (saved in ``fidelity.json``).
+
+``net`` is our :class:`~pufferfiber.core.policy.Policy` (the collapsed network is then a
+``Policy``) or a user's module adapted by :func:`pufferfiber.core.adapt.adapt` (the collapsed
+network is then a new module of the user's own class). ``observations`` (``[B, T, *obs]``, the
+raw observations the network sees) are what the data criterion calibrates on; the weight
+criterion ignores them. No criterion plays an environment: callers collect observations (e.g.
+:func:`pufferfiber.rl.evaluate.collect_observations`).
 
 The criteria, by name (:data:`CRITERIA`, the one list other code should take names from):
 
@@ -25,10 +33,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import torch
+from torch import nn
 
+from pufferfiber.core.adapt import AdaptedNetwork
 from pufferfiber.core.collapse import collapse_policy
 from pufferfiber.core.datafibers import (
     CALIBRATION_SEED_OFFSET,
@@ -40,6 +50,7 @@ from pufferfiber.core.datafibers import (
     data_fibers,
 )
 from pufferfiber.core.fibers import DEFAULT_LSTM_ROUNDS, Fibration, compute_fibers
+from pufferfiber.core.graph import build_graph
 from pufferfiber.core.policy import Policy
 from pufferfiber.core.types import (
     CRITERIA,
@@ -60,10 +71,29 @@ __all__ = [
     "LSTM_CRITERIA",
     "DataCriterion",
     "FiberCriterion",
+    "Network",
     "WeightCriterion",
     "check_criterion",
     "make_criterion",
 ]
+
+
+Network = Policy | AdaptedNetwork  # what a criterion fits and transforms
+
+
+def _as_policy(net: Network) -> Policy:
+    if isinstance(net, AdaptedNetwork):
+        return net.to_policy()
+    if isinstance(net, Policy):
+        return net
+    raise TypeError(
+        f"a criterion takes a Policy or pufferfiber.adapt(module, ...), not {type(net).__name__}"
+    )
+
+
+def _returned(net: Network, collapsed: Policy) -> Policy | nn.Module:
+    """The collapsed network in the caller's form: a Policy, or the user's own class."""
+    return net.from_policy(collapsed) if isinstance(net, AdaptedNetwork) else collapsed
 
 
 class FiberCriterion(ABC):
@@ -71,18 +101,52 @@ class FiberCriterion(ABC):
 
     name: ClassVar[str]
     threshold: float
+    fibration_: Fibration | None
 
     @abstractmethod
-    def fit_predict(self, policy: Policy) -> Fibration:
-        """The fibers of every hidden layer of ``policy``."""
+    def fit(self, net: Network, observations: torch.Tensor | None = None) -> FiberCriterion:
+        """Find the fibers of every hidden layer of ``net`` (stored in ``fibration_``)."""
 
     @abstractmethod
-    def transform(self, policy: Policy, fibration: Fibration) -> Policy:
-        """The collapsed policy (a new one; ``policy`` is untouched)."""
+    def _collapse(self, policy: Policy, fibration: Fibration) -> Policy:
+        """The quotient of ``policy`` by ``fibration``."""
 
-    def fit_transform(self, policy: Policy) -> tuple[Fibration, Policy]:
-        fibration = self.fit_predict(policy)
-        return fibration, self.transform(policy, fibration)
+    @overload
+    def transform(self, net: Policy) -> Policy: ...
+    @overload
+    def transform(self, net: AdaptedNetwork) -> nn.Module: ...
+    def transform(self, net: Network) -> Policy | nn.Module:
+        """The collapsed network (a new one; ``net`` is untouched) by the fitted fibers."""
+        fibration = self._fitted()
+        policy = _as_policy(net)
+        sizes = {f.node.name: f.node.size for f in fibration.layers}
+        here = {n.name: n.size for n in build_graph(policy).hidden}
+        if here != sizes:
+            raise ValueError("this criterion was fitted on a network of other sizes; fit it first")
+        return _returned(net, self._collapse(policy, fibration))
+
+    @overload
+    def fit_transform(self, net: Policy, observations: torch.Tensor | None = None) -> Policy: ...
+    @overload
+    def fit_transform(
+        self, net: AdaptedNetwork, observations: torch.Tensor | None = None
+    ) -> nn.Module: ...
+    def fit_transform(
+        self, net: Network, observations: torch.Tensor | None = None
+    ) -> Policy | nn.Module:
+        """Fit, then the collapsed network: a Policy for a Policy, the user's class for an
+        adapted module."""
+        return self.fit(net, observations).transform(net)
+
+    def fit_predict(self, net: Network, observations: torch.Tensor | None = None) -> Fibration:
+        """The fibers of ``net`` (also kept in ``fibration_``)."""
+        self.fit(net, observations)
+        return self._fitted()
+
+    def _fitted(self) -> Fibration:
+        if self.fibration_ is None:
+            raise ValueError(f"the {self.name} criterion is not fitted yet: call fit first")
+        return self.fibration_
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -99,18 +163,21 @@ class WeightCriterion(FiberCriterion):
     layers: list[str] | None = None
     max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS
     lstm_criterion: str = "units"
+    fibration_: Fibration | None = field(default=None, init=False, repr=False)
 
-    def fit_predict(self, policy: Policy) -> Fibration:
-        return compute_fibers(
-            policy,
+    def fit(self, net: Network, observations: torch.Tensor | None = None) -> WeightCriterion:
+        """The fibers from ``net``'s weights (``observations`` are not needed and ignored)."""
+        self.fibration_ = compute_fibers(
+            _as_policy(net),
             self.threshold,
             flatten_colours=self.flatten_colours,
             layers=self.layers,
             max_lstm_rounds=self.max_lstm_rounds,
             lstm_criterion=self.lstm_criterion,
         )
+        return self
 
-    def transform(self, policy: Policy, fibration: Fibration) -> Policy:
+    def _collapse(self, policy: Policy, fibration: Fibration) -> Policy:
         return collapse_policy(policy, fibration)
 
     def describe(self) -> dict[str, Any]:
@@ -127,94 +194,118 @@ class WeightCriterion(FiberCriterion):
 class DataCriterion(FiberCriterion):
     """Fibers from real observations (:func:`pufferfiber.core.datafibers.data_fibers`).
 
-    ``calibration`` (``[B, T, *obs]``) is used when given; otherwise ``calibration_batch``
-    sequences of ``calibration_steps`` steps are played by the policy in ``env`` on env seeds
-    ``seed + CALIBRATION_SEED_OFFSET + i``. ``heldout`` (other sequences) adds held-out error
-    figures per layer. ``fit`` is one of :data:`DATA_FITS`, ``pivot`` one of
-    :data:`DATA_PIVOTS` (see :func:`pufferfiber.core.datafibers.select_units`).
+    ``fit(net, observations)`` calibrates on ``observations`` ``[B, T, *obs]`` (required);
+    ``heldout`` (other sequences, a keyword of :meth:`fit`) adds held-out error figures per
+    layer. ``calibration_batch`` × ``calibration_steps`` and ``seed`` describe the calibration
+    set callers that play an env collect (env seeds ``seed + CALIBRATION_SEED_OFFSET + i``, see
+    :func:`pufferfiber.workflows.collapse.collapse_to_folder`); the criterion itself plays
+    nothing. ``fit_method`` (the ``fit`` option of the config and :func:`make_criterion`) is one
+    of :data:`DATA_FITS`, ``pivot`` one of :data:`DATA_PIVOTS` (see
+    :func:`pufferfiber.core.datafibers.select_units`).
+
+    Learned: ``fibration_`` (a :class:`DataFibration`: reconstructions and per-layer figures)
+    and ``calibration_shape_`` (``[B, T]`` of the calibration set).
     """
 
     name: ClassVar[str] = "data"
     threshold: float
-    env: str | None = None
-    calibration: torch.Tensor | None = None
-    heldout: torch.Tensor | None = None
     calibration_batch: int = DEFAULT_CALIBRATION_BATCH
     calibration_steps: int = DEFAULT_CALIBRATION_STEPS
     seed: int = 0
     layers: list[str] | None = None
-    fit: str = "lstsq"
+    fit_method: str = "lstsq"
     pivot: str = "consumer"
     progress: Progress | None = field(default=None, repr=False)
-    collection_seconds: float | None = None
+    fibration_: Fibration | None = field(default=None, init=False, repr=False)
+    calibration_shape_: list[int] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if self.fit not in DATA_FITS:
-            raise ValueError(f"fit must be one of {DATA_FITS}, got {self.fit!r}")
+        if self.fit_method not in DATA_FITS:
+            raise ValueError(f"fit must be one of {DATA_FITS}, got {self.fit_method!r}")
         if self.pivot not in DATA_PIVOTS:
             raise ValueError(f"pivot must be one of {DATA_PIVOTS}, got {self.pivot!r}")
         if self.calibration_batch < 1 or self.calibration_steps < 1:
             raise ValueError("the calibration set needs at least one sequence of one step")
 
-    def calibration_set(self, policy: Policy) -> torch.Tensor:
-        """The calibration sequences (collected once, then reused)."""
-        if self.calibration is None:
-            if self.env is None:
-                raise ValueError("the data criterion needs an env or calibration observations")
-            import time
-
-            from pufferfiber.rl.evaluate import collect_observations
-
-            if self.progress is not None:
-                self.progress(
-                    f"data fibers: playing {self.calibration_batch} x {self.calibration_steps} "
-                    "calibration steps"
-                )
-            start = time.perf_counter()
-            self.calibration = collect_observations(
-                policy,
-                self.env,
-                self.calibration_batch,
-                self.calibration_steps,
-                self.seed + CALIBRATION_SEED_OFFSET,
+    def _fit_quotient(
+        self, net: Network, observations: torch.Tensor | None, heldout: torch.Tensor | None
+    ) -> Policy:
+        if observations is None:
+            raise ValueError(
+                "the data criterion needs calibration observations [B, T, *obs]: "
+                "fit(net, observations)"
             )
-            self.collection_seconds = time.perf_counter() - start
-        return self.calibration
-
-    def fit_transform(self, policy: Policy) -> tuple[Fibration, Policy]:
-        return data_fibers(
-            policy,
+        if observations.dim() < 3:
+            raise ValueError(
+                f"observations must be [B, T, *obs], got shape {tuple(observations.shape)}"
+            )
+        if isinstance(net, AdaptedNetwork):
+            observations = net.policy_observations(observations)
+            heldout = None if heldout is None else net.policy_observations(heldout)
+        self.fibration_, quotient = data_fibers(
+            _as_policy(net),
             self.threshold,
-            self.calibration_set(policy),
-            heldout=self.heldout,
+            observations,
+            heldout=heldout,
             layers=self.layers,
-            fit=self.fit,
+            fit=self.fit_method,
             pivot=self.pivot,
             progress=self.progress,
         )
+        self.calibration_shape_ = [int(observations.shape[0]), int(observations.shape[1])]
+        return quotient
 
-    def fit_predict(self, policy: Policy) -> Fibration:
-        return self.fit_transform(policy)[0]
+    def fit(
+        self,
+        net: Network,
+        observations: torch.Tensor | None = None,
+        *,
+        heldout: torch.Tensor | None = None,
+    ) -> DataCriterion:
+        """The fibers of ``net`` on the calibration ``observations`` (``heldout``: figures)."""
+        self._fit_quotient(net, observations, heldout)
+        return self
 
-    def transform(self, policy: Policy, fibration: Fibration) -> Policy:
+    @overload
+    def fit_transform(
+        self,
+        net: Policy,
+        observations: torch.Tensor | None = None,
+        *,
+        heldout: torch.Tensor | None = None,
+    ) -> Policy: ...
+    @overload
+    def fit_transform(
+        self,
+        net: AdaptedNetwork,
+        observations: torch.Tensor | None = None,
+        *,
+        heldout: torch.Tensor | None = None,
+    ) -> nn.Module: ...
+    def fit_transform(
+        self,
+        net: Network,
+        observations: torch.Tensor | None = None,
+        *,
+        heldout: torch.Tensor | None = None,
+    ) -> Policy | nn.Module:
+        """Fibers and the collapsed network in one pass over the calibration set."""
+        return _returned(net, self._fit_quotient(net, observations, heldout))
+
+    def _collapse(self, policy: Policy, fibration: Fibration) -> Policy:
         if not isinstance(fibration, DataFibration):
             raise TypeError("the data criterion collapses the fibers it found (a DataFibration)")
         return apply_reconstructions(policy, fibration)
 
     def describe(self) -> dict[str, Any]:
-        shape = (
-            list(self.calibration.shape[:2])
-            if self.calibration is not None
-            else [self.calibration_batch, self.calibration_steps]
-        )
+        shape = self.calibration_shape_ or [self.calibration_batch, self.calibration_steps]
         return {
             "criterion": self.name,
             "threshold": float(self.threshold),
-            "fit": self.fit,
+            "fit": self.fit_method,
             "pivot": self.pivot,
-            "calibration_sequences": shape,
+            "calibration_sequences": list(shape),
             "calibration_seed": int(self.seed + CALIBRATION_SEED_OFFSET),
-            "collection_seconds": self.collection_seconds,
         }
 
 
@@ -222,7 +313,8 @@ def make_criterion(name: str, threshold: float, **options: Any) -> FiberCriterio
     """A criterion by name (one of :data:`CRITERIA`); ``options`` are its dataclass fields.
 
     Options that the criterion does not have and that are ``None`` are ignored, so a command
-    line can pass all its options; a set option that does not apply is a ``ValueError``.
+    line can pass all its options; a set option that does not apply is a ``ValueError``. The
+    data criterion's ``fit`` option (the config's name) is its ``fit_method`` setting.
     """
     classes: dict[str, type[WeightCriterion] | type[DataCriterion]] = {
         "weights": WeightCriterion,
@@ -231,6 +323,8 @@ def make_criterion(name: str, threshold: float, **options: Any) -> FiberCriterio
     if name not in classes:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {name!r}")
     cls = classes[name]
+    if name == "data" and "fit" in options:
+        options["fit_method"] = options.pop("fit")
     fields = set(cls.__dataclass_fields__)
     unknown = {k: v for k, v in options.items() if k not in fields and v is not None}
     if unknown:

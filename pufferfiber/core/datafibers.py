@@ -485,8 +485,9 @@ def data_fibers(
     """
     threshold = validate_threshold(threshold)
     dtype = next(policy.parameters()).dtype
-    current = policy.cpu().eval()
     params = {k: v.detach().cpu().double() for k, v in policy.state_dict().items()}
+    # A CPU copy: the caller's module (maybe on a GPU, maybe training) is never moved or edited.
+    current = policy_from_params(policy.arch, params, dtype)
     chosen = {n.name for n in build_graph(policy).select_hidden(layers)}
     recs: dict[str, Reconstruction] = {}
     fibers: list[LayerFibers] = []
@@ -539,8 +540,8 @@ def data_fibers(
 def apply_reconstructions(policy: Policy, fibration: DataFibration) -> Policy:
     """The collapsed policy from recorded reconstructions (same result as :func:`data_fibers`)."""
     dtype = next(policy.parameters()).dtype
-    current = policy.cpu().eval()
     params = {k: v.detach().cpu().double() for k, v in policy.state_dict().items()}
+    current = policy_from_params(policy.arch, params, dtype)  # a CPU copy (see data_fibers)
     for name, rec in fibration.reconstructions.items():
         graph = build_graph(current)
         params = fold_layer(graph, params, rec)

@@ -1,51 +1,110 @@
-"""How faithful a collapsed policy is: measured, not assumed (``docs/method.md`` §4).
+"""How faithful a collapsed network is: measured, not assumed (``docs/method.md`` §4).
 
-* ``kl``: mean KL(original ‖ collapsed) between the action distributions, over every step of a
-  fixed batch of real observation sequences (the LSTM state carried along each sequence, from
-  zeros, in both networks);
+:func:`output_divergence` compares two networks on a fixed batch of observation sequences
+(the recurrent state carried along each sequence, from zeros, in both networks) and returns a
+:class:`Divergence`:
+
+* ``kl``: mean KL(original ‖ collapsed) between the action distributions, over every step;
 * ``value_mae``: mean |value_original − value_collapsed| on the same steps (with
-  ``value_mean_abs``, the mean |value| of the original, for scale);
-* ``return_mean`` / ``return_std`` over ``episodes`` episodes played by the collapsed policy
-  before any retraining.
+  ``value_mean_abs``, the mean |value| of the original, for scale).
 
-:func:`fidelity_report` assembles the dict saved as ``fidelity.json``; :func:`format_fidelity`
-prints it as a short table.
+The networks are our :class:`Policy` or a user's module through its adapter
+(:func:`pufferfiber.core.adapt.adapt`). :func:`fidelity_report` assembles the figures of
+``fidelity.json`` a core can compute (sizes, fibers, divergence; the episode returns are played
+by :func:`pufferfiber.rl.evaluate.return_figures`); :func:`format_fidelity` prints it as a short
+table.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
 
+from pufferfiber.core.adapt import AdaptedNetwork
 from pufferfiber.core.fibers import Fibration
 from pufferfiber.core.policy import Policy
 
 _CHUNK = 256  # sequences per forward pass (bounds memory on 105×80 frames)
 
+Outputs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """KL and value error of a collapsed network against its original (see the module doc)."""
+
+    kl: float
+    value_mae: float
+    value_mean_abs: float
+    steps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (the keys ``fidelity.json`` stores)."""
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"KL {self.kl:.4g}, value MAE {self.value_mae:.4g} "
+            f"(mean |value| {self.value_mean_abs:.3g}) on {self.steps} steps"
+        )
+
+
+def _runner(net: Policy | AdaptedNetwork | nn.Module, other: object) -> Outputs:
+    """``frames [b, T, *obs] -> (logits, value)`` of ``net``, where its parameters live."""
+    if isinstance(net, Policy):
+        where = next(net.parameters()).device
+        return lambda chunk: net(chunk.to(where))[:2]
+    if isinstance(net, AdaptedNetwork):
+        return net.unroll
+    if isinstance(net, nn.Module) and isinstance(other, AdaptedNetwork):
+        adapted = other.rebind(net)
+        return adapted.unroll
+    raise TypeError(
+        f"output_divergence compares Policies or adapted modules (pufferfiber.adapt), "
+        f"not {type(net).__name__} with {type(other).__name__}"
+    )
+
 
 @torch.no_grad()
-def output_divergence(original: Policy, collapsed: Policy, obs: torch.Tensor) -> dict[str, float]:
-    """KL and value error of ``collapsed`` against ``original`` on ``obs`` ``[B, T, *obs]``."""
+def output_divergence(
+    original: Policy | AdaptedNetwork | nn.Module,
+    collapsed: Policy | AdaptedNetwork | nn.Module,
+    frames: torch.Tensor,
+) -> Divergence:
+    """KL and value error of ``collapsed`` against ``original`` on ``frames`` ``[B, T, *obs]``.
+
+    Each is a :class:`Policy` or an adapted module; a plain module is read with the other's
+    adapter (e.g. ``output_divergence(net, small, frames)`` for ``small =
+    criterion.fit_transform(net)``). Policies and user modules are not mixed (their
+    observation scales differ).
+    """
+    if isinstance(original, Policy) != isinstance(collapsed, Policy):
+        raise TypeError("output_divergence compares two Policies or two adapted modules")
+    if frames.dim() < 3:
+        raise ValueError(f"frames must be [B, T, *obs], got shape {tuple(frames.shape)}")
+    run_o, run_c = _runner(original, collapsed), _runner(collapsed, original)
     kl, err, mag = [], [], []
-    # Each policy runs where it lives (e.g. the original on a GPU); the comparison is float64
+    # Each network runs where it lives (e.g. the original on a GPU); the comparison is float64
     # on the CPU.
-    on_o, on_c = (next(p.parameters()).device for p in (original, collapsed))
-    for chunk in torch.split(obs, _CHUNK):
-        logits_o, value_o, _ = original.eval()(chunk.to(on_o))
-        logits_c, value_c, _ = collapsed.eval()(chunk.to(on_c))
+    for chunk in torch.split(frames, _CHUNK):
+        logits_o, value_o = run_o(chunk)
+        logits_c, value_c = run_c(chunk)
         logp_o = torch.log_softmax(logits_o.double().cpu(), -1)
         logp_c = torch.log_softmax(logits_c.double().cpu(), -1)
         kl.append((logp_o.exp() * (logp_o - logp_c)).sum(-1).flatten())
         err.append((value_o.double().cpu() - value_c.double().cpu()).abs().flatten())
         mag.append(value_o.double().cpu().abs().flatten())
-    return {
-        "kl": float(torch.cat(kl).clamp(min=0).mean()),
-        "value_mae": float(torch.cat(err).mean()),
-        "value_mean_abs": float(torch.cat(mag).mean()),
-        "steps": int(obs.shape[0] * obs.shape[1]),
-    }
+    return Divergence(
+        kl=float(torch.cat(kl).clamp(min=0).mean()),
+        value_mae=float(torch.cat(err).mean()),
+        value_mean_abs=float(torch.cat(mag).mean()),
+        steps=int(frames.shape[0] * frames.shape[1]),
+    )
 
 
 def fidelity_report(
@@ -55,14 +114,9 @@ def fidelity_report(
     *,
     env: str,
     observations: torch.Tensor,
-    episodes: int = 3,
-    seed: int = 0,
-    max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """The ``fidelity.json`` dict: sizes, fibers per layer, KL, value error, return.
-
-    ``episodes = 0`` skips playing (``return_mean`` / ``return_std`` are then ``None``).
-    """
+    """The ``fidelity.json`` dict but the returns: sizes, fibers per layer, KL, value error
+    (callers add :func:`pufferfiber.rl.evaluate.return_figures`)."""
     report: dict[str, Any] = {
         "env": env,
         "threshold": float(fibration.threshold),
@@ -76,18 +130,8 @@ def fidelity_report(
         "params_after": int(collapsed.parameter_count()),
     }
     report["params_fraction"] = report["params_after"] / report["params_before"]
-    report.update(output_divergence(original, collapsed, observations))
+    report.update(output_divergence(original, collapsed, observations).to_dict())
     report["observation_batch"] = list(observations.shape[:2])
-    report["episodes"] = int(episodes)
-    report["return_mean"] = report["return_std"] = None
-    if episodes > 0:
-        from pufferfiber.rl.evaluate import play_episodes
-
-        returns = play_episodes(collapsed, env, episodes, seed=seed, max_steps=max_steps)
-        report["returns"] = returns
-        if returns:
-            report["return_mean"] = float(np.mean(returns))
-            report["return_std"] = float(np.std(returns))
     return report
 
 

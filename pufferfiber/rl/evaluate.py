@@ -64,7 +64,6 @@ def play_episodes(
         raise ValueError("episodes must be at least 1")
     n = min(num_envs or min(episodes, 8), episodes)
     policy, device = policy_on(policy, device)
-    policy.eval()
     gen = torch.Generator().manual_seed(seed)
     envs = [make_configured_env(env_name) for _ in range(n)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
@@ -110,8 +109,10 @@ def collect_observations(
 
     Episodes that end are restarted in place, so every row is a contiguous stream the
     policy actually saw (fidelity measurements replay them with the LSTM state carried).
+    The policy runs on the CPU (a copy when it lives elsewhere; the caller's module is neither
+    moved nor switched to eval mode), so a seed collects the same frames from any device.
     """
-    policy = policy.cpu().eval()
+    policy = policy_on(policy, "cpu")[0]  # a CPU copy where it lives elsewhere: never moved
     gen = torch.Generator().manual_seed(seed)
     envs = [make_configured_env(env_name) for _ in range(batch)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
@@ -131,3 +132,18 @@ def collect_observations(
         for env in envs:
             env.close()
     return torch.from_numpy(frames)
+
+
+def return_figures(
+    policy: Policy, env_name: str, episodes: int, *, seed: int = 0, max_steps: int | None = None
+) -> dict[str, Any]:
+    """``episodes``, ``return_mean``, ``return_std`` (``None`` when none were played) and
+    ``returns`` of ``policy`` in ``env_name``: the return part of ``fidelity.json``."""
+    figures: dict[str, Any] = {"episodes": int(episodes), "return_mean": None, "return_std": None}
+    if episodes > 0:
+        returns = play_episodes(policy, env_name, episodes, seed=seed, max_steps=max_steps)
+        figures["returns"] = returns
+        if returns:
+            figures["return_mean"] = float(np.mean(returns))
+            figures["return_std"] = float(np.std(returns))
+    return figures

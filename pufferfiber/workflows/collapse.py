@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,18 @@ import torch
 from pufferfiber.core.clustering import products_on
 from pufferfiber.core.criteria import (
     DEFAULT_CRITERION,
+    DataCriterion,
     FiberCriterion,
     make_criterion,
 )
 from pufferfiber.core.datafibers import (
+    CALIBRATION_SEED_OFFSET,
     DataFibration,
     stderr_progress,
 )
 from pufferfiber.core.divergence import fidelity_report, format_fidelity
 from pufferfiber.core.fibers import DEFAULT_LSTM_ROUNDS, Fibration
+from pufferfiber.core.policy import Policy
 from pufferfiber.core.types import validate_threshold
 from pufferfiber.io.atomic import atomic_dir, check_writable
 from pufferfiber.io.checkpoints import Checkpoint, CheckpointError, save_checkpoint
@@ -50,7 +54,7 @@ from pufferfiber.io.runfiles import (
     collapsed_model_name,
 )
 from pufferfiber.io.schemas import write_fidelity
-from pufferfiber.rl.evaluate import collect_observations, policy_on
+from pufferfiber.rl.evaluate import collect_observations, policy_on, return_figures
 
 
 @dataclass
@@ -139,7 +143,6 @@ def collapse_to_folder(
         criterion = _build_criterion(
             criterion,
             threshold,
-            ckpt.env,
             seed,
             layers,
             dict(
@@ -156,22 +159,25 @@ def collapse_to_folder(
             original_on, ckpt.env, fidelity_batch, fidelity_steps, seed
         )
         observation_seeds = [seed, seed + fidelity_batch - 1]
-    if getattr(criterion, "heldout", False) is None:  # data: per-layer held-out figures
-        criterion.heldout = observations  # type: ignore[attr-defined]
+    collection_seconds = None
     with products_on(device):
-        fibration, quotient = criterion.fit_transform(policy)
+        if isinstance(criterion, DataCriterion):  # calibrates on other seeds; held-out figures
+            calibration, collection_seconds = _calibration_set(policy, ckpt.env, criterion)
+            quotient = criterion.fit_transform(policy, calibration, heldout=observations)
+        else:
+            quotient = criterion.fit_transform(policy)
+    fibration = criterion.fibration_
+    assert isinstance(quotient, Policy) and fibration is not None
     quotient = quotient.eval()
     quotient_on = policy_on(quotient, device)[0]
     fidelity = fidelity_report(
-        original_on,
-        quotient_on,
-        fibration,
-        env=ckpt.env,
-        observations=observations,
-        episodes=fidelity_episodes,
-        seed=seed,
+        original_on, quotient_on, fibration, env=ckpt.env, observations=observations
     )
-    fidelity.update(epoch=ckpt.epoch, source=str(ckpt.path), criterion=criterion.describe())
+    fidelity.update(return_figures(quotient_on, ckpt.env, fidelity_episodes, seed=seed))
+    described = criterion.describe()
+    if isinstance(criterion, DataCriterion):
+        described["collection_seconds"] = collection_seconds
+    fidelity.update(epoch=ckpt.epoch, source=str(ckpt.path), criterion=described)
     fidelity["observation_seeds"] = observation_seeds
     fibers = fibers_dict(
         fibration,
@@ -220,7 +226,6 @@ def collapse_to_folder(
 def _build_criterion(
     name: str,
     threshold: float,
-    env: str,
     seed: int,
     layers: list[str] | None,
     weight_options: dict[str, Any],
@@ -234,8 +239,29 @@ def _build_criterion(
     if weight_options.get("lstm_criterion") != "units":
         raise ValueError("--lstm-criterion applies to the weights criterion only")
     return make_criterion(
-        name, threshold, env=env, seed=seed, layers=layers, progress=stderr_progress, **options
+        name, threshold, seed=seed, layers=layers, progress=stderr_progress, **options
     )
+
+
+def _calibration_set(
+    policy: Policy, env: str, criterion: DataCriterion
+) -> tuple[torch.Tensor, float]:
+    """The data criterion's calibration sequences, played by ``policy`` on env seeds
+    ``criterion.seed + CALIBRATION_SEED_OFFSET + i``, and the seconds it took."""
+    if criterion.progress is not None:
+        criterion.progress(
+            f"data fibers: playing {criterion.calibration_batch} x {criterion.calibration_steps} "
+            "calibration steps"
+        )
+    start = time.perf_counter()
+    frames = collect_observations(
+        policy,
+        env,
+        criterion.calibration_batch,
+        criterion.calibration_steps,
+        criterion.seed + CALIBRATION_SEED_OFFSET,
+    )
+    return frames, time.perf_counter() - start
 
 
 def format_calibration(figures: dict[str, Any]) -> str:
