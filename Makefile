@@ -1,6 +1,6 @@
 # Two entry points (see README):
 #   make demo   set up .venv and run the short real demo (train -> collapse -> resume -> report)
-#   make test   set up .venv and run lint, type checks and the test suite
+#   make test   set up .venv and run lint, type checks, the layers contract and the test suite
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -36,6 +36,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q

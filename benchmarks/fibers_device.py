@@ -30,7 +30,8 @@ import torch
 from fibers_speed import DEFAULT_CHECKPOINT, load_network, wide_layer_policy
 
 from pufferfiber.core.clustering import products_on
-from pufferfiber.core.fibers import Fibration, compute_fibers
+from pufferfiber.core.colouring import Fibration
+from pufferfiber.core.fibers import compute_fibers
 from pufferfiber.core.policy import Policy
 
 

@@ -17,20 +17,39 @@ warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
 
 __version__ = "0.1.0"
 
-# Public name -> the module that defines it.
+# Public name -> the module that defines it. The compression names (core) need torch, numpy
+# and scipy only; the run names (io, rl, workflows) load the training stack when first used.
 _EXPORTS = {
+    # your own module
     "adapt": "pufferfiber.core.adapt",
     "AdaptedNetwork": "pufferfiber.core.adapt",
     "AdaptError": "pufferfiber.core.adapt",
+    # criteria: which units form fibers, and the quotient
+    "CRITERIA": "pufferfiber.core.criteria",
+    "FiberCriterion": "pufferfiber.core.criteria",
     "WeightCriterion": "pufferfiber.core.criteria",
     "DataCriterion": "pufferfiber.core.criteria",
-    "FiberCriterion": "pufferfiber.core.criteria",
     "make_criterion": "pufferfiber.core.criteria",
-    "output_divergence": "pufferfiber.core.divergence",
-    "Divergence": "pufferfiber.core.divergence",
-    "Fibration": "pufferfiber.core.fibers",
+    # the pieces beneath them
     "Architecture": "pufferfiber.core.policy",
     "Policy": "pufferfiber.core.policy",
+    "build_graph": "pufferfiber.core.graph",
+    "Fibration": "pufferfiber.core.colouring",
+    "compute_fibers": "pufferfiber.core.fibers",
+    "compute_opfibers": "pufferfiber.core.fibers",
+    "collapse_policy": "pufferfiber.core.collapse",
+    # fidelity
+    "Divergence": "pufferfiber.core.divergence",
+    "output_divergence": "pufferfiber.core.divergence",
+    # files and runs
+    "Checkpoint": "pufferfiber.io.checkpoints",
+    "load_checkpoint": "pufferfiber.io.checkpoints",
+    "save_checkpoint": "pufferfiber.io.checkpoints",
+    "load_fibers": "pufferfiber.io.fibersfile",
+    "save_fibers": "pufferfiber.io.fibersfile",
+    "collect_observations": "pufferfiber.rl.evaluate",
+    "play_episodes": "pufferfiber.rl.evaluate",
+    "collapse_to_folder": "pufferfiber.workflows.collapse",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -327,3 +327,10 @@ def test_resume_of_a_run_saved_before_break_was_a_section() -> None:
     )  # fmt: skip
     plain = train.resumed_config(load_config("cartpole"), ckpt, {}, None, {})
     assert plain.breaking.enabled is False
+
+
+def test_python_defaults_agree_with_the_packaged_default_ini() -> None:
+    """Every section built with no arguments (what a library caller gets) equals the section
+    read from the packaged ``default.ini`` alone (what the command line starts from)."""
+    for cls in section_classes().values():
+        assert load_section(cls) == cls(), cls.SECTION

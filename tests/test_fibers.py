@@ -18,13 +18,8 @@ from pufferfiber.core.clustering import (
     exact_partition,
     relabel_first_occurrence,
 )
-from pufferfiber.core.fibers import (
-    Colouring,
-    compute_fibers,
-    compute_opfibers,
-    node_rows,
-    recurrent_rows,
-)
+from pufferfiber.core.colouring import Colouring, node_rows, recurrent_rows
+from pufferfiber.core.fibers import compute_fibers, compute_opfibers
 from pufferfiber.core.graph import build_graph, named_tensors, put_units, take_units
 from pufferfiber.core.policy import Architecture, Policy
 from pufferfiber.io.fibersfile import FibersFileError, fibers_dict, load_fibers, save_fibers

@@ -55,11 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pufferfiber report``; returns the exit code (bad input: one line, 2)."""
-    from pufferfiber.experiments.report import ReportError, write_report
+    from pufferfiber.experiments.report import ReportError
 
     return run_command(
-        "report", lambda: write_report(build_parser().parse_args(argv)), errors=(ReportError,)
+        "report", lambda: _report(build_parser().parse_args(argv)), errors=(ReportError,)
     )
+
+
+def _report(args: argparse.Namespace) -> int:
+    """A sweep folder gets the seeds aggregated; anything else is an experiment or run folder."""
+    from pufferfiber.experiments.report import write_report
+    from pufferfiber.experiments.sweep_report import is_sweep_dir, write_sweep_report
+
+    if is_sweep_dir(args.experiment_dir):
+        return write_sweep_report(args)
+    return write_report(args)
 
 
 if __name__ == "__main__":

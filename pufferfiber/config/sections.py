@@ -59,12 +59,13 @@ def setting(
     choices: Sequence[str] | None = None,
     metavar: str | None = None,
     ini: bool = True,
+    default: Any = dataclasses.MISSING,
 ) -> Any:
     """A section field: ``help`` is shown by ``--help``; ``flag`` is the guide's name for the
     option (besides ``--section.key``); ``ini=False`` marks a field set by the program, not
     by ini files or ``--section.key`` (the vec backend comes from ``--vec``)."""
     meta = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "ini": ini}
-    return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -81,46 +82,52 @@ class TrainConfig:
 
     SECTION: ClassVar[str] = "train"
 
-    seed: int = setting("seed of torch, numpy and the environments")
-    torch_deterministic: bool = setting("ask torch for deterministic kernels (cuDNN)")
-    device: str = setting("auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    torch_threads: int = setting("CPU threads for torch (0 = torch's default)")
+    seed: int = setting("seed of torch, numpy and the environments", default=1)
+    torch_deterministic: bool = setting("ask torch for deterministic kernels (cuDNN)", default=True)
+    device: str = setting("auto (CUDA when present, else CPU), cpu, cuda or cuda:N", default="auto")
+    torch_threads: int = setting("CPU threads for torch (0 = torch's default)", default=0)
     precision: str = setting(
         "float32; bfloat16 (the PPO update runs the encoder, convs + Linear, under bfloat16 "
         "autocast: ~1.6x faster on CPUs with AVX512-BF16/AMX); auto = bfloat16 where the "
         "CPU/GPU has native bfloat16, else float32",
         choices=PRECISIONS,
+        default="float32",
     )
     total_timesteps: int = setting(
-        "agent steps of the whole schedule; last epoch = this / batch_size"
+        "agent steps of the whole schedule; last epoch = this / batch_size", default=10_000_000
     )
     batch_size: int = setting(
-        "agent steps collected per epoch (a multiple of num_envs*bptt_horizon)"
+        "agent steps collected per epoch (a multiple of num_envs*bptt_horizon)", default=1024
     )
-    minibatch_size: int = setting("agent steps per gradient step (divides batch_size)")
-    bptt_horizon: int = setting("length of the LSTM training sequences, in steps")
-    update_epochs: int = setting("passes over each batch")
-    learning_rate: float = setting("Adam learning rate (eps 1e-5)")
-    anneal_lr: bool = setting("decay the learning rate linearly to 0 over total_timesteps")
-    gamma: float = setting("discount factor")
-    gae_lambda: float = setting("GAE lambda: 0 = one-step TD advantages, 1 = Monte-Carlo returns")
-    norm_adv: bool = setting("normalise advantages per minibatch")
-    clip_coef: float = setting("PPO ratio clip")
-    clip_vloss: bool = setting("clip the value loss around the rollout values")
-    vf_coef: float = setting("value loss weight")
-    vf_clip_coef: float = setting("value clip range")
-    ent_coef: float = setting("entropy bonus weight")
-    max_grad_norm: float = setting("gradient norm clip")
+    minibatch_size: int = setting("agent steps per gradient step (divides batch_size)", default=512)
+    bptt_horizon: int = setting("length of the LSTM training sequences, in steps", default=16)
+    update_epochs: int = setting("passes over each batch", default=4)
+    learning_rate: float = setting("Adam learning rate (eps 1e-5)", default=0.00025)
+    anneal_lr: bool = setting(
+        "decay the learning rate linearly to 0 over total_timesteps", default=False
+    )
+    gamma: float = setting("discount factor", default=0.99)
+    gae_lambda: float = setting(
+        "GAE lambda: 0 = one-step TD advantages, 1 = Monte-Carlo returns", default=0.95
+    )
+    norm_adv: bool = setting("normalise advantages per minibatch", default=True)
+    clip_coef: float = setting("PPO ratio clip", default=0.1)
+    clip_vloss: bool = setting("clip the value loss around the rollout values", default=True)
+    vf_coef: float = setting("value loss weight", default=0.5)
+    vf_clip_coef: float = setting("value clip range", default=0.1)
+    ent_coef: float = setting("entropy bonus weight", default=0.01)
+    max_grad_norm: float = setting("gradient norm clip", default=0.5)
     target_kl: float | None = setting(
-        "stop the update early when approx_kl exceeds this (None = never)"
+        "stop the update early when approx_kl exceeds this (None = never)", default=None
     )
     checkpoint_interval: int = setting(
-        "save model_EEEEEE.pt every this many epochs (and at the end)"
+        "save model_EEEEEE.pt every this many epochs (and at the end)", default=200
     )
-    data_dir: str = setting("parent folder of the run folders <env>-<id8>")
+    data_dir: str = setting("parent folder of the run folders <env>-<id8>", default="experiments")
     tracker: str = setting(
         "none, or tensorboard (event files in <run>/tensorboard/, written offline)",
         choices=TRACKERS,
+        default="none",
     )
 
     @property
@@ -135,11 +142,13 @@ class VecConfig:
 
     SECTION: ClassVar[str] = "vec"
 
-    backend: str = setting("serial, multiprocessing or ray", ini=False)
-    num_envs: int = setting("environments stepped in parallel")
-    num_workers: int | None = setting("worker processes (multiprocessing/ray; None = one per env)")
+    backend: str = setting("serial, multiprocessing or ray", ini=False, default="serial")
+    num_envs: int = setting("environments stepped in parallel", default=8)
+    num_workers: int | None = setting(
+        "worker processes (multiprocessing/ray; None = one per env)", default=None
+    )
     env_batch_size: int | None = setting(
-        "envs returned per step (multiprocessing/ray; None = all, synchronous)"
+        "envs returned per step (multiprocessing/ray; None = all, synchronous)", default=None
     )
 
 
@@ -153,6 +162,7 @@ class PolicyConfig:
         "recurrent layer of a new network: lstm (PufferLib's) or gru; a resumed or collapsed "
         "run keeps its own",
         choices=RNN_KINDS,
+        default="lstm",
     )
 
 
@@ -165,18 +175,24 @@ class BreakConfig:
     enabled: bool = setting(
         "re-initialise mature redundant units during training without changing the function",
         flag="--break-symmetry",
+        default=False,
     )
-    interval: int = setting("break every this many epochs", metavar="EPOCHS")
+    interval: int = setting("break every this many epochs", metavar="EPOCHS", default=10)
     fiber_threshold: float = setting(
         "fiber threshold τ in [0, 2]; 0 = exact fibers, function exactly preserved",
         metavar="TAU",
+        default=0.3,
     )
     opfiber_threshold: float | None = setting(
-        "also require the same opfiber at this τ (None = off)", metavar="TAU"
+        "also require the same opfiber at this τ (None = off)", metavar="TAU", default=None
     )
-    maturity: int = setting("only break units at least this many epochs old", metavar="EPOCHS")
-    fraction: float = setting("share of the mature redundant units broken each time, in [0, 1]")
-    layers: str = setting(TRAINING_LAYERS_HELP, metavar="LAYERS")
+    maturity: int = setting(
+        "only break units at least this many epochs old", metavar="EPOCHS", default=20
+    )
+    fraction: float = setting(
+        "share of the mature redundant units broken each time, in [0, 1]", default=0.5
+    )
+    layers: str = setting(TRAINING_LAYERS_HELP, metavar="LAYERS", default="all")
 
 
 @dataclass(frozen=True)
@@ -189,14 +205,16 @@ class RedoConfig:
         "recycle dormant units during training (Sokar et al. 2023): fresh incoming weights, "
         "outgoing weights zeroed",
         flag="--redo",
+        default=False,
     )
     tau: float = setting(
         "a unit is dormant when its mean |activation| is at most TAU times its layer's mean; "
         "0 = only dead units",
         metavar="TAU",
+        default=0.1,
     )
-    interval: int = setting("reset every this many epochs", metavar="EPOCHS")
-    layers: str = setting(TRAINING_LAYERS_HELP, metavar="LAYERS")
+    interval: int = setting("reset every this many epochs", metavar="EPOCHS", default=10)
+    layers: str = setting(TRAINING_LAYERS_HELP, metavar="LAYERS", default="all")
 
 
 @dataclass(frozen=True)
@@ -213,16 +231,19 @@ class CollapseConfig:
         "error of a removed unit",
         flag="--collapse",
         metavar="TAU",
+        default=0.0,
     )
     epoch: int = setting(
         "collapse the checkpoint closest to this epoch (the one picked is reported when it "
         "differs)",
         flag="--collapse-epoch",
+        default=50,
     )
     until: int | None = setting(
         "train the collapsed model up to this epoch (None = the last epoch of the schedule, "
         "total_timesteps / batch_size)",
         flag="--collapse-until",
+        default=None,
     )
     criterion: str = setting(
         "how fibers are found: weights (cosine distance of input-collapsed weight rows <= TAU) "
@@ -230,12 +251,14 @@ class CollapseConfig:
         "policy, relative fit error <= TAU)",
         flag="--criterion",
         choices=CRITERIA,
+        default="weights",
     )
     flatten_colours: str = setting(
         "conv->Linear colours: positions (channel fiber, image position: a true fibration) or "
         "pooled (summed over positions, the published reference's criterion)",
         flag="--flatten-colours",
         choices=FLATTEN_COLOURS,
+        default="positions",
     )
     lstm_criterion: str = setting(
         "weights criterion, LSTM: units (a unit's four gate rows with biases, exact fixed "
@@ -243,46 +266,56 @@ class CollapseConfig:
         "clustering, no biases, 5 rounds)",
         flag="--lstm-criterion",
         choices=LSTM_CRITERIA,
+        default="units",
     )
     layers: str = setting(
         "comma-separated layers to collapse: kinds (conv, linear, lstm), labels (conv1, "
         "linear1...) or all",
         metavar="LAYERS",
+        default="all",
     )
     lstm_rounds: int = setting(
         "approximate LSTM re-clustering rounds (more rounds cascade into far fewer units; "
         "the exact case always runs to a fixed point)",
         metavar="N",
+        default=1,
     )
     fit: str = setting(
         "data criterion: lstsq (each removed unit rebuilt by least squares from several kept "
         "units) or affine (from one representative, a_j = s*a_r + t: plain fibers)",
         choices=DATA_FITS,
+        default="lstsq",
     )
     pivot: str = setting(
         "data criterion, lstsq: keep next the unit whose fit removes the most error where its "
         "consumers see it (consumer: outgoing-weight Gram matrix) or the unit with the largest "
         "unexplained variance (variance: pivoted Cholesky, the earlier default)",
         choices=DATA_PIVOTS,
+        default="consumer",
     )
     calibration_batch: int = setting(
         "data criterion: calibration sequences played by the policy on env seeds SEED+1000..",
         metavar="B",
+        default=16,
     )
     calibration_steps: int = setting(
-        "data criterion: steps per calibration sequence, LSTM state carried", metavar="T"
+        "data criterion: steps per calibration sequence, LSTM state carried",
+        metavar="T",
+        default=512,
     )
     episodes: int | None = setting(
         "episodes played by the collapsed policy for its return before retraining (0 = skip; "
         "None = 3, or 10 with criterion data)",
         metavar="N",
+        default=None,
     )
     fidelity_batch: int = setting(
         "real observation sequences for KL and value error, env seeds SEED.. (held out for "
         "criterion data)",
         metavar="B",
+        default=8,
     )
-    fidelity_steps: int = setting("steps per sequence, LSTM state carried", metavar="T")
+    fidelity_steps: int = setting("steps per sequence, LSTM state carried", metavar="T", default=64)
 
     @property
     def layer_list(self) -> list[str] | None:

@@ -23,14 +23,8 @@ from collections.abc import Mapping
 
 import torch
 
-from pufferfiber.core.fibers import (
-    Colouring,
-    Fibration,
-    fiber_colourings,
-    mean_over_fibers,
-    sum_over_colours,
-    walk,
-)
+from pufferfiber.core.colouring import Colouring, Fibration, mean_over_fibers, sum_over_colours
+from pufferfiber.core.fibers import fiber_colourings, walk
 from pufferfiber.core.graph import (
     LayerNode,
     bias_view,

@@ -40,6 +40,7 @@ from torch import nn
 
 from pufferfiber.core.adapt import AdaptedNetwork
 from pufferfiber.core.collapse import collapse_policy
+from pufferfiber.core.colouring import DEFAULT_LSTM_ROUNDS, Fibration
 from pufferfiber.core.datafibers import (
     CALIBRATION_SEED_OFFSET,
     DEFAULT_CALIBRATION_BATCH,
@@ -49,7 +50,7 @@ from pufferfiber.core.datafibers import (
     apply_reconstructions,
     data_fibers,
 )
-from pufferfiber.core.fibers import DEFAULT_LSTM_ROUNDS, Fibration, compute_fibers
+from pufferfiber.core.fibers import compute_fibers
 from pufferfiber.core.graph import build_graph
 from pufferfiber.core.policy import Policy
 from pufferfiber.core.types import (

@@ -50,7 +50,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from pufferfiber.core.fibers import Fibration, LayerFibers
+from pufferfiber.core.colouring import Fibration, LayerFibers
 from pufferfiber.core.graph import (
     LayerGraph,
     LayerNode,

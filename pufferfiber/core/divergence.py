@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from pufferfiber.core.adapt import AdaptedNetwork
-from pufferfiber.core.fibers import Fibration
+from pufferfiber.core.colouring import Fibration
 from pufferfiber.core.policy import Policy
 
 _CHUNK = 256  # sequences per forward pass (bounds memory on 105×80 frames)

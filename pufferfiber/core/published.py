@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pufferfiber.core.clustering import cluster_rows, relabel_first_occurrence
-from pufferfiber.core.fibers import Colouring, LayerFibers, input_part, sum_over_colours
+from pufferfiber.core.colouring import Colouring, LayerFibers, input_part, sum_over_colours
 from pufferfiber.core.graph import LSTM_GATES, LayerNode, recurrent_view
 
 PUBLISHED_LSTM_ROUNDS = 5

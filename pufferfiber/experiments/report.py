@@ -609,7 +609,7 @@ def render_html(data: ReportData, dpi: int) -> str:
         fig = Figure(figsize=(12, height), layout="constrained")
         draw(fig)
         images.append(
-            f'<p><img alt="{name}" src="data:image/png;base64,{_png_base64(fig, dpi)}"></p>'
+            f'<p><img alt="{name}" src="data:image/png;base64,{png_base64(fig, dpi)}"></p>'
         )
     head = html.escape(f"pufferfiber report: {exp.env} ({exp.run_dir})")
     return (
@@ -618,20 +618,20 @@ def render_html(data: ReportData, dpi: int) -> str:
         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 8px;"
         "text-align:right}img{max-width:100%}</style></head><body>"
         f"<h1>{head}</h1>\n" + "\n".join(images) + "\n<h2>Numbers</h2>\n"
-        f"{_html_table(table_rows(data))}\n"
+        f"{html_table(table_rows(data))}\n"
         f"<p>% of full = parameters relative to the full original model "
         f"({_int(data.params_full) or 'unknown'} parameters). Final return = mean of the last "
         f"{data.smooth_window} epochs.</p></body></html>\n"
     )
 
 
-def _png_base64(fig: Figure, dpi: int) -> str:
+def png_base64(fig: Figure, dpi: int) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _html_table(rows: Sequence[Sequence[str]]) -> str:
+def html_table(rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows
@@ -677,15 +677,17 @@ def _print_table(data: ReportData) -> None:
     Console(width=200).print(table)
 
 
+def check_dpi(dpi: int) -> None:
+    """:class:`ReportError` unless ``1 <= dpi <= MAX_DPI``."""
+    if not 1 <= dpi <= MAX_DPI:
+        raise ReportError(f"--dpi must be between 1 and {MAX_DPI}, got {dpi}")
+
+
 def write_report(args: argparse.Namespace) -> int:
     """``pufferfiber report`` with its parsed options (:mod:`pufferfiber.cli.report`)."""
-    from pufferfiber.experiments.sweep_report import is_sweep_dir, write_sweep_report
     from pufferfiber.io.atomic import atomic_write_bytes
 
-    if not 1 <= args.dpi <= MAX_DPI:
-        raise ReportError(f"--dpi must be between 1 and {MAX_DPI}, got {args.dpi}")
-    if is_sweep_dir(args.experiment_dir):  # a sweep folder: seeds aggregated
-        return write_sweep_report(args)
+    check_dpi(args.dpi)
     exp = find_experiment(args.experiment_dir)
     out = _output_path(args, exp)
     if exp.history is None and not any(c.resumed for c in exp.collapses):

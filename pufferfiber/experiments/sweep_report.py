@@ -38,6 +38,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pufferfiber.experiments import plots
+from pufferfiber.experiments.report import ReportError, html_table, png_base64, check_dpi
 from pufferfiber.io.runfiles import SWEEP_REPORT_HTML
 from pufferfiber.experiments.sweep import (
     INTERVENTIONS,
@@ -488,8 +489,6 @@ def table_rows(arms: list[ArmSummary]) -> list[list[str]]:
 def render_html(
     sweep_dir: Path, arms: list[ArmSummary], figures: dict[str, Figure], dpi: int
 ) -> str:
-    from pufferfiber.experiments.report import _html_table, _png_base64
-
     spec = SweepSpec.from_dict(json.loads((sweep_dir / SPEC_NAME).read_text()))
     parts = [
         "<!doctype html><meta charset='utf-8'><title>pufferfiber sweep</title>",
@@ -502,11 +501,11 @@ def render_html(
     ]
     for env, fig in figures.items():
         parts.append(f"<h2>{html.escape(env)}</h2><p><b>{html.escape(sentence(env, arms))}</b></p>")
-        parts.append(f"<img src='data:image/png;base64,{_png_base64(fig, dpi)}'>")
+        parts.append(f"<img src='data:image/png;base64,{png_base64(fig, dpi)}'>")
         turns = [fiber_turns(a) for a in arms if a.env == env and _uncollapsed(a)]
         if any(a.intervention != NONE for a in arms):
             parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in turns) + "</ul>")
-    parts.append(_html_table([table_header(arms), *table_rows(arms)]))
+    parts.append(html_table([table_header(arms), *table_rows(arms)]))
     return "\n".join(parts)
 
 
@@ -514,8 +513,8 @@ def write_sweep_report(args: argparse.Namespace) -> int:
     """The ``report`` command on a sweep folder (``args`` from ``pufferfiber.cli.report.build_parser``).
     Raises :class:`~pufferfiber.experiments.report.ReportError` for bad input."""
     from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text
-    from pufferfiber.experiments.report import ReportError
 
+    check_dpi(args.dpi)
     sweep_dir = Path(args.experiment_dir)
     out = Path(args.output) if args.output else sweep_dir / SWEEP_REPORT_HTML
     if out.suffix.lower() not in (".png", ".html", ".htm"):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pufferfiber.core.fibers import Fibration
+from pufferfiber.core.colouring import Fibration
 from pufferfiber.io.atomic import atomic_write_bytes
 from pufferfiber.io.schemas import FIBERS_FORMAT, FibersHeader
 

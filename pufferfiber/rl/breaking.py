@@ -49,13 +49,9 @@ import numpy as np
 import torch
 
 from pufferfiber.core.clustering import meet
+from pufferfiber.core.colouring import Fibration
 from pufferfiber.core.criteria import FiberCriterion, WeightCriterion
-from pufferfiber.core.fibers import (
-    Fibration,
-    compute_opfibers,
-    fiber_colourings,
-    validate_threshold,
-)
+from pufferfiber.core.fibers import compute_opfibers, fiber_colourings, validate_threshold
 from pufferfiber.core.graph import (
     LayerGraph,
     LayerNode,

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pufferfiber.core.clustering import products_on
+from pufferfiber.core.colouring import DEFAULT_LSTM_ROUNDS, Fibration
 from pufferfiber.core.criteria import (
     DEFAULT_CRITERION,
     DataCriterion,
@@ -40,7 +41,6 @@ from pufferfiber.core.datafibers import (
     stderr_progress,
 )
 from pufferfiber.core.divergence import fidelity_report, format_fidelity
-from pufferfiber.core.fibers import DEFAULT_LSTM_ROUNDS, Fibration
 from pufferfiber.core.policy import Policy
 from pufferfiber.core.types import validate_threshold
 from pufferfiber.io.atomic import atomic_dir, check_writable

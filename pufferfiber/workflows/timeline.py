@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pufferfiber.core.colouring import DEFAULT_LSTM_ROUNDS
 from pufferfiber.core.criteria import FiberCriterion, WeightCriterion
-from pufferfiber.core.fibers import DEFAULT_LSTM_ROUNDS, validate_threshold
+from pufferfiber.core.fibers import validate_threshold
 from pufferfiber.core.graph import build_graph
 from pufferfiber.io.atomic import atomic_write_text, folder_writable
 from pufferfiber.io.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
