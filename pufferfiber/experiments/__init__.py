@@ -1,0 +1,1 @@
+"""Experiments over many runs: the sweep on Ray Tune, run and sweep reports, plots, statistics."""
