@@ -702,4 +702,3 @@ def write_report(args: argparse.Namespace) -> int:
         _print_table(data)
     print(f"report written to {out}")
     return 0
-

@@ -38,8 +38,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pufferfiber.experiments import plots
-from pufferfiber.experiments.report import ReportError, html_table, png_base64, check_dpi
-from pufferfiber.io.runfiles import SWEEP_REPORT_HTML
+from pufferfiber.experiments.report import ReportError, check_dpi, html_table, png_base64
 from pufferfiber.experiments.sweep import (
     INTERVENTIONS,
     SPEC_NAME,
@@ -48,6 +47,7 @@ from pufferfiber.experiments.sweep import (
     SweepSpec,
     _history,
 )
+from pufferfiber.io.runfiles import SWEEP_REPORT_HTML
 
 ORIGINAL = "original"
 NONE = "none"
@@ -510,8 +510,9 @@ def render_html(
 
 
 def write_sweep_report(args: argparse.Namespace) -> int:
-    """The ``report`` command on a sweep folder (``args`` from ``pufferfiber.cli.report.build_parser``).
-    Raises :class:`~pufferfiber.experiments.report.ReportError` for bad input."""
+    """The ``report`` command on a sweep folder (``args`` from
+    :func:`pufferfiber.cli.report.build_parser`). Raises
+    :class:`~pufferfiber.experiments.report.ReportError` for bad input."""
     from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text
 
     check_dpi(args.dpi)
