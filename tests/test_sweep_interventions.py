@@ -15,6 +15,7 @@ import pytest
 
 from pufferfiber.cli.sweep import main as sweep_main
 from pufferfiber.cli.sweep import spec_from_args
+from pufferfiber.config.sections import load_config
 from pufferfiber.experiments.sweep import (
     SPEC_NAME,
     TRAJECTORY_NAME,
@@ -110,16 +111,22 @@ def test_bad_intervention_input_is_one_line_exit_2(
         assert not out.exists()
 
 
-def test_intervention_options_reach_demo() -> None:
+def test_intervention_options_reach_the_runs() -> None:
     options = ["--interventions", "break,break-opfibers,redo", "--break.fiber-threshold", "0.9",
                "--redo.tau", "0.05"]  # fmt: skip
     spec, _ = spec_from_args([*TINY, "--out", "x", *options])
-    assert spec.intervention_args("none") == []
-    assert spec.intervention_args("break") == ["--break-symmetry", "--break.fiber-threshold", "0.9"]
-    assert spec.intervention_args("break-opfibers") == [
-        "--break-symmetry", "--break.fiber-threshold", "0.9", "--break.opfiber-threshold", "0.9",
-    ]  # fmt: skip
-    assert spec.intervention_args("redo") == ["--redo", "--redo.tau", "0.05"]
+    assert spec.intervention_settings("none") == {}
+    assert spec.intervention_settings("break") == {
+        "break.enabled": "true", "break.fiber_threshold": "0.9",
+    }  # fmt: skip
+    assert spec.intervention_settings("break-opfibers") == {
+        "break.enabled": "true", "break.fiber_threshold": "0.9", "break.opfiber_threshold": "0.9",
+    }  # fmt: skip
+    assert spec.intervention_settings("redo") == {"redo.enabled": "true", "redo.tau": "0.05"}
+    # the settings are what the runs' typed configuration is built from
+    cfg = load_config("cartpole", spec.intervention_settings("break-opfibers"))
+    assert cfg.breaking.enabled and cfg.breaking.opfiber_threshold == 0.9
+    assert load_config("cartpole", spec.intervention_settings("redo")).redo.tau == 0.05
     assert (spec.fiber_threshold(), spec.dormancy_threshold()) == (0.9, 0.05)
     assert SweepSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 

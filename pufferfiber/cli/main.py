@@ -312,7 +312,8 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
 
 def dispatch(args: Args) -> int:
     from pufferfiber.workflows.hooks import training_hooks
-    from pufferfiber.workflows.train import check_device, train_collapsed, train_new, train_resume
+    from pufferfiber.workflows.job import JobKind, TrainJob, run_job
+    from pufferfiber.workflows.train import check_device
 
     ns = args.ns
     cfg = load_config(
@@ -324,16 +325,13 @@ def dispatch(args: Args) -> int:
     collapse = cfg.collapse.threshold != 0
     if collapse and ns.mode != "train":
         raise UsageError("--collapse works with --mode train")
-    if ns.resume and ns.mode == "train" and not collapse:
-        # the run's own settings are known only once its checkpoint is read
-        return train_resume(cfg, ns.exp_id, ns.allow_pickle, args.overrides, ns.vec)
-    hooks = training_hooks(cfg, args.overrides)  # settings checked before any work
-    check_device(cfg)  # before any folder is created
     if ns.mode == "eval":
+        training_hooks(cfg, args.overrides)  # the same settings checks as a training run
+        check_device(cfg)
         return evaluate(cfg, ns)
-    if collapse:
-        return train_collapsed(cfg, ns.exp_id, ns.allow_pickle)
-    return train_new(cfg, hooks)
+    kind: JobKind = "collapse" if collapse else "resume" if ns.resume else "new"
+    job = TrainJob(kind, cfg, args.overrides, ns.exp_id, ns.vec, ns.allow_pickle)
+    return run_job(job)
 
 
 def main(

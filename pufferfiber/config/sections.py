@@ -360,6 +360,23 @@ class RunConfig:
         out["sources"] = list(self.sources)
         return out
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """The configuration :meth:`to_dict` wrote (validated again): how a run's typed settings
+        cross a process boundary as JSON."""
+        sections = {
+            attr: section_cls(**dict(data[section_name(section_cls)]))
+            for attr, section_cls in section_types().items()
+        }
+        cfg = cls(
+            env_name=str(data["env_name"]),
+            env=dict(data.get("env") or {}),
+            sources=tuple(data.get("sources") or ()),
+            **sections,
+        )
+        validate(cfg)
+        return cfg
+
     def replace_train(self, **changes: Any) -> RunConfig:
         """A copy with some ``[train]`` settings changed (validated again)."""
         cfg = dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))

@@ -2,10 +2,12 @@
 Ray Tune.
 
 One *cell* is one env, one intervention and one seed. It trains the original run once
-(``demo.py --mode train``, to the end of the schedule), then for every *arm* (threshold τ ×
-collapse criterion × ``--flatten-colours``) collapses the checkpoint closest to
-``--collapse-epoch`` and trains the collapsed network to the same final epoch (``demo.py
---collapse``), so every arm of a seed has the same total agent steps. Each finished run is
+(what ``demo.py --mode train`` does, to the end of the schedule), then for every *arm*
+(threshold τ × collapse criterion × ``--flatten-colours``) collapses the checkpoint closest to
+``--collapse-epoch`` and trains the collapsed network to the same final epoch (what ``demo.py
+--collapse`` does), so every arm of a seed has the same total agent steps. Each run is a typed
+:class:`~pufferfiber.workflows.job.TrainJob` run in a process of its own (``job.json`` beside
+``sweep.log`` holds the latest). Each finished run is
 evaluated on ``--eval-episodes`` episodes. Ray Tune runs the cells (a grid search over env ×
 intervention × seed, one CPU each by default), on a local Ray started here or on the cluster at
 ``--ray-address``.
@@ -46,7 +48,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ from pufferfiber.io.runfiles import (
     METRICS,
     RUN_DIR_RE,
     SWEEP_EVAL,
+    SWEEP_JOB,
     SWEEP_LOG,
     SWEEP_RESULTS,
     SWEEP_SPEC,
@@ -66,6 +69,7 @@ from pufferfiber.io.runfiles import (
     sweep_seed_dir_name,
 )
 from pufferfiber.workflows.hooks import RunError, hooks_from
+from pufferfiber.workflows.job import JobKind
 
 REPO = Path(__file__).resolve().parents[2]  # the package's parent, for Ray workers' path
 SPEC_NAME = SWEEP_SPEC
@@ -140,7 +144,7 @@ class SweepSpec:
     eval_episodes: int
     overrides: tuple[tuple[str, str], ...]
     interventions: tuple[str, ...] = ("none",)
-    # --break.KEY / --redo.KEY settings of the interventions, as demo.py options
+    # --break.KEY / --redo.KEY settings of the interventions (dotted key, value)
     intervention_options: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,30 +172,27 @@ class SweepSpec:
             ),
         )
 
-    def override_args(self) -> list[str]:
-        return [a for k, v in self.overrides for a in (f"--{k}", v)]
-
     def options(self, section: str) -> dict[str, str]:
         """``--break.*`` or ``--redo.*`` settings given to the sweep (dotted key → value)."""
         return {k: v for k, v in self.intervention_options if k.startswith(section + ".")}
 
-    def intervention_args(self, intervention: str) -> list[str]:
-        """``demo.py`` options that switch ``intervention`` on with the sweep's settings.
-        ``break`` ignores ``--break.opfiber-threshold``; ``break-opfibers`` defaults it to the
-        fiber threshold."""
+    def intervention_settings(self, intervention: str) -> dict[str, str]:
+        """The settings (dotted key → value) that switch ``intervention`` on with the sweep's
+        ``--break.*`` / ``--redo.*``. ``break`` ignores ``--break.opfiber-threshold``;
+        ``break-opfibers`` defaults it to the fiber threshold."""
         if intervention == "none":
-            return []
+            return {}
         if intervention == "redo":
-            return ["--redo", *_as_args(self.options("redo"))]
+            return {"redo.enabled": "true", **self.options("redo")}
         settings = self.options("break")
         opfiber = settings.pop("break.opfiber_threshold", None)
-        args = ["--break-symmetry", *_as_args(settings)]
+        out = {"break.enabled": "true", **settings}
         if intervention == "break-opfibers":
             fiber = settings.get(
                 "break.fiber_threshold", str(load_section(BreakConfig).fiber_threshold)
             )
-            args += ["--break.opfiber-threshold", opfiber or fiber]
-        return args
+            out["break.opfiber_threshold"] = opfiber or fiber
+        return out
 
     def fiber_threshold(self) -> float:
         """τ of the fibers drawn over training: the breaking threshold."""
@@ -202,10 +203,6 @@ class SweepSpec:
         """τ of the dormant fraction drawn over training: ReDo's threshold."""
         default = load_section(RedoConfig).tau
         return float(self.options("redo").get("redo.tau", default))
-
-
-def _as_args(settings: dict[str, str]) -> list[str]:
-    return [a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)]
 
 
 def cell_dir(spec: SweepSpec, env: str, intervention: str, seed: int) -> Path:
@@ -313,14 +310,20 @@ def _package_path() -> str:
     return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
-def _demo(args: list[str], log: Path) -> None:
-    """Run ``pufferfiber train args`` (``demo.py --mode train``) with stdout/stderr appended
-    to ``log``; raise on failure."""
+def _train(kind: JobKind, env: str, settings: dict[str, str], log: Path, **job: Any) -> None:
+    """Run one training job (``kind``, ``settings`` on top of ``env``'s config files) in its own
+    process, stdout/stderr appended to ``log``; raise on failure. The job travels as the typed
+    configuration in ``job.json`` beside ``log``, not as command-line text."""
+    from pufferfiber.config.sections import load_config
+    from pufferfiber.workflows.job import TrainJob
+
+    job_file = log.with_name(SWEEP_JOB)
+    path = TrainJob(kind, load_config(env, settings), settings, **job).save(job_file)
     with open(log, "a", encoding="utf-8") as f:
-        f.write(f"\n$ pufferfiber train {' '.join(args)}\n")
+        f.write(f"\n$ {kind} run of {env}: {json.dumps(settings)}\n")
         f.flush()
         proc = subprocess.run(
-            [sys.executable, "-m", "pufferfiber", "train", *args],
+            [sys.executable, "-m", "pufferfiber.cli.job", str(path)],
             stdout=f,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _package_path()},
@@ -328,9 +331,7 @@ def _demo(args: list[str], log: Path) -> None:
         )
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
-        raise RuntimeError(
-            f"pufferfiber train {args[:4]} failed ({proc.returncode}): {' '.join(tail)}"
-        )
+        raise RuntimeError(f"{kind} run of {env} failed ({proc.returncode}): {' '.join(tail)}")
 
 
 def _runs_in(folder: Path, env: str) -> list[Path]:
@@ -352,28 +353,35 @@ def _last_epoch(run: Path) -> int:
 
 
 def ensure_original(
-    spec: SweepSpec, env: str, seed: int, seed_dir: Path, tag: str, extra: Sequence[str] = ()
+    spec: SweepSpec,
+    env: str,
+    seed: int,
+    seed_dir: Path,
+    tag: str,
+    extra: Mapping[str, str] | None = None,
 ) -> Path:
     """The finished original run of this cell: trained, resumed, or already there (``extra``:
-    the intervention's ``demo.py`` options)."""
+    the intervention's settings)."""
     end = int(run_config(spec, env, seed).train.end_epoch)
     runs = [r for r in _runs_in(seed_dir, env) if _last_epoch(r) > 0]
     for r in _runs_in(seed_dir, env):
         if _last_epoch(r) == 0:  # killed before its first checkpoint: nothing to keep
             shutil.rmtree(r)
-    common = ["--env", env, "--train.data-dir", str(seed_dir), "--train.seed", str(seed), *extra]
+    settings = {
+        "train.data_dir": str(seed_dir),
+        "train.seed": str(seed),
+        **(extra or {}),
+        **dict(spec.overrides),
+    }
     log = seed_dir / SWEEP_LOG
     if not runs:
         _say(tag, f"original: training epochs 1..{end}")
-        _demo([*common, *spec.override_args()], log)
+        _train("new", env, settings, log)
         runs = _runs_in(seed_dir, env)
     run = runs[-1]
     if _last_epoch(run) < end:
         _say(tag, f"original: resuming {run.name} at epoch {_last_epoch(run)}")
-        _demo(
-            [*common, "--resume", "--exp-id", run.name, *spec.override_args()],
-            log,
-        )
+        _train("resume", env, settings, log, exp_id=run.name)
     return run
 
 
@@ -397,7 +405,7 @@ def ensure_arm(
     original: Path,
     arm: Arm,
     tag: str,
-    extra: Sequence[str] = (),
+    extra: Mapping[str, str] | None = None,
 ) -> tuple[Path, Path]:
     """``(collapse folder, finished resumed run)`` of one arm, collapsing and training if needed."""
     from pufferfiber.io.checkpoints import closest_checkpoint
@@ -413,15 +421,18 @@ def ensure_arm(
     for stale in _runs_in(folder, env):  # an interrupted arm is collapsed and trained again
         shutil.rmtree(stale)
     _say(tag, f"{arm.name}: collapsing epoch {epoch}, training to epoch {until}")
-    args = [
-        "--env", env,
-        "--train.data-dir", str(base.parent), "--exp-id", base.name, "--train.seed", str(seed),
-        "--collapse", f"{arm.threshold:g}", "--collapse-epoch", str(spec.collapse_epoch),
-        "--collapse-until", str(until), "--flatten-colours", arm.flatten_colours,
-    ]  # fmt: skip
-    if arm.criterion != DEFAULT_CRITERION:
-        args += ["--criterion", arm.criterion]
-    _demo([*args, *extra, *spec.override_args()], original.parent / "sweep.log")
+    settings = {
+        "train.data_dir": str(base.parent),
+        "train.seed": str(seed),
+        "collapse.threshold": f"{arm.threshold:g}",
+        "collapse.epoch": str(spec.collapse_epoch),
+        "collapse.until": str(until),
+        "collapse.flatten_colours": arm.flatten_colours,
+        "collapse.criterion": arm.criterion,
+        **(extra or {}),
+        **dict(spec.overrides),
+    }
+    _train("collapse", env, settings, original.parent / SWEEP_LOG, exp_id=base.name)
     (run,) = [r for r in _runs_in(folder, env) if _last_epoch(r) >= until]
     return folder, run
 
@@ -483,7 +494,7 @@ def run_cell(
     seed_dir = cell_dir(spec, env, intervention, seed)
     seed_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    extra = spec.intervention_args(intervention)
+    extra = spec.intervention_settings(intervention)
     original = ensure_original(spec, env, seed, seed_dir, tag, extra)
     until = final_epoch(spec, env)
     cfg = run_config(spec, env, seed)

@@ -67,6 +67,7 @@ SWEEP_SUMMARY = "summary.csv"
 SWEEP_RESULTS = "results.json"
 SWEEP_EVAL = "eval.json"
 SWEEP_LOG = "sweep.log"
+SWEEP_JOB = "job.json"  # the typed TrainJob of a cell's latest run, beside sweep.log
 SWEEP_REPORT_HTML = "report.html"
 SWEEP_TRAJECTORY = "trajectory.json"  # fibers and dormant units over a run, per sweep run
 
