@@ -50,6 +50,8 @@ _EXPORTS = {
     "collect_observations": "pufferfiber.rl.evaluate",
     "play_episodes": "pufferfiber.rl.evaluate",
     "collapse_to_folder": "pufferfiber.workflows.collapse",
+    "FidelitySpec": "pufferfiber.workflows.collapse",
+    "WriteMode": "pufferfiber.workflows.collapse",
 }
 
 __all__ = sorted(_EXPORTS)

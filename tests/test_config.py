@@ -211,12 +211,11 @@ def test_typed_sections_are_the_runs_sections() -> None:
 def test_ini_defaults_match_the_library_defaults() -> None:
     """``[break]`` and ``[collapse]`` defaults are those of the classes and functions they
     configure, and the choices those the library accepts."""
-    import inspect
-
     from pufferfiber.config import sections as config
     from pufferfiber.core import datafibers, fibers, policy
+    from pufferfiber.core.criteria import DEFAULT_CRITERION, WeightCriterion
     from pufferfiber.rl.breaking import SymmetryBreaker
-    from pufferfiber.workflows.collapse import collapse_to_folder
+    from pufferfiber.workflows.collapse import FidelitySpec
 
     cfg = load_config("cartpole")
     b, c = cfg.breaking, cfg.collapse
@@ -229,12 +228,11 @@ def test_ini_defaults_match_the_library_defaults() -> None:
         d.fraction,
     )
     assert parse_layers(b.layers) is None and d.layers is None
-    defaults = {k: p.default for k, p in inspect.signature(collapse_to_folder).parameters.items()}
-    assert c.lstm_rounds == defaults["max_lstm_rounds"] == fibers.DEFAULT_LSTM_ROUNDS
-    assert c.fidelity_batch == defaults["fidelity_batch"]
-    assert c.fidelity_steps == defaults["fidelity_steps"]
-    assert c.criterion == defaults["criterion"] and c.flatten_colours == "positions"
-    assert c.lstm_criterion == defaults["lstm_criterion"]
+    w, f = WeightCriterion(threshold=0.0), FidelitySpec()
+    assert c.lstm_rounds == w.max_lstm_rounds == fibers.DEFAULT_LSTM_ROUNDS
+    assert (c.fidelity_batch, c.fidelity_steps) == (f.batch, f.steps)
+    assert c.criterion == DEFAULT_CRITERION and c.flatten_colours == w.flatten_colours
+    assert c.lstm_criterion == w.lstm_criterion
     assert c.calibration_batch == datafibers.DEFAULT_CALIBRATION_BATCH
     assert c.calibration_steps == datafibers.DEFAULT_CALIBRATION_STEPS
     assert c.episodes_played == 3 and dataclasses.replace(c, criterion="data").episodes_played == 10

@@ -19,6 +19,7 @@ import torch
 from pufferfiber.cli import main as cli
 from pufferfiber.core.clustering import cluster_rows, products_on
 from pufferfiber.core.collapse import collapse_policy
+from pufferfiber.core.criteria import WeightCriterion
 from pufferfiber.core.fibers import compute_fibers
 from pufferfiber.core.policy import Architecture, Policy
 from pufferfiber.io.checkpoints import (
@@ -29,7 +30,7 @@ from pufferfiber.io.checkpoints import (
 )
 from pufferfiber.rl.breaking import SymmetryBreaker
 from pufferfiber.rl.evaluate import policy_on
-from pufferfiber.workflows.collapse import collapse_to_folder
+from pufferfiber.workflows.collapse import FidelitySpec, collapse_to_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_collapse import max_output_error, planted, sequence
@@ -149,12 +150,10 @@ def test_collapse_pipeline_on_device(device: str, tmp_path: Path) -> None:
     ckpt = load_checkpoint(path)
     result = collapse_to_folder(
         ckpt,
-        0.0,
+        WeightCriterion(threshold=0.0),
         tmp_path / "out",
         device=device,
-        fidelity_episodes=1,
-        fidelity_batch=2,
-        fidelity_steps=16,
+        fidelity=FidelitySpec(episodes=1, batch=2, steps=16),
         echo=False,
     )
     assert result.fidelity["kl"] < 1e-9 and result.fidelity["value_mae"] < 1e-5

@@ -10,6 +10,7 @@ import torch
 
 import pufferfiber.workflows.collapse as pipeline
 from pufferfiber.cli.main import collapse_main
+from pufferfiber.core.criteria import WeightCriterion
 from pufferfiber.core.policy import Policy
 from pufferfiber.core.types import validate_threshold
 from pufferfiber.envs.registry import architecture_for
@@ -98,11 +99,9 @@ def test_exact_collapse_has_zero_divergence(tmp_path: Path) -> None:
     ckpt = load_checkpoint(cartpole_checkpoint(tmp_path))
     result = pipeline.collapse_to_folder(
         ckpt,
-        0.0,
+        WeightCriterion(threshold=0.0),
         tmp_path / "out",
-        fidelity_episodes=0,
-        fidelity_batch=2,
-        fidelity_steps=10,
+        fidelity=pipeline.FidelitySpec(episodes=0, batch=2, steps=10),
         echo=False,
     )
     assert result.fidelity["kl"] < 1e-10 and result.fidelity["value_mae"] < 1e-6

@@ -420,7 +420,13 @@ def _collapse(argv: list[str]) -> int:
     from pufferfiber.envs.registry import check_env_name
     from pufferfiber.io.checkpoints import load_checkpoint
     from pufferfiber.rl.trainer import resolve_device
-    from pufferfiber.workflows.collapse import collapse_folder_name, collapse_to_folder
+    from pufferfiber.workflows.collapse import (
+        WriteMode,
+        collapse_folder_name,
+        collapse_to_folder,
+        criterion_from_config,
+        fidelity_from_config,
+    )
 
     args = collapse_parser(argv).parse_args(argv)
     given = {**given_settings(args), "collapse.threshold": args.threshold}
@@ -437,7 +443,7 @@ def _collapse(argv: list[str]) -> int:
         short = re.sub(r"\bcollapse\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
         raise UsageError(short) from None
     ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
-    from pufferfiber.workflows.train import check_fits_env, collapse_options
+    from pufferfiber.workflows.train import check_fits_env
 
     check_fits_env(ckpt)
     threshold = settings.threshold
@@ -445,12 +451,12 @@ def _collapse(argv: list[str]) -> int:
     try:
         result = collapse_to_folder(
             ckpt,
-            threshold,
+            criterion_from_config(settings, seed=args.seed),
             out,
+            fidelity=fidelity_from_config(settings),
+            mode=WriteMode.REPLACE if args.force else WriteMode.NEW,
             seed=args.seed,
-            replace=args.force,
             device=resolve_device(args.device),
-            **collapse_options(settings),
         )
     except (ValueError, KeyError) as exc:  # the pipeline's one-line input errors
         raise UsageError(one_line(exc)) from None

@@ -1,8 +1,11 @@
 """The collapse pipeline: checkpoint → fibers → quotient → folder.
 
 :func:`collapse_to_folder` is what ``demo.py --collapse τ`` and ``pufferfiber collapse`` both
-call (their command line is :mod:`pufferfiber.cli.main`, the method docs/method.md). It writes, into
-one folder and atomically (all three or nothing)::
+call (their command line is :mod:`pufferfiber.cli.main`, the method docs/method.md): a criterion
+(:func:`criterion_from_config` builds one from ``[collapse]``), a :class:`FidelitySpec` for the
+frames the result is measured on, and a :class:`WriteMode` for what may already be in the folder.
+:func:`collapse` does the work in memory; :func:`write_collapse` writes, into one folder and
+atomically (all three or nothing)::
 
     model_<EPOCH:06d>_collapsed.pt   the collapsed policy (our weights-only checkpoint format)
     fibers.pkl                       the fibers (see :func:`pufferfiber.io.fibersfile.fibers_dict`)
@@ -16,25 +19,23 @@ two-digit name because τ ≤ 2 has a single integer digit.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pufferfiber.config.sections import CollapseConfig
 from pufferfiber.core.clustering import products_on
-from pufferfiber.core.colouring import DEFAULT_LSTM_ROUNDS, Fibration
-from pufferfiber.core.criteria import (
-    DEFAULT_CRITERION,
-    DataCriterion,
-    FiberCriterion,
-    make_criterion,
-)
+from pufferfiber.core.colouring import Fibration
+from pufferfiber.core.criteria import DataCriterion, FiberCriterion, make_criterion
 from pufferfiber.core.datafibers import (
     CALIBRATION_SEED_OFFSET,
     DataFibration,
@@ -57,9 +58,31 @@ from pufferfiber.io.schemas import write_fidelity
 from pufferfiber.rl.evaluate import collect_observations, policy_on, return_figures
 
 
+class WriteMode(enum.Enum):
+    """What :func:`write_collapse` may do to a folder that already holds something."""
+
+    NEW = "new"  # the folder must be absent or empty
+    UPDATE = "update"  # replace the three files only; keep the rest (a resumed run inside)
+    # ``--force``: a folder holding only an earlier collapse's files is replaced as a whole; one
+    # that holds more (a resumed run) keeps that, but no collapsed model of another epoch stays
+    REPLACE = "replace"
+
+
+@dataclass(frozen=True)
+class FidelitySpec:
+    """The frames a collapse is measured on: ``batch × steps`` real frames played by the
+    original policy (env seeds ``seed``...), or the given ``observations`` (``[B, T, *obs]``);
+    and ``episodes`` played by the collapsed policy for its return (0: none)."""
+
+    episodes: int = 3
+    batch: int = 8
+    steps: int = 64
+    observations: torch.Tensor | None = field(default=None, compare=False)
+
+
 @dataclass
 class CollapseResult:
-    """What :func:`collapse_to_folder` produced.
+    """What :func:`collapse` computed and :func:`write_collapse` wrote.
 
     ``checkpoint`` is the collapsed checkpoint (``path`` = its final location, ``meta["collapse"]``
     says threshold and source), ``fibers`` the ``fibers.pkl`` dict, ``fidelity`` the
@@ -87,78 +110,77 @@ def collapse_folder_name(threshold: float, epoch: int) -> str:
     return collapse_dir_name(threshold_tag(threshold), epoch)
 
 
-def collapse_to_folder(
-    ckpt: Checkpoint,
-    threshold: float,
-    out_dir: Path,
-    *,
-    flatten_colours: str = "positions",
-    layers: list[str] | None = None,
-    max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
-    lstm_criterion: str = "units",
-    criterion: str | FiberCriterion = DEFAULT_CRITERION,
-    criterion_options: dict[str, Any] | None = None,
-    fidelity_episodes: int = 3,
-    fidelity_batch: int = 8,
-    fidelity_steps: int = 64,
-    observations: torch.Tensor | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
-    replace: bool = False,
-    echo: bool = True,
-    device: str | torch.device | None = None,
-) -> CollapseResult:
-    """Collapse ``ckpt`` at ``threshold`` and write the three files into ``out_dir``.
+def criterion_from_config(c: CollapseConfig, seed: int = 0) -> FiberCriterion:
+    """The criterion ``[collapse]`` names, carrying its own options (a one-line ``ValueError``
+    for an option of the other criterion). ``seed``: the data criterion's calibration games."""
+    weight_options = {
+        "flatten_colours": c.flatten_colours,
+        "max_lstm_rounds": c.lstm_rounds,
+        "lstm_criterion": c.lstm_criterion,
+    }
+    if c.criterion == "weights":
+        return make_criterion("weights", c.threshold, layers=c.layer_list, **weight_options)
+    if c.flatten_colours != "positions":
+        raise ValueError("--flatten-colours pooled applies to the weights criterion only")
+    if c.lstm_criterion != "units":
+        raise ValueError("--lstm-criterion applies to the weights criterion only")
+    return make_criterion(
+        c.criterion,
+        c.threshold,
+        seed=seed,
+        layers=c.layer_list,
+        progress=stderr_progress,
+        fit=c.fit,
+        pivot=c.pivot,
+        calibration_batch=c.calibration_batch,
+        calibration_steps=c.calibration_steps,
+    )
 
-    ``criterion`` is a name of :data:`pufferfiber.core.criteria.CRITERIA` (built with
-    ``criterion_options``, e.g. ``fit`` or ``calibration_batch`` for ``"data"``) or a
-    :class:`~pufferfiber.core.criteria.FiberCriterion`; the default reproduces the weight fibers
-    from ``flatten_colours``, ``layers``, ``max_lstm_rounds`` and ``lstm_criterion``.
-    ``observations`` (``[B, T, *obs]``) replaces the ``fidelity_batch × fidelity_steps`` real
-    frames otherwise collected by playing the original policy (env seeds ``seed``...); KL and
-    value error are measured on them, so for ``"data"`` they are held-out frames (its
-    calibration set is played on other seeds). An existing non-empty
-    ``out_dir`` is an error unless ``overwrite``; then only the three files are replaced
-    (other contents, e.g. a resumed run inside, are kept). ``replace`` (``--force``) replaces a
-    folder holding only an earlier collapse's files as a whole; one that holds more (a resumed
-    run) keeps that, but no collapsed model of another epoch stays beside the new files.
-    ``echo`` prints the fidelity table. ``device`` (default: the CPU) runs the fibers' pairwise
-    products and the fidelity's forward passes and episodes, e.g. on a GPU; the collapse itself
-    is float64 algebra on the CPU.
-    Raises ``ValueError`` / :class:`CheckpointError` with one-line messages; on any error
-    nothing is left half-written.
-    """
-    threshold = validate_threshold(threshold)
-    out_dir = Path(out_dir)
+
+def fidelity_from_config(c: CollapseConfig) -> FidelitySpec:
+    """The frames and episodes ``[collapse]`` measures a collapse on."""
+    return FidelitySpec(episodes=c.episodes_played, batch=c.fidelity_batch, steps=c.fidelity_steps)
+
+
+def check_out_dir(out_dir: Path, mode: WriteMode) -> None:
+    """Refuse, before any slow work, a folder ``mode`` may not write into."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CheckpointError(f"output {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (overwrite or replace):
+    if mode is WriteMode.NEW and out_dir.is_dir() and any(out_dir.iterdir()):
         raise CheckpointError(
             f"output folder {out_dir} already exists and is not empty "
             "(pass --force to replace its collapsed model)"
         )
-    check_writable(out_dir)  # fail before the slow fibers and fidelity work
+    check_writable(out_dir)
+
+
+def collapse(
+    ckpt: Checkpoint,
+    criterion: FiberCriterion,
+    *,
+    fidelity: FidelitySpec = FidelitySpec(),
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> CollapseResult:
+    """Collapse ``ckpt`` with ``criterion`` and measure the result; nothing is written
+    (``out_dir`` and the checkpoint's ``path`` are those of :func:`collapse_folder_name`
+    beside the source until :func:`write_collapse` says where).
+
+    KL and value error are measured on ``fidelity``'s frames (env seeds ``seed``...), so for
+    the data criterion they are held-out frames (its calibration set is played on other
+    seeds). ``device`` (default: the CPU) runs the fibers' pairwise products and the fidelity's
+    forward passes and episodes, e.g. on a GPU; the collapse itself is float64 algebra on the
+    CPU. Raises ``ValueError`` with one-line messages.
+    """
+    validate_threshold(criterion.threshold)
     policy = ckpt.policy.cpu().eval()
-    if isinstance(criterion, str):
-        criterion = _build_criterion(
-            criterion,
-            threshold,
-            seed,
-            layers,
-            dict(
-                flatten_colours=flatten_colours,
-                max_lstm_rounds=max_lstm_rounds,
-                lstm_criterion=lstm_criterion,
-            ),
-            criterion_options or {},
-        )
     original_on = policy_on(policy, device)[0]
-    observation_seeds = None
+    observations, observation_seeds = fidelity.observations, None
     if observations is None:
         observations = collect_observations(
-            original_on, ckpt.env, fidelity_batch, fidelity_steps, seed
+            original_on, ckpt.env, fidelity.batch, fidelity.steps, seed
         )
-        observation_seeds = [seed, seed + fidelity_batch - 1]
+        observation_seeds = [seed, seed + fidelity.batch - 1]
     collection_seconds = None
     with products_on(device):
         if isinstance(criterion, DataCriterion):  # calibrates on other seeds; held-out figures
@@ -170,15 +192,15 @@ def collapse_to_folder(
     assert isinstance(quotient, Policy) and fibration is not None
     quotient = quotient.eval()
     quotient_on = policy_on(quotient, device)[0]
-    fidelity = fidelity_report(
+    figures = fidelity_report(
         original_on, quotient_on, fibration, env=ckpt.env, observations=observations
     )
-    fidelity.update(return_figures(quotient_on, ckpt.env, fidelity_episodes, seed=seed))
+    figures.update(return_figures(quotient_on, ckpt.env, fidelity.episodes, seed=seed))
     described = criterion.describe()
     if isinstance(criterion, DataCriterion):
         described["collection_seconds"] = collection_seconds
-    fidelity.update(epoch=ckpt.epoch, source=str(ckpt.path), criterion=described)
-    fidelity["observation_seeds"] = observation_seeds
+    figures.update(epoch=ckpt.epoch, source=str(ckpt.path), criterion=described)
+    figures["observation_seeds"] = observation_seeds
     fibers = fibers_dict(
         fibration,
         epoch=ckpt.epoch,
@@ -188,28 +210,11 @@ def collapse_to_folder(
     )
     fibers["criterion"] = criterion.name
     if isinstance(fibration, DataFibration):
-        fidelity["calibration"] = fibration.calibration
+        figures["calibration"] = fibration.calibration
         _add_data_layers(fibers, fibration)
     meta = dict(ckpt.meta)
-    meta["collapse"] = _collapse_meta(ckpt, fibration, fidelity)
-    name = collapsed_model_name(ckpt.epoch)
-    whole = replace and out_dir.is_dir() and not _other_contents(out_dir)
-    with atomic_dir(out_dir) if whole else _output_folder(out_dir) as tmp:
-        save_checkpoint(
-            tmp / name,
-            quotient,
-            epoch=ckpt.epoch,
-            global_step=ckpt.global_step,
-            env=ckpt.env,
-            config=ckpt.config,
-            meta=meta,
-        )
-        save_fibers(tmp / FIBERS, fibers)
-        write_fidelity(tmp / FIDELITY, fidelity)
-    if echo:
-        print(format_fidelity(fidelity))
-        if "calibration" in fidelity:
-            print(format_calibration(fidelity["calibration"]))
+    meta["collapse"] = _collapse_meta(ckpt, fibration, figures)
+    out_dir = ckpt.path.parent / collapse_folder_name(criterion.threshold, ckpt.epoch)
     collapsed = Checkpoint(
         policy=quotient,
         arch=quotient.arch,
@@ -217,30 +222,61 @@ def collapse_to_folder(
         global_step=ckpt.global_step,
         env=ckpt.env,
         config=dict(ckpt.config),
-        path=out_dir / name,
+        path=out_dir / collapsed_model_name(ckpt.epoch),
         meta=meta,
     )
-    return CollapseResult(collapsed, out_dir, fibers, fidelity, fibration)
+    return CollapseResult(collapsed, out_dir, fibers, figures, fibration)
 
 
-def _build_criterion(
-    name: str,
-    threshold: float,
-    seed: int,
-    layers: list[str] | None,
-    weight_options: dict[str, Any],
-    options: dict[str, Any],
-) -> FiberCriterion:
-    """A criterion from its name: weight options for ``"weights"``, data ones for ``"data"``."""
-    if name == "weights":
-        return make_criterion(name, threshold, layers=layers, **weight_options, **options)
-    if weight_options.get("flatten_colours") != "positions":
-        raise ValueError("--flatten-colours pooled applies to the weights criterion only")
-    if weight_options.get("lstm_criterion") != "units":
-        raise ValueError("--lstm-criterion applies to the weights criterion only")
-    return make_criterion(
-        name, threshold, seed=seed, layers=layers, progress=stderr_progress, **options
+def write_collapse(
+    result: CollapseResult, out_dir: Path, mode: WriteMode = WriteMode.NEW
+) -> CollapseResult:
+    """Write ``result``'s three files into ``out_dir`` as ``mode`` allows; on any error nothing
+    is left half-written. Returns the result with its paths in ``out_dir``."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, mode)
+    c = result.checkpoint
+    name = collapsed_model_name(c.epoch)
+    whole = mode is WriteMode.REPLACE and out_dir.is_dir() and not _other_contents(out_dir)
+    with atomic_dir(out_dir) if whole else _output_folder(out_dir) as tmp:
+        save_checkpoint(
+            tmp / name,
+            c.policy,
+            epoch=c.epoch,
+            global_step=c.global_step,
+            env=c.env,
+            config=c.config,
+            meta=c.meta,
+        )
+        save_fibers(tmp / FIBERS, result.fibers)
+        write_fidelity(tmp / FIDELITY, result.fidelity)
+    c = dataclasses.replace(c, path=out_dir / name)
+    return dataclasses.replace(result, checkpoint=c, out_dir=out_dir)
+
+
+def collapse_to_folder(
+    ckpt: Checkpoint,
+    criterion: FiberCriterion,
+    out_dir: Path,
+    *,
+    fidelity: FidelitySpec = FidelitySpec(),
+    mode: WriteMode = WriteMode.NEW,
+    seed: int = 0,
+    echo: bool = True,
+    device: str | torch.device | None = None,
+) -> CollapseResult:
+    """:func:`collapse` then :func:`write_collapse` into ``out_dir`` (checked first, so a folder
+    that may not be written fails before the slow work); ``echo`` prints the fidelity table."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, mode)
+    result = write_collapse(
+        collapse(ckpt, criterion, fidelity=fidelity, seed=seed, device=device), out_dir, mode
     )
+    if echo:
+        print(format_fidelity(result.fidelity))
+        if "calibration" in result.fidelity:
+            print(format_calibration(result.fidelity["calibration"]))
+    return result
 
 
 def _calibration_set(

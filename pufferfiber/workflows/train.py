@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pufferfiber.config.sections import CollapseConfig, RunConfig, load_config, section_names
+from pufferfiber.config.sections import RunConfig, load_config, section_names
 from pufferfiber.envs.registry import EnvError
 from pufferfiber.io.runfiles import CHECKPOINT_GLOB, LOG, LOG_COLLAPSED
 from pufferfiber.workflows.hooks import RunError, check_hooks, training_hooks
@@ -418,35 +418,17 @@ def train_collapsed(cfg: RunConfig, exp_id: str | None, allow_pickle: bool) -> i
             )
 
 
-def collapse_options(c: CollapseConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`~pufferfiber.workflows.collapse.collapse_to_folder` that the
-    ``[collapse]`` section sets (threshold and output folder aside)."""
-    options = {}
-    if c.criterion == "data":
-        options = {
-            "fit": c.fit,
-            "pivot": c.pivot,
-            "calibration_batch": c.calibration_batch,
-            "calibration_steps": c.calibration_steps,
-        }
-    return {
-        "flatten_colours": c.flatten_colours,
-        "layers": c.layer_list,
-        "max_lstm_rounds": c.lstm_rounds,
-        "lstm_criterion": c.lstm_criterion,
-        "criterion": c.criterion,
-        "criterion_options": options,
-        "fidelity_episodes": c.episodes_played,
-        "fidelity_batch": c.fidelity_batch,
-        "fidelity_steps": c.fidelity_steps,
-    }
-
-
 def collapse_checkpoint(ckpt: Any, run_dir: Path, epoch: int, cfg: RunConfig) -> Any:
     """Write ``run_dir/collapsed_model_thr_TT_EEEEEE/`` (model, fibers.pkl, fidelity.json) as
     ``cfg.collapse`` says; returns the collapsed checkpoint."""
     from pufferfiber.rl.trainer import resolve_device
-    from pufferfiber.workflows.collapse import collapse_folder_name, collapse_to_folder
+    from pufferfiber.workflows.collapse import (
+        WriteMode,
+        collapse_folder_name,
+        collapse_to_folder,
+        criterion_from_config,
+        fidelity_from_config,
+    )
 
     tau = cfg.collapse.threshold
     out_dir = run_dir / collapse_folder_name(tau, epoch)
@@ -454,13 +436,13 @@ def collapse_checkpoint(ckpt: Any, run_dir: Path, epoch: int, cfg: RunConfig) ->
     try:
         result = collapse_to_folder(
             ckpt,
-            tau,
+            criterion_from_config(cfg.collapse, seed=cfg.train.seed),
             out_dir,
+            fidelity=fidelity_from_config(cfg.collapse),
+            mode=WriteMode.UPDATE,  # re-collapsing replaces the three files, keeps earlier runs
             seed=cfg.train.seed,
-            overwrite=True,  # re-collapsing replaces the three files, keeps earlier runs inside
             echo=False,
             device=resolve_device(cfg.train.device),
-            **collapse_options(cfg.collapse),
         )
     except ValueError as exc:  # the pipeline's one-line input errors
         raise RunError(str(exc)) from None
