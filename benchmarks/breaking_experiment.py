@@ -52,6 +52,7 @@ from pufferfiber.io.checkpoints import CheckpointError, load_checkpoint  # noqa:
 from pufferfiber.rl.breaking import SymmetryBreaker  # noqa: E402
 from pufferfiber.rl.evaluate import play_episodes  # noqa: E402
 from pufferfiber.rl.redo import DormantReset, dormant_fraction  # noqa: E402
+from pufferfiber.rl.start import RunStart  # noqa: E402
 from pufferfiber.rl.trainer import Trainer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -200,9 +201,7 @@ def run_one(plan: EnvPlan, arm: str, seed: int) -> dict[str, Any]:
             vecenv,
             policy,
             run_dir,
-            start_epoch=start_epoch,
-            start_global_step=start_step,
-            end_epoch=end_epoch,
+            start=RunStart(start_epoch, start_step, end_epoch),
             hooks=[monitor] + ([hook] if hook else []),
         )
         holder["trainer"] = trainer

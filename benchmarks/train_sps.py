@@ -25,6 +25,7 @@ from pufferfiber.config.sections import RunConfig, load_config
 from pufferfiber.core.policy import Policy
 from pufferfiber.envs.registry import architecture_for, make_vecenv
 from pufferfiber.rl.dashboard import Dashboard
+from pufferfiber.rl.start import RunStart
 from pufferfiber.rl.trainer import Trainer
 
 # PufferLib 2.0 clean_pufferl on this 2-core machine, recorded in the README (Benchmarks)
@@ -68,7 +69,9 @@ def timed_epochs(cfg: RunConfig, vecenv: Any, epochs: int) -> tuple[float, dict]
     policy = Policy(architecture_for(cfg.env_name, vecenv))
     with tempfile.TemporaryDirectory() as tmp:
         dashboard = Dashboard(stream=io.StringIO(), live=False)
-        trainer = Trainer(cfg, vecenv, policy, Path(tmp), end_epoch=10**6, dashboard=dashboard)
+        trainer = Trainer(
+            cfg, vecenv, policy, Path(tmp), start=RunStart(end_epoch=10**6), dashboard=dashboard
+        )
         trainer.train_epoch()  # warm-up: env reset, allocator, first-call overheads
         trainer.profile.seconds.clear()
         start = time.perf_counter()

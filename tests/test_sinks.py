@@ -21,6 +21,7 @@ from pufferfiber.rl.sinks import (
     TrackerError,
     make_tracker,
 )
+from pufferfiber.rl.start import RunStart
 from pufferfiber.rl.trainer import Trainer
 
 
@@ -133,6 +134,6 @@ def test_training_with_the_tensorboard_tracker(tmp_path: Path) -> None:
     assert [s for s, _ in scalars["losses/policy_loss"]] == [r["global_step"] for r in rows]
     for (_, value), row in zip(scalars["losses/policy_loss"], rows, strict=True):
         assert value == pytest.approx(row["policy_loss"], rel=1e-6)
-    run(start_epoch=1, start_global_step=512, end_epoch=3)
+    run(start=RunStart(epoch=1, global_step=512, end_epoch=3))
     steps = [s for s, _ in _event_scalars(tmp_path / "tensorboard")["losses/policy_loss"]]
     assert steps == [512, 1024, 1536]  # the first run's step 1024 was purged, then re-logged

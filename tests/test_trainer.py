@@ -16,6 +16,7 @@ from pufferfiber.core.policy import Architecture, Policy
 from pufferfiber.envs.registry import architecture_for, make_vecenv
 from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint, load_trainer_state
 from pufferfiber.rl.dashboard import Dashboard
+from pufferfiber.rl.start import RunStart
 from pufferfiber.rl.trainer import (
     EpochContext,
     RolloutBuffer,
@@ -193,10 +194,9 @@ def test_resume_continues_epochs_steps_and_optimizer(tmp_path: Path) -> None:
         cfg,
         tmp_path,
         policy=ckpt.policy,
-        start_epoch=ckpt.epoch,
-        start_global_step=ckpt.global_step,
-        end_epoch=4,
-        optimizer_state=state["optimizer"],
+        start=RunStart(
+            ckpt.epoch, ckpt.global_step, end_epoch=4, optimizer_state=state["optimizer"]
+        ),
     )
     # the resumed policy is the checkpoint, bit for bit
     for a, b in zip(

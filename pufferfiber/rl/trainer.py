@@ -44,7 +44,7 @@ from torch import nn
 
 from pufferfiber.config.sections import ConfigError, RunConfig
 from pufferfiber.core.policy import Policy
-from pufferfiber.io.runfiles import LOG, METRICS
+from pufferfiber.io.runfiles import METRICS
 from pufferfiber.rl.callbacks import (
     HOOK_STEPS,
     Checkpointer,
@@ -60,6 +60,7 @@ from pufferfiber.rl.rollout import (
     sample_actions,
 )
 from pufferfiber.rl.sinks import EpochMetrics, MetricSink, run_sinks, trim_metrics, with_totals
+from pufferfiber.rl.start import NEW_RUN, RunStart
 
 # Names other modules (and experiments) import from here.
 __all__ = [
@@ -240,14 +241,9 @@ class Trainer:
         policy: Policy,
         run_dir: Path,
         *,
-        start_epoch: int = 0,
-        start_global_step: int = 0,
-        end_epoch: int | None = None,
-        optimizer_state: dict[str, Any] | None = None,
+        start: RunStart = NEW_RUN,
         hooks: Sequence[Hook] = (),
         dashboard: Dashboard | None = None,
-        log_name: str = LOG,
-        meta: dict[str, Any] | None = None,
         sinks: Sequence[MetricSink] = (),
     ) -> None:
         t = config.train
@@ -255,12 +251,12 @@ class Trainer:
         self.device = resolve_device(t.device)
         self.policy = policy.to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=t.learning_rate, eps=1e-5)
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
-        self.epoch, self.global_step = start_epoch, start_global_step
-        self.end_epoch = t.end_epoch if end_epoch is None else end_epoch
+        if start.optimizer_state is not None:
+            self.optimizer.load_state_dict(start.optimizer_state)
+        self.epoch, self.global_step = start.epoch, start.global_step
+        self.end_epoch = t.end_epoch if start.end_epoch is None else start.end_epoch
         self.hooks = named_hooks(hooks)
-        self.meta = dict(meta or {})
+        self.meta = dict(start.meta)
         self.num_envs = config.vec.num_envs
         if policy.arch.kind == "cnn":
             # oneDNN's convolutions (forward and backward) run ~1.5-2x faster in NHWC on CPU.
@@ -281,8 +277,8 @@ class Trainer:
             [s.shape[-1] for s in self.actor.state],
         )
         self.checkpointer = Checkpointer(self.run_dir, t.checkpoint_interval)
-        self.dashboard = dashboard or Dashboard(copy_path=self.run_dir / log_name)
-        self.sinks = run_sinks(self.dashboard, self.run_dir, t.tracker, start_global_step)
+        self.dashboard = dashboard or Dashboard(copy_path=self.run_dir / start.log_name)
+        self.sinks = run_sinks(self.dashboard, self.run_dir, t.tracker, start.global_step)
         self.sinks += list(sinks)
         self.profile = Profile()
         self.message = f"Model Size: {abbreviate(policy.parameter_count())} parameters"

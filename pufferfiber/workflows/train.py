@@ -19,6 +19,7 @@ from typing import Any
 from pufferfiber.config.sections import RunConfig, load_config, section_names
 from pufferfiber.envs.registry import EnvError
 from pufferfiber.io.runfiles import CHECKPOINT_GLOB, LOG, LOG_COLLAPSED
+from pufferfiber.rl.start import NEW_RUN, RunStart
 from pufferfiber.workflows.hooks import RunError, check_hooks, training_hooks
 
 EXIT_INTERRUPTED = 130
@@ -77,34 +78,16 @@ def run_training(
     policy: Any,
     run_dir: Path,
     *,
-    start_epoch: int = 0,
-    start_global_step: int = 0,
-    end_epoch: int | None = None,
-    optimizer_state: dict[str, Any] | None = None,
-    log_name: str = LOG,
-    meta: dict[str, Any] | None = None,
+    start: RunStart = NEW_RUN,
     hooks: Sequence[Any] = (),
 ) -> int:
-    """Train ``policy`` in ``run_dir`` (a new or resumed run); returns the exit code.
-
-    ``hooks`` are per-epoch trainer hooks (e.g. symmetry breaking), see ``Trainer``."""
+    """Train ``policy`` in ``run_dir`` (a new or resumed run, from ``start``); returns the exit
+    code. ``hooks`` are per-epoch trainer hooks (e.g. symmetry breaking), see ``Trainer``."""
     from pufferfiber.rl.trainer import Trainer, TrainingInterrupted
 
-    trainer = Trainer(
-        cfg,
-        vecenv,
-        policy,
-        run_dir,
-        start_epoch=start_epoch,
-        start_global_step=start_global_step,
-        end_epoch=end_epoch,
-        optimizer_state=optimizer_state,
-        log_name=log_name,
-        meta=meta,
-        hooks=hooks,
-    )
+    trainer = Trainer(cfg, vecenv, policy, run_dir, start=start, hooks=hooks)
     say(
-        f"run folder: {run_dir} (epochs {start_epoch + 1}..{trainer.end_epoch}, "
+        f"run folder: {run_dir} (epochs {start.epoch + 1}..{trainer.end_epoch}, "
         f"device {trainer.device})"
     )
     try:
@@ -230,12 +213,9 @@ def train_resume(
                 vecenv,
                 ckpt.policy,
                 run_dir,
-                start_epoch=ckpt.epoch,
-                start_global_step=ckpt.global_step,
-                end_epoch=end_epoch,
-                optimizer_state=optimizer_state,
-                log_name=log_name,
-                meta=ckpt.meta,
+                start=RunStart(
+                    ckpt.epoch, ckpt.global_step, end_epoch, optimizer_state, log_name, ckpt.meta
+                ),
                 hooks=hooks,
             )
 
@@ -409,11 +389,10 @@ def train_collapsed(cfg: RunConfig, exp_id: str | None, allow_pickle: bool) -> i
                 vecenv,
                 collapsed.policy,
                 child,
-                start_epoch=collapsed.epoch,
-                start_global_step=steps,
-                end_epoch=until,
-                log_name=LOG_COLLAPSED,
-                meta=collapsed.meta,
+                # a fresh optimizer: the collapsed network's parameters are new ones
+                start=RunStart(
+                    collapsed.epoch, steps, until, log_name=LOG_COLLAPSED, meta=collapsed.meta
+                ),
                 hooks=hooks,
             )
 
