@@ -325,6 +325,15 @@ def test_command_line_option(tmp_path: Path, capsys) -> None:
     assert code == 2 and "\n" not in err and "GELU" in err
 
 
+def test_a_2_0_pickle_is_never_unpickled_as_3_0(shared_run: Path) -> None:
+    """``--checkpoint-format pufferlib3`` reads weights only, even with ``--allow-pickle``."""
+    for allow in (False, True):
+        with pytest.raises(CheckpointError, match=r"PufferLib 2\.0 module, not a PufferLib"):
+            load_checkpoint(
+                shared_run / "model_000003.pt", allow_pickle=allow, checkpoint_format="pufferlib3"
+            )
+
+
 def test_real_pufferlib3_checkpoint() -> None:
     """On a real 3.0 file in ``../shared/data`` (``<env>_<run>/model_<env>_<epoch:06d>.pt``)."""
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # as in conftest.py

@@ -245,6 +245,12 @@ def load_checkpoint(
         )
     path = Path(path)
     check_checkpoint_file(path)
+    if checkpoint_format == "pufferlib3" and _pickled_module(path):
+        # 3.0 writes state dicts; a whole pickled module is 2.0's, and is never unpickled here
+        raise CheckpointError(
+            f"{path} is a pickled PufferLib 2.0 module, not a PufferLib 3.0 state dict; "
+            "read it with --checkpoint-format auto and --allow-pickle if you trust it"
+        )
     if allow_pickle and checkpoint_format != "pufferlib3" and _pickled_module(path):
         ckpt = import_pufferlib(path, env=expect_env, map_location=map_location)
     else:
