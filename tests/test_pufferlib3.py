@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pufferfiber.envs.registry
-from pufferfiber.cli.main import collapse_main, parse_args
+from pufferfiber.cli.main import collapse_main, main, parse_args
 from pufferfiber.core.policy import Architecture, Policy, observation_batch
 from pufferfiber.io.atomic import CheckpointError
 from pufferfiber.io.checkpoints import load_checkpoint, save_checkpoint
@@ -313,6 +313,8 @@ def test_foreign_files_are_one_line(tmp_path: Path) -> None:
 def test_command_line_option(tmp_path: Path, capsys) -> None:
     ns = parse_args(["--mode", "eval", "--env", "puffer_pong", "--checkpoint-format", "pufferlib3"])
     assert ns.ns.checkpoint_format == "pufferlib3"
+    assert main(["--mode", "train", "--env", "cartpole", "--checkpoint-format", "pufferlib3"]) == 2
+    assert "works with --mode eval" in capsys.readouterr().err
     path = tmp_path / "other.pt"
     torch.save({"weight": torch.ones(3)}, path)
     code = collapse_main([str(path), "--threshold", "0", "--checkpoint-format", "pufferlib3"])

@@ -331,6 +331,9 @@ def dispatch(args: Args) -> int:
     collapse = cfg.collapse.threshold != 0
     if collapse and ns.mode != "train":
         raise UsageError("--collapse works with --mode train")
+    if ns.checkpoint_format != "auto" and ns.mode != "eval":
+        # training reads only its own run's checkpoints (ours, or 2.0's with --allow-pickle)
+        raise UsageError("--checkpoint-format works with --mode eval (and the collapse command)")
     if ns.resume and ns.mode == "train" and not collapse:
         # the run's own settings are known only once its checkpoint is read
         return train_resume(cfg, ns.exp_id, ns.allow_pickle, args.overrides, ns.vec)
