@@ -32,6 +32,20 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def add_checkpoint_format_option(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint-format``, the same on every command that reads a checkpoint."""
+    from pufferfiber.io.checkpoints import CHECKPOINT_FORMATS
+
+    parser.add_argument(
+        "--checkpoint-format",
+        choices=CHECKPOINT_FORMATS,
+        default="auto",
+        help="format of the checkpoint read: pufferfiber (ours; PufferLib 2.0 pickles with "
+        "--allow-pickle), pufferlib3 (PufferLib 3.0's plain state dict, read weights-only), "
+        "or auto (told apart by content; default)",
+    )
+
+
 def run_command(
     prog: str, body: Callable[[], int], errors: tuple[type[Exception], ...] = ()
 ) -> int:

@@ -37,6 +37,7 @@ from pufferfiber.cli.common import (  # noqa: E402
     EXIT_BAD_INPUT,
     Parser,
     UsageError,
+    add_checkpoint_format_option,
     normalise_argv,
     run_command,
 )
@@ -252,6 +253,7 @@ def build_parser(
         help="accept PufferLib 2.0's pickled whole-module checkpoints (runs code "
         "from the file: only for files you trust)",
     )
+    add_checkpoint_format_option(parser)  # for --mode eval's checkpoint
     for cls in section_classes().values():
         add_section_options(parser, cls, defaults.get(section_name(cls), {}))
     add_env_options(parser, defaults.get("env", {}))
@@ -290,7 +292,12 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
     if path is None:
         run_dir = find_run(Path(cfg.train.data_dir), cfg.env_name, ns.exp_id)
         path = latest_checkpoint(run_dir)[1]
-    ckpt = load_checkpoint(path, allow_pickle=ns.allow_pickle, expect_env=cfg.env_name)
+    ckpt = load_checkpoint(
+        path,
+        allow_pickle=ns.allow_pickle,
+        expect_env=cfg.env_name,
+        checkpoint_format=ns.checkpoint_format,
+    )
     check_fits_env(ckpt)
     returns = np.asarray(
         play_episodes(
@@ -325,6 +332,9 @@ def dispatch(args: Args) -> int:
     collapse = cfg.collapse.threshold != 0
     if collapse and ns.mode != "train":
         raise UsageError("--collapse works with --mode train")
+    if ns.checkpoint_format != "auto" and ns.mode != "eval":
+        # training reads only its own run's checkpoints (ours, or 2.0's with --allow-pickle)
+        raise UsageError("--checkpoint-format works with --mode eval (and the collapse command)")
     if ns.mode == "eval":
         training_hooks(cfg, args.overrides)  # the same settings checks as a training run
         check_device(cfg)
@@ -361,8 +371,8 @@ def collapse_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "checkpoint",
         type=Path,
         metavar="CHECKPOINT",
-        help="a pufferfiber checkpoint (model_XXXXXX.pt), or a PufferLib 2.0 pickled "
-        "one with --allow-pickle",
+        help="a pufferfiber checkpoint (model_XXXXXX.pt), a PufferLib 2.0 pickled "
+        "one with --allow-pickle, or a PufferLib 3.0 state dict",
     )
     p.add_argument(
         "--threshold",
@@ -385,6 +395,7 @@ def collapse_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="allow importing a PufferLib 2.0 whole-module checkpoint (unpickling "
         "runs code from the file: only for files you trust)",
     )
+    add_checkpoint_format_option(p)
     p.add_argument(
         "--env",
         help="environment name; needed when a pickled checkpoint's folder "
@@ -418,6 +429,7 @@ def collapse_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 def _collapse(argv: list[str]) -> int:
     from pufferfiber.envs.registry import check_env_name
+    from pufferfiber.io.atomic import CheckpointError
     from pufferfiber.io.checkpoints import load_checkpoint
     from pufferfiber.rl.trainer import resolve_device
     from pufferfiber.workflows.collapse import (
@@ -442,9 +454,19 @@ def _collapse(argv: list[str]) -> int:
     except ConfigError as exc:  # name the settings as this command's options (--lstm-rounds)
         short = re.sub(r"\bcollapse\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
         raise UsageError(short) from None
-    ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
+    ckpt = load_checkpoint(
+        args.checkpoint,
+        allow_pickle=args.allow_pickle,
+        expect_env=args.env,
+        checkpoint_format=args.checkpoint_format,
+    )
     from pufferfiber.workflows.train import check_fits_env
 
+    if ckpt.arch.activation != "relu":  # e.g. PufferLib 3.0's Default, imported for eval
+        raise CheckpointError(
+            f"{args.checkpoint}: its encoder uses {ckpt.arch.activation.upper()}; collapse "
+            "needs ReLU layers (fold factors of a positively homogeneous activation)"
+        )
     check_fits_env(ckpt)
     threshold = settings.threshold
     out = args.out or args.checkpoint.parent / collapse_folder_name(threshold, ckpt.epoch)

@@ -506,6 +506,12 @@ def build_graph(policy: Policy) -> LayerGraph:
             if not pending:
                 raise ValueError(f"{name}: ReLU without a preceding conv or Linear layer")
             producer, pending = nodes[-1], False
+        elif isinstance(module, nn.GELU):
+            # GELU is not positively homogeneous: the fold factors below would be wrong
+            raise ValueError(
+                f"{name}: GELU encoder (PufferLib 3.0's Default) cannot be collapsed; "
+                "fibers need ReLU layers"
+            )
         elif isinstance(module, nn.Flatten):
             pass  # a Linear after a conv reads (channel, position) pairs: see LinearKind.shape
         elif spec is not None and spec.activation == Activation.RELU:

@@ -6,6 +6,10 @@ Two families share one class, :class:`Policy`:
   ReLU → Flatten → Linear(c3·H·W → h) ReLU → LSTM(h → k) → actor Linear(k → A),
   critic Linear(k → 1). Observations are uint8 and scaled by 1/255.
 * ``mlp`` (vector observations): Flatten → Linear → ReLU (one or more) → LSTM → heads.
+  ``Architecture.activation = "gelu"`` puts GELU after the Linear layers instead: PufferLib
+  3.0's Ocean ``Default`` policy, imported by :mod:`pufferfiber.io.pufferlib3`. Only ReLU
+  networks can be collapsed (the fibers' fold factors need a positively homogeneous
+  activation; :func:`~pufferfiber.core.graph.build_graph` refuses GELU in one line).
 
 The recurrent layer is PufferLib's LSTM by default, or a GRU (``Architecture.rnn = "gru"``,
 ``--policy.rnn gru``); its width is ``Architecture.lstm`` either way.
@@ -36,6 +40,11 @@ RNN_MODULES: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": 
 STATE_TENSORS = {"lstm": 2, "gru": 1}
 RNN_KINDS = tuple(RNN_MODULES)
 
+# The activation after each encoder layer (``Architecture.activation``): ReLU everywhere in
+# PufferLib 2.0; GELU after the Linear layer of PufferLib 3.0's ``Default`` (its nn.GELU()
+# is the exact, erf form, which nn.GELU() here is too).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
+
 # PufferLib 2.0's Atari convolutions: (kernel, stride) of each conv layer.
 ATARI_KERNELS: tuple[tuple[int, int], ...] = ((8, 4), (4, 2), (3, 1))
 
@@ -55,6 +64,8 @@ class Architecture:
             stored in checkpoints).
         rnn: the recurrent layer, one of :data:`RNN_KINDS` (``"lstm"``, PufferLib's; or
             ``"gru"``).
+        activation: after each Linear layer of the encoder, one of :data:`ACTIVATIONS`
+            (``"relu"``; ``"gelu"`` only for ``mlp``, as PufferLib 3.0's ``Default``).
     """
 
     kind: str
@@ -65,12 +76,20 @@ class Architecture:
     hidden: tuple[int, ...] = (512,)
     lstm: int = 512
     rnn: str = "lstm"
+    activation: str = "relu"
 
     def __post_init__(self) -> None:
         if self.kind not in ("cnn", "mlp"):
             raise ValueError(f"architecture kind must be 'cnn' or 'mlp', not {self.kind!r}")
         if self.rnn not in RNN_KINDS:
             raise ValueError(f"rnn must be one of {', '.join(RNN_KINDS)}, not {self.rnn!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}"
+            )
+        if self.kind == "cnn" and self.activation != "relu":
+            # no upstream policy has GELU after convolutions; keep the cnn family ReLU-only
+            raise ValueError("cnn architecture uses ReLU (activation 'gelu' is for mlp only)")
         if self.kind == "cnn" and len(self.channels) != len(self.kernels):
             raise ValueError("cnn architecture needs one (kernel, stride) per conv layer")
         if self.kind == "mlp" and self.channels:
@@ -111,9 +130,10 @@ class Architecture:
         hidden: Sequence[int] = (64,),
         lstm: int = 64,
         rnn: str = "lstm",
+        activation: str = "relu",
     ) -> Architecture:
         """An MLP encoder followed by the recurrent layer, for vector observations."""
-        return cls("mlp", (int(obs_size),), n_actions, (), (), tuple(hidden), lstm, rnn)
+        return cls("mlp", (int(obs_size),), n_actions, (), (), tuple(hidden), lstm, rnn, activation)
 
     def conv_output_shape(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` after the last conv layer (``cnn`` only)."""
@@ -152,6 +172,7 @@ class Architecture:
             hidden=tuple(int(x) for x in d["hidden"]),
             lstm=int(d["lstm"]),
             rnn=str(d.get("rnn", "lstm")),  # checkpoints before the GRU option: LSTM
+            activation=str(d.get("activation", "relu")),  # records before GELU: ReLU
         )
 
     def parameter_count(self) -> int:
@@ -181,8 +202,9 @@ class _Encoder(nn.Module):
                 c_in = c
         layers.append(nn.Flatten())
         d_in = arch.flat_size()
+        act = ACTIVATIONS[arch.activation]
         for h in arch.hidden:
-            layers += [layer_init(nn.Linear(d_in, h)), nn.ReLU()]
+            layers += [layer_init(nn.Linear(d_in, h)), act()]
             d_in = h
         self.network = nn.Sequential(*layers)
         self.actor = layer_init(nn.Linear(arch.lstm, arch.n_actions), std=0.01)

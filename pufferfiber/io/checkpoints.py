@@ -10,6 +10,10 @@ PufferLib 2.0 saves whole pickled modules (``torch.save(policy)``). Loading one 
 code, so :func:`load_checkpoint` refuses unless the caller opts in (``allow_pickle=True``, the
 command line's ``--allow-pickle``), says so on stderr, and converts it to our format.
 
+PufferLib 3.0 saves plain state dicts (tensors only), read with ``weights_only=True`` like ours
+and converted by :mod:`pufferfiber.io.pufferlib3`: chosen by ``checkpoint_format="pufferlib3"``
+(``--checkpoint-format pufferlib3``) or, with ``"auto"`` (the default), told from the keys.
+
 Every write goes to a temporary file beside the target and is renamed into place, so an
 interrupted or failed write (Ctrl-C, full disk) never leaves a half-written file behind.
 """
@@ -56,6 +60,9 @@ LOCK_NAME = LOCK
 # A checkpoint larger than this is refused unread (the guide's 3.9M network is 16 MB; a link
 # to /dev/zero or a huge foreign file must not be read until memory runs out).
 MAX_CHECKPOINT_BYTES = 4 * 1024**3
+# ``checkpoint_format`` / ``--checkpoint-format``: ours (with PufferLib 2.0 pickles under
+# --allow-pickle), PufferLib 3.0's plain state dicts, or either, told apart by content.
+CHECKPOINT_FORMATS = ("auto", "pufferfiber", "pufferlib3")
 
 
 @dataclass
@@ -220,20 +227,48 @@ def load_checkpoint(
     allow_pickle: bool = False,
     expect_env: str | None = None,
     map_location: str | torch.device = "cpu",
+    checkpoint_format: str = "auto",
 ) -> Checkpoint:
-    """Load one of our checkpoints, or (with ``allow_pickle``) import a PufferLib 2.0 one.
+    """Load one of our checkpoints, or (with ``allow_pickle``) import a PufferLib 2.0 one, or
+    import a PufferLib 3.0 state dict (``checkpoint_format`` ``"pufferlib3"``, or ``"auto"``
+    and its keys; see :mod:`pufferfiber.io.pufferlib3`).
 
     Raises :class:`CheckpointError` with a one-line reason for a missing, corrupt or foreign
     file, an architecture that does not match its weights, or a run of another env.
     """
+    from pufferfiber.io.pufferlib3 import looks_like_pufferlib3
+
+    if checkpoint_format not in CHECKPOINT_FORMATS:
+        raise CheckpointError(
+            f"checkpoint format must be one of {', '.join(CHECKPOINT_FORMATS)}, "
+            f"not {checkpoint_format!r}"
+        )
     path = Path(path)
     check_checkpoint_file(path)
-    if allow_pickle and _pickled_module(path):
+    if checkpoint_format == "pufferlib3" and _pickled_module(path):
+        # 3.0 writes state dicts; a whole pickled module is 2.0's, and is never unpickled here
+        raise CheckpointError(
+            f"{path} is a pickled PufferLib 2.0 module, not a PufferLib 3.0 state dict; "
+            "read it with --checkpoint-format auto and --allow-pickle if you trust it"
+        )
+    if allow_pickle and checkpoint_format != "pufferlib3" and _pickled_module(path):
         ckpt = import_pufferlib(path, env=expect_env, map_location=map_location)
     else:
         data = _torch_load_safe(path, map_location)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a pufferfiber checkpoint (unknown format)")
+        ours = isinstance(data, dict) and data.get("format") == FORMAT
+        if checkpoint_format == "pufferlib3" or (
+            checkpoint_format == "auto" and not ours and looks_like_pufferlib3(data)
+        ):
+            ckpt = import_pufferlib3(data, path, expect_env)
+            if expect_env is not None and ckpt.env != expect_env:
+                raise CheckpointError(
+                    f"{path} is a checkpoint of env {ckpt.env!r}, not {expect_env!r}"
+                )
+            check_finite(ckpt.policy, path)
+            return ckpt
+        if not ours:
+            also = "" if checkpoint_format == "pufferfiber" else " nor a PufferLib 3.0 state dict"
+            raise CheckpointError(f"{path} is not a pufferfiber checkpoint{also} (unknown format)")
         record = _checked_record(data, path)
         try:
             arch = Architecture.from_dict(data["architecture"])
@@ -376,6 +411,39 @@ def import_pufferlib(
         config={},
         path=path,
         meta={"imported_from": "pufferlib-2.0", "source": str(path)},
+    )
+
+
+def import_pufferlib3(data: Any, path: Path, env: str | None = None) -> Checkpoint:
+    """A PufferLib 3.0 state dict (already read, weights only) as our checkpoint.
+
+    The env comes from the file name (``model_<env>_<epoch:06d>.pt``) when it names a known
+    env, else from ``env`` (``--env``); a ``Convolutional`` policy takes its frame shape from it.
+    """
+    from pufferfiber.envs import registry
+    from pufferfiber.io.pufferlib3 import FILE_RE, policy_from_pufferlib3
+
+    match = FILE_RE.match(path.name)
+    # as for 2.0 runs, the name the file records wins over the caller's env
+    env_name = (_known_env(match["env"]) if match else "") or env or ""
+    sd = data if isinstance(data, dict) else {}
+    frames = None
+    if env_name and any(str(k).endswith("network.0.weight") for k in sd):
+        frames = registry.architecture_for(env_name).obs_shape  # not recorded in a state dict
+    policy = policy_from_pufferlib3(data, frames, str(path))
+    if not env_name:
+        raise CheckpointError(
+            f"{path}: a PufferLib 3.0 state dict does not name its env; pass --env"
+        )
+    return Checkpoint(
+        policy=policy,
+        arch=policy.arch,
+        epoch=int(match["epoch"]) if match else 0,
+        global_step=0,
+        env=env_name,
+        config={},
+        path=path,
+        meta={"imported_from": "pufferlib-3.0", "source": str(path)},
     )
 
 
