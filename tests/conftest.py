@@ -2,6 +2,10 @@
 
 The real BeamRider run made by upstream PufferLib 2.0 lives in ``../shared/data`` beside the
 checkout (CI has it; a user's clone does not): tests that need it skip with a clear reason.
+
+Markers (declared in pyproject.toml): ``slow`` (over about a second here), ``ray`` (starts a local
+Ray), ``notebook`` (executes the notebook), ``realdata`` (reads the upstream run; set here from
+the fixtures), ``cuda``. The fast subset while editing: ``pytest -m "not slow"``.
 """
 
 from __future__ import annotations
@@ -35,8 +39,15 @@ def shared_run_copy(shared_run: Path, tmp_path: Path) -> Path:
     return dst
 
 
+REALDATA_FIXTURES = ("shared_run", "shared_run_copy")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``@pytest.mark.cuda`` tests where torch sees no CUDA GPU."""
+    """Mark tests that read the upstream run ``realdata`` (from the fixtures they use, so the
+    marker cannot be forgotten), and skip ``@pytest.mark.cuda`` tests where torch sees no GPU."""
+    for item in items:
+        if any(name in REALDATA_FIXTURES for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realdata)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs these there)")

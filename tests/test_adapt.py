@@ -278,6 +278,7 @@ def readme_library_block() -> str | None:
     return None if block is None else block.group(1)
 
 
+@pytest.mark.slow
 def test_readme_library_example_runs() -> None:
     code = readme_library_block()
     assert code is not None, "README.md lost its '## Use it as a library' python block"

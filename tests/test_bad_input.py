@@ -84,6 +84,7 @@ EDITS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(EDITS))
 def test_malformed_checkpoints_in_eval_and_collapse(
     case: str, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -309,6 +310,7 @@ def test_collapse_force_replaces_an_earlier_collapse_as_a_whole(
     ]
 
 
+@pytest.mark.slow
 def test_collapse_exit_code_is_2_for_bad_input(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pufferfiber", "collapse", str(tmp_path / "none.pt"), "-t", "0.3"],
@@ -317,6 +319,7 @@ def test_collapse_exit_code_is_2_for_bad_input(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
 
 
+@pytest.mark.slow
 def test_upstream_checkpoint_of_another_game(
     shared_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -395,6 +395,7 @@ def test_opfibers_restrict_breaking() -> None:
 # --------------------------------------------------------------------------- real training
 
 
+@pytest.mark.slow
 def test_breaking_in_a_real_cartpole_run(tmp_path: Path) -> None:
     from pufferfiber.config.sections import load_config
     from pufferfiber.envs.registry import architecture_for, make_vecenv

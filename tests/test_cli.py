@@ -63,6 +63,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
     return data, proc
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_log_and_metrics(trained: tuple[Path, Any]) -> None:
     data, proc = trained
     (run,) = run_dirs(data)
@@ -140,6 +141,7 @@ def test_eval_prints_mean_and_std(trained: tuple[Path, Any], capsys: Any) -> Non
     assert "return" in out and "±" in out and "over 3 episodes" in out
 
 
+@pytest.mark.slow
 def test_collapse_trains_the_collapsed_model_in_the_collapse_folder(
     trained: tuple[Path, Any], capsys: Any
 ) -> None:
@@ -219,12 +221,14 @@ def test_bad_files_and_dirs(tmp_path: Path, trained: tuple[Path, Any], capsys: A
         assert err.count("\n") == 1 and message in err, err
 
 
+@pytest.mark.slow
 def test_process_errors_have_no_traceback(tmp_path: Path) -> None:
     proc = demo("--env", "cartpole", "--train.bogus", "1")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "unknown config key" in proc.stderr
 
 
+@pytest.mark.slow
 def test_multiprocessing_with_two_workers(tmp_path: Path) -> None:
     proc = demo(
         "--env",
@@ -254,6 +258,7 @@ def test_multiprocessing_with_two_workers(tmp_path: Path) -> None:
     assert proc.stdout.count("Agent Steps") == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_explains_resume(tmp_path: Path) -> None:
     """Ctrl-C in a terminal signals the whole process group: trainer and env workers."""
     argv = [
@@ -338,6 +343,7 @@ def test_upstream_pickle_needs_allow_pickle(
     assert env == "beam_rider" and episodes == 2 and policy.parameter_count() == 3_948_202
 
 
+@pytest.mark.slow
 def test_break_symmetry_runs_from_the_command_line(tmp_path: Path) -> None:
     """``--break-symmetry`` reaches the trainer: breaks are logged and shown on the dashboard."""
     proc = demo(
@@ -361,6 +367,7 @@ def test_break_symmetry_runs_from_the_command_line(tmp_path: Path) -> None:
         (["--break-symmetry", "--break.layers", "conv9"], "conv9"),
     ],
 )
+@pytest.mark.slow
 def test_bad_break_settings_are_one_line_errors(
     tmp_path: Path, argv: list[str], message: str
 ) -> None:
@@ -371,6 +378,7 @@ def test_bad_break_settings_are_one_line_errors(
     assert not tmp_path.exists() or list(tmp_path.iterdir()) == []  # no run folder left
 
 
+@pytest.mark.slow
 def test_resume_keeps_symmetry_breaking_state(tmp_path: Path) -> None:
     """Unit ages of ``--break-symmetry`` survive ``--resume`` (saved in trainer_state.pt)."""
     common = ["--mode", "train", "--env", "cartpole", "--train.data-dir", str(tmp_path), *TINY]
@@ -395,6 +403,7 @@ def test_resume_keeps_symmetry_breaking_state(tmp_path: Path) -> None:
         assert total == sum(r["broken"].get(layer, 0) for r in log)
 
 
+@pytest.mark.slow
 def test_help_shows_the_chosen_envs_values() -> None:
     """``demo.py --env beam_rider --help`` shows what beam_rider runs with, not the base file."""
     proc = demo("--env", "beam_rider", "--help")
@@ -408,6 +417,7 @@ def test_help_shows_the_chosen_envs_values() -> None:
         assert option in text
 
 
+@pytest.mark.slow
 def test_pufferfiber_command_works_from_any_directory(tmp_path: Path) -> None:
     """``python -m pufferfiber train`` = ``demo.py --mode train``, outside the repository (the
     configs are package data); unknown commands are one line and exit code 2."""
@@ -429,6 +439,7 @@ def test_pufferfiber_command_works_from_any_directory(tmp_path: Path) -> None:
     assert usage.returncode == 0 and "collapse" in usage.stdout and "sweep" in usage.stdout
 
 
+@pytest.mark.slow
 def test_resume_restores_symmetry_breaking_from_the_stored_config(tmp_path: Path) -> None:
     """A run's ``[break]`` section is stored with it: ``--resume`` alone continues breaking with
     those settings, and a ``--break.*`` given now replaces one and is reported."""

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # What `pip install pufferfiber` (the core) does not install.
@@ -92,6 +94,7 @@ print("collapsed without the training stack:", div)
 """
 
 
+@pytest.mark.slow
 def test_core_imports_and_collapses_with_pufferlib_blocked() -> None:
     code = SCRIPT.format(blocked=TRAINING_STACK)
     env = {**os.environ, "PYTHONPATH": str(REPO)}

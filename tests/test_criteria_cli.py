@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from pufferfiber.cli.main import collapse_main
@@ -66,6 +67,7 @@ def test_collapse_command_rejects_options_of_another_criterion(tmp_path: Path, c
     assert err.startswith("collapse: error:") and "invalid choice: 'magic'" in err
 
 
+@pytest.mark.slow
 def test_published_lstm_criterion_reproduces_published_counts(shared_run: Path) -> None:
     """The published reference: pooled linear1 at τ = 0.3 on epoch 51, rounds 1-5 give 207,
     273, 288, 297, 304 LSTM fibers."""
@@ -80,6 +82,7 @@ def test_published_lstm_criterion_reproduces_published_counts(shared_run: Path) 
     assert ours.counts["lstm"] == 94 and ours.extra["lstm_criterion"] == "units"
 
 
+@pytest.mark.slow
 def test_demo_collapse_with_data_criterion(tmp_path: Path, capsys) -> None:
     """``demo.py --collapse τ --criterion data``: collapse on data, then resume training."""
     from pufferfiber.cli import main as cli

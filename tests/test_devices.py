@@ -62,6 +62,7 @@ def train(data: Path, device: str, *extra: str) -> int:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_resume_and_eval_on_device(device: str, tmp_path: Path, capsys: Any) -> None:
     tiny = ["--env", "cartpole", "--train.batch-size", "256", "--train.minibatch-size", "64"]
@@ -80,6 +81,7 @@ def test_training_resume_and_eval_on_device(device: str, tmp_path: Path, capsys:
     assert "return" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_cnn_bfloat16_training_on_device(device: str, tmp_path: Path) -> None:
     """The Atari CNN with the encoder under bfloat16 autocast, asynchronous env batches."""

@@ -161,6 +161,7 @@ POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", list(POINTS))
 def test_ctrl_c_at_a_chosen_point_of_an_epoch(
     point: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -226,6 +227,7 @@ def test_ctrl_c_at_a_chosen_point_of_an_epoch(
 # ----------------------------------------------------- Ctrl-C of a real process, then resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.35])
 def test_ctrl_c_after_a_checkpoint_then_the_printed_resume_command(
     delay: float, tmp_path: Path
@@ -261,6 +263,7 @@ def test_ctrl_c_after_a_checkpoint_then_the_printed_resume_command(
     assert metrics_epochs(run) == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_runs_settings_and_reports_overrides(tmp_path: Path) -> None:
     """Item 2: a run started with non-default settings resumes with them, not the defaults."""
     first = demo(*SMALL, "--train.data-dir", str(tmp_path), "--train.learning-rate", "1e-3",
@@ -310,6 +313,7 @@ raise SystemExit(main(sys.argv[2:]))
         (6, ".trainer_state.pt.", "model_000003.pt has no saved optimizer state"),
     ],
 )
+@pytest.mark.slow
 def test_sigkill_during_a_write_then_resume(
     fsync: int, stale_prefix: str, warning: str | None, tmp_path: Path
 ) -> None:
@@ -334,6 +338,7 @@ def test_sigkill_during_a_write_then_resume(
 # ------------------------------------------------------------------------- concurrent resumes
 
 
+@pytest.mark.slow
 def test_a_second_resume_of_a_run_in_use_is_refused(tmp_path: Path) -> None:
     first = demo(*SMALL, "--train.data-dir", str(tmp_path), "--train.total-timesteps", str(BATCH))
     assert first.returncode == 0, first.stderr
@@ -385,6 +390,7 @@ def fill(disk: Path, leave: int) -> None:
     (disk / "filler").write_bytes(b"\0" * max(0, free - leave))
 
 
+@pytest.mark.slow
 def test_disk_full_before_the_first_checkpoint_leaves_no_run_folder(small_disk: Path) -> None:
     fill(small_disk, leave=64 * 1024)
     proc = demo(*SMALL, "--train.data-dir", str(small_disk / "exp"),
@@ -393,6 +399,7 @@ def test_disk_full_before_the_first_checkpoint_leaves_no_run_folder(small_disk: 
     assert run_dirs(small_disk / "exp") == [] and leftovers(small_disk) == []
 
 
+@pytest.mark.slow
 def test_disk_full_mid_run_keeps_checkpoint_and_state_consistent(small_disk: Path) -> None:
     data = small_disk / "exp"
     proc = demo(*SMALL, "--train.data-dir", str(data), "--train.total-timesteps", str(20 * BATCH))
@@ -407,6 +414,7 @@ def test_disk_full_mid_run_keeps_checkpoint_and_state_consistent(small_disk: Pat
     assert assert_consistent(run) == 20
 
 
+@pytest.mark.slow
 def test_disk_full_for_collapse_out_and_report_output(small_disk: Path, tmp_path: Path) -> None:
     from pufferfiber.cli.main import collapse_main
     from pufferfiber.cli.report import main as report_main
@@ -434,6 +442,7 @@ def test_disk_full_for_collapse_out_and_report_output(small_disk: Path, tmp_path
     assert report_main([str(run), "-q", "--no-fibers"]) == 0  # the run itself is intact
 
 
+@pytest.mark.slow
 def test_resume_without_break_flags_continues_the_runs_symmetry_breaking(tmp_path: Path) -> None:
     breaking = ["--break-symmetry", "--break.interval", "1", "--break.maturity", "0",
                 "--break.fiber-threshold", "1.0"]  # fmt: skip

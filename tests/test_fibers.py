@@ -77,6 +77,7 @@ def test_clustering_equals_sklearn_on_random_rows(seed: int, tau: float) -> None
     assert np.array_equal(cluster_rows(rows, tau), sklearn_labels(rows, tau))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tau", [0.1, 0.3, 0.5, 1.0])
 def test_clustering_equals_sklearn_on_trained_layers(shared_run: Path, tau: float) -> None:
     from pufferfiber.io.checkpoints import load_checkpoint

@@ -82,6 +82,7 @@ def test_gru_graph_has_three_gate_rows_per_unit() -> None:
     assert torch.equal(rows[0, :, :, 0], w_hh[[2, n + 2, 2 * n + 2]])  # r, z, n rows of unit 2
 
 
+@pytest.mark.slow
 def test_gru_architecture_round_trip_and_parameter_count() -> None:
     assert Architecture.from_dict(CNN.to_dict()) == CNN
     old = {k: v for k, v in Architecture.atari(9).to_dict().items() if k != "rnn"}
@@ -97,6 +98,7 @@ def test_gru_architecture_round_trip_and_parameter_count() -> None:
         Architecture.mlp(4, 2, rnn="rnn")
 
 
+@pytest.mark.slow
 def test_policy_rnn_option_reaches_the_network() -> None:
     from pufferfiber.envs.registry import architecture_for
 
@@ -107,6 +109,7 @@ def test_policy_rnn_option_reaches_the_network() -> None:
     assert isinstance(Policy(arch).recurrent, torch.nn.GRU)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [CNN, MLP], ids=["cnn", "mlp"])
 def test_planted_gru_duplicates_collapse_exactly(arch: Architecture, tmp_path: Path) -> None:
     policy = planted(arch)
@@ -216,6 +219,7 @@ def test_published_lstm_criterion_refuses_a_gru() -> None:
         compute_fibers(make(MLP), 0.3, lstm_criterion="published")
 
 
+@pytest.mark.slow
 def test_gru_policy_learns_through_unroll_with_episode_ends() -> None:
     """A memory task trained through :meth:`Policy.unroll` (the PPO update's forward): act with
     the sign of the observation seen two steps earlier; episode ends reset the memory. The
@@ -264,6 +268,7 @@ def _train_memory_task() -> tuple[float, float]:
     return start, accuracy()
 
 
+@pytest.mark.slow
 def test_gru_through_the_guides_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``--policy.rnn gru``: train, collapse and retrain, resume: every run stays a GRU (a
     resumed or collapsed run keeps its own recurrent layer, whatever the command line says)."""

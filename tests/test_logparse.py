@@ -144,6 +144,7 @@ def test_wrapped_durations_are_joined(shared_run: Path, upstream_text: str) -> N
     assert expected <= {r.summary["uptime"] for r in records}
 
 
+@pytest.mark.slow
 def test_partial_last_block_keeps_only_final_values(upstream_text: str) -> None:
     full = {r.epoch: r.flat() for r in parse_dashboard(upstream_text)}
     start = upstream_text.rfind("\x1b[0;0H")
@@ -228,6 +229,7 @@ def test_our_dashboard_renderer_round_trip() -> None:
     assert r.performance["evaluate"] == times["evaluate"] and r.message == "Checkpoint saved"
 
 
+@pytest.mark.slow
 def test_real_log_of_our_trainer_matches_its_metrics(tmp_path: Path) -> None:
     """A real captured ``demo.py`` stdout agrees with the run's metrics.jsonl (within print
     rounding: 3 decimals, agent steps to 3 significant digits)."""

@@ -21,6 +21,8 @@ from nbclient import NotebookClient
 from pufferfiber.io.fibersfile import load_fibers
 from pufferfiber.io.logparse import parse_log, series
 
+pytestmark = pytest.mark.notebook  # executes the guide notebook in a kernel
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "Collapsing_step_by_step_guide.ipynb"
 PARAMETERS = ("LOG_ORIGINAL", "LOG_COLLAPSED", "EXPERIMENT_DIR", "COLLAPSED_DIR")
@@ -99,6 +101,7 @@ def test_saved_notebook_is_clean_and_parameterised() -> None:
     assert (REPO / "docs" / "method.md").is_file()
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_draws_the_comparison(guide_run: dict[str, Path]) -> None:
     nb = _execute(guide_run)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
@@ -131,6 +134,7 @@ def test_notebook_runs_and_draws_the_comparison(guide_run: dict[str, Path]) -> N
     )
 
 
+@pytest.mark.slow
 def test_missing_experiment_dir_is_named(tmp_path: Path) -> None:
     """A wrong EXPERIMENT_DIR says so, instead of "run step 2 first"."""
     from nbclient.exceptions import CellExecutionError

@@ -135,6 +135,7 @@ def breakout_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"work": work, "data": data, "run": run, "collapsed": collapsed, **logs}
 
 
+@pytest.mark.slow
 def test_train_and_collapse_with_breaking(breakout_runs: dict[str, Path]) -> None:
     run, collapsed = breakout_runs["run"], breakout_runs["collapsed"]
     assert [e for e, _ in list_checkpoints(run)] == [2, 4, 6]
@@ -147,6 +148,7 @@ def test_train_and_collapse_with_breaking(breakout_runs: dict[str, Path]) -> Non
     assert (collapsed / "fidelity.json").is_file() and (collapsed / "fibers.pkl").is_file()
 
 
+@pytest.mark.slow
 def test_eval_collapse_command_and_report(breakout_runs: dict[str, Path]) -> None:
     run, data, work = breakout_runs["run"], breakout_runs["data"], breakout_runs["work"]
     proc = _run("demo.py", "--mode", "eval", "--env", "puffer_breakout", "--train.data-dir",
@@ -160,6 +162,7 @@ def test_eval_collapse_command_and_report(breakout_runs: dict[str, Path]) -> Non
     assert (work / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_notebook_on_breakout(breakout_runs: dict[str, Path]) -> None:
     from test_notebook import _execute  # tests/ is on sys.path under pytest
 

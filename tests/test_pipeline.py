@@ -60,6 +60,7 @@ def test_folder_names_follow_the_guide_and_stay_distinct() -> None:
     assert collapse_folder_name(0.25, 1) == "collapsed_model_thr_025_000001"
 
 
+@pytest.mark.slow
 def test_collapse_command_writes_model_fibers_and_fidelity(tmp_path: Path, capsys) -> None:
     ckpt_path = cartpole_checkpoint(tmp_path / "cartpole-0000abcd")
     assert collapse_main([str(ckpt_path), "--threshold", "1.0", *FAST]) == 0
@@ -109,6 +110,7 @@ def test_exact_collapse_has_zero_divergence(tmp_path: Path) -> None:
     assert result.checkpoint.arch == ckpt.arch and result.checkpoint.path.is_file()
 
 
+@pytest.mark.slow
 def test_collapse_upstream_pickle_needs_allow_pickle(shared_run_copy: Path, capsys) -> None:
     src = shared_run_copy / "model_000051.pt"
     assert collapse_main([str(src), "--threshold", "0.3"]) == 2
@@ -158,6 +160,7 @@ def test_collapse_upstream_pickle_needs_allow_pickle(shared_run_copy: Path, caps
         (["-t", "0.3", "--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
+@pytest.mark.slow
 def test_bad_arguments_give_one_line_and_no_folder(
     tmp_path: Path, capsys, args: list[str], message: str
 ) -> None:
@@ -185,6 +188,7 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path: Path, capsys) -> N
     assert leftovers(tmp_path) == ["model_000002.pt", "other"]
 
 
+@pytest.mark.slow
 def test_read_only_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
     ckpt = cartpole_checkpoint(tmp_path / "run")
     ckpt.parent.chmod(0o555)
@@ -196,6 +200,7 @@ def test_read_only_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
         ckpt.parent.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_failure_mid_write_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -211,6 +216,7 @@ def test_failure_mid_write_leaves_nothing(
     assert leftovers(ckpt.parent) == [ckpt.name]
 
 
+@pytest.mark.slow
 def test_existing_folder_needs_force_and_keeps_other_contents(tmp_path: Path, capsys) -> None:
     ckpt = cartpole_checkpoint(tmp_path / "run")
     out = tmp_path / "out"
@@ -262,6 +268,7 @@ def test_help_explains_every_option(capsys, tmp_path: Path) -> None:
     assert settings.lstm_rounds == 4 and settings.fit == "affine"
 
 
+@pytest.mark.slow
 def test_timeline_counts_every_checkpoint_and_caches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -295,6 +302,7 @@ def test_timeline_errors(tmp_path: Path) -> None:
         timeline.fibers_over_time(tmp_path, 3.0)
 
 
+@pytest.mark.slow
 def test_timeline_on_a_read_only_upstream_run(shared_run_copy: Path) -> None:
     shared_run_copy.chmod(0o555)
     try:

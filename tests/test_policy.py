@@ -9,6 +9,7 @@ from pufferfiber.core.policy import Architecture, Policy, observation_batch
 from pufferfiber.envs.registry import architecture_for
 
 
+@pytest.mark.slow
 def test_beam_rider_network_matches_pufferlib() -> None:
     arch = architecture_for("beam_rider")
     policy = Policy(arch)
@@ -21,6 +22,7 @@ def test_beam_rider_network_matches_pufferlib() -> None:
     assert "policy.recurrent.weight_hh_l0" in keys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k1,k2", [(512, 512), (297, 230), (1, 1), (100, 7)])
 def test_collapsed_parameter_formula(k1: int, k2: int) -> None:
     arch = Architecture.atari(9).replace(hidden=(k1,), lstm=k2)
@@ -35,6 +37,7 @@ def test_collapsed_parameter_formula(k1: int, k2: int) -> None:
         Architecture.mlp(4, 2, hidden=(16, 8), lstm=12),
     ],
 )
+@pytest.mark.slow
 def test_forward_shapes_and_sequence_equals_steps(arch: Architecture) -> None:
     torch.manual_seed(0)
     policy = Policy(arch)
@@ -49,6 +52,7 @@ def test_forward_shapes_and_sequence_equals_steps(arch: Architecture) -> None:
         torch.testing.assert_close(step_value, value[:, t], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_architecture_round_trip_and_validation() -> None:
     arch = Architecture.atari(9)
     assert Architecture.from_dict(arch.to_dict()) == arch

@@ -169,6 +169,7 @@ def test_hook_reads_ctx_observations_and_rejects_bad_settings() -> None:
         DormantReset(interval=0)
 
 
+@pytest.mark.slow
 def test_redo_in_a_real_cartpole_run(tmp_path: Path) -> None:
     from pufferfiber.config.sections import load_config
     from pufferfiber.envs.registry import architecture_for, make_vecenv
@@ -225,6 +226,7 @@ CLI_TINY = ["--mode", "train", "--env", "cartpole", "--train.batch-size", "512",
             "--train.checkpoint-interval", "1"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_redo_runs_from_the_command_line_and_resumes(tmp_path: Path) -> None:
     """``--redo`` resets dormant units during training, logs them, and ``--resume`` continues
     with the run's stored settings and reset totals."""
@@ -251,6 +253,7 @@ def test_redo_runs_from_the_command_line_and_resumes(tmp_path: Path) -> None:
     assert totals["linear1"] == sum(r["reset"]["linear1"] for r in log) > 0
 
 
+@pytest.mark.slow
 def test_break_and_redo_state_survive_resume_together(tmp_path: Path) -> None:
     """Both hooks are stored; a resume that names only one still restores the other, each
     with its own state."""

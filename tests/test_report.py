@@ -98,6 +98,7 @@ def _draw(data: report.ReportData) -> tuple[list[str], Figure]:
     return [name for name, _, _ in panels], fig
 
 
+@pytest.mark.slow
 def test_figures_hold_the_runs_series(tiny_run: Path) -> None:
     exp = report.find_experiment(tiny_run)
     assert [c.threshold for c in exp.collapses] == [0.3, 1.0]
@@ -169,6 +170,7 @@ def test_collapse_or_resumed_folder_reports_its_experiment(tiny_run: Path) -> No
             assert exp.run_dir.resolve() == tiny_run.resolve() and len(exp.collapses) == 2
 
 
+@pytest.mark.slow
 def test_cli_png_and_html(tiny_run: Path, tmp_path: Path) -> None:
     png = tmp_path / "report.png"
     cmd = [sys.executable, "-m", "pufferfiber", "report", str(tiny_run), "-o", str(png)]
@@ -217,6 +219,7 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "does not exist" in err[0] and "no training run" in err[1]
 
 
+@pytest.mark.slow
 def test_bad_output_suffix_writes_nothing(shared_run_copy: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()

@@ -102,6 +102,7 @@ def test_tensorboard_sink_writes_readable_events(tmp_path: Path) -> None:
     assert scalars["performance/env"] == [(512, 0.5), (1024, 1.0)]
 
 
+@pytest.mark.slow
 def test_training_with_the_tensorboard_tracker(tmp_path: Path) -> None:
     """``--train.tracker tensorboard``: the events hold what metrics.jsonl holds; a resumed
     run drops the events logged after its checkpoint and continues."""

@@ -48,6 +48,8 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_tiny_sweep_writes_runs_and_summary(sweep_dir: Path) -> None:
     with open(sweep_dir / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -73,6 +75,8 @@ def test_tiny_sweep_writes_runs_and_summary(sweep_dir: Path) -> None:
     assert len(seeds) == 2
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_restarting_continues_without_retraining(sweep_dir: Path) -> None:
     before = _checkpoint_times(sweep_dir)
     # a killed arm: its resumed run is gone; the restart redoes only that arm
@@ -91,6 +95,8 @@ def test_restarting_continues_without_retraining(sweep_dir: Path) -> None:
         assert len(list(csv.DictReader(f))) == 4
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_report_aggregates_the_seeds(sweep_dir: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pufferfiber", "report", str(sweep_dir)],
@@ -123,6 +129,7 @@ def test_bad_input_is_one_line_exit_2(
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.ray
 def test_another_sweep_in_the_same_folder_is_refused(
     sweep_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -156,6 +163,8 @@ def test_statistics() -> None:
 # ---------------------------------------------------------------- --vec ray
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_vec_ray_trains(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "demo.py", "--env", "cartpole", "--vec", "ray", "--vec.num-envs", "4",
@@ -167,6 +176,7 @@ def test_vec_ray_trains(tmp_path: Path) -> None:
     assert "done: epoch 2" in proc.stderr
 
 
+@pytest.mark.ray
 def test_vec_ray_refuses_an_asynchronous_batch(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

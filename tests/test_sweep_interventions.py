@@ -58,6 +58,8 @@ def _rows(sweep_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_interventions_cross_seeds_and_thresholds(sweep_dir: Path) -> None:
     rows = _rows(sweep_dir)
     assert sorted((r["intervention"], r["arm"]) for r in rows) == [
@@ -82,6 +84,8 @@ def test_interventions_cross_seeds_and_thresholds(sweep_dir: Path) -> None:
         assert all(0 <= f <= 1 for f in point["dormant_fraction"].values())
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_restart_trains_nothing_again_and_report_compares_with_none(sweep_dir: Path) -> None:
     before = {str(p): p.stat().st_mtime for p in sweep_dir.rglob("model_*.pt")}
     proc = _run("sweep", *TINY, "--thresholds", "0.3", *BREAK, "--out", str(sweep_dir))

@@ -153,6 +153,7 @@ def _trainer(cfg: RunConfig, run_dir: Path, policy: Policy | None = None, **kw: 
     )
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_metrics_log_and_runs_hooks(tmp_path: Path) -> None:
     cfg = _cartpole(total_timesteps=1536, checkpoint_interval=2)  # 3 epochs
     seen: list[EpochContext] = []
@@ -181,6 +182,7 @@ def test_training_writes_checkpoints_metrics_log_and_runs_hooks(tmp_path: Path) 
     assert state is not None and state["epoch"] == 3 and state["checkpoint"] == "model_000003.pt"
 
 
+@pytest.mark.slow
 def test_resume_continues_epochs_steps_and_optimizer(tmp_path: Path) -> None:
     cfg = _cartpole(total_timesteps=1024)
     first = _trainer(cfg, tmp_path)
@@ -236,6 +238,7 @@ def test_keyboard_interrupt_saves_a_checkpoint(tmp_path: Path, monkeypatch: Any)
     assert state is not None and state["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_cartpole_learns(tmp_path: Path) -> None:
     """The shipped cartpole settings reach a return near CartPole-v0's maximum (200)."""
     cfg = load_config("cartpole", {"train.checkpoint_interval": "1000"})
@@ -401,6 +404,7 @@ def _plain_loop(policy: Any, episodes: int, n: int, seed: int, greedy: bool) -> 
     return returns
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["lstm-sampled", "one-tensor-greedy"])
 def test_play_episodes_matches_a_plain_loop(which: str) -> None:
     """The shared rollout helper plays the same episodes as a plain evaluation loop."""
@@ -440,6 +444,7 @@ class _Counter:
         self.seen = state["seen"]
 
 
+@pytest.mark.slow
 def test_hook_state_is_saved_and_restored_by_name(tmp_path: Path) -> None:
     from pufferfiber.rl.callbacks import named_hooks, restore_hook_states
 
