@@ -150,7 +150,17 @@ def test_export_torchscript_loads_with_plain_torch(tmp_path: Path, collapsed_ckp
         logits, value, _ = policy.eval()(obs)
     np.save(tmp_path / "obs.npy", obs.numpy())
     script = (
-        "import sys, json, numpy as np, torch\n"
+        "import sys, json\n"
+        # pufferfiber is installed in this interpreter: map it to None so any import of it
+        # (by torch.jit.load resolving a class, say) raises ImportError
+        "sys.modules['pufferfiber'] = None\n"
+        "try:\n"
+        "    import pufferfiber\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('the block does not work')\n"
+        "import numpy as np, torch\n"
         f"m = torch.jit.load({str(out / 'policy.pt')!r})\n"
         f"obs = torch.from_numpy(np.load({str(tmp_path / 'obs.npy')!r}))\n"
         "state = m.initial_state(2)\n"
@@ -159,7 +169,7 @@ def test_export_torchscript_loads_with_plain_torch(tmp_path: Path, collapsed_ckp
         "    lg, v, state = m(obs[:, t], state)\n"
         "    rows.append(torch.cat([lg, v[:, None]], -1))\n"
         f"np.save({str(tmp_path / 'out.npy')!r}, torch.stack(rows, 1).detach().numpy())\n"
-        "print(json.dumps(sorted(k for k in sys.modules if k.startswith('pufferfiber'))))\n"
+        "print(json.dumps(sorted(k for k in sys.modules if k.startswith('pufferfiber.'))))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
@@ -199,3 +209,34 @@ def test_bad_input_is_one_line_exit_2(
     assert not (tmp_path / "b").exists()
     with pytest.raises(ExportError, match="unknown format"):
         export_checkpoint(pong_ckpt, "onnx", tmp_path / "c")
+
+
+@needs_cc
+def test_export_refuses_a_copy_that_does_not_match(
+    tmp_path: Path, pong_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong weights.bin (here: the value head's bias shifted) fails the parity check, and
+    nothing is written."""
+    real = puffernet.weights_bytes
+
+    def shifted(policy: Policy) -> bytes:
+        data = np.frombuffer(real(policy), dtype="<f4").copy()
+        data[-1] += 1e-2
+        return data.tobytes()
+
+    monkeypatch.setattr(puffernet, "weights_bytes", shifted)
+    out = tmp_path / "bad"
+    with pytest.raises(ExportError, match="does not match"):
+        export_checkpoint(pong_ckpt, "puffernet", out, steps=16, sequences=1)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_torchscript_gru_and_cnn_match(tmp_path: Path) -> None:
+    """The TorchScript copy of a GRU policy and of a (small) CNN policy."""
+    torch.manual_seed(4)
+    small_cnn = Architecture.atari(3, (1, 36, 36), channels=(4, 4, 4), hidden=8, lstm=6)
+    gru = Architecture.mlp(6, 4, (20,), 9, rnn="gru")
+    for (name, env), arch in {("gru", "cartpole"): gru, ("cnn", "beam_rider"): small_cnn}.items():
+        ckpt = _checkpoint(tmp_path / f"{name}.pt", Policy(arch), env=env)
+        result = export_checkpoint(ckpt, "torchscript", tmp_path / name, steps=24, sequences=2)
+        assert result.parity.ok, result.parity.line()
