@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_weights_bin_layout() -> None:
     assert names[:4] == ["network.1.weight", "network.1.bias", "network.3.weight", "network.3.bias"]
     assert names[4:8] == [f"recurrent.{n}" for n in puffernet._RNN_ORDER]
     assert names[-4:] == ["actor.weight", "actor.bias", "value_fn.weight", "value_fn.bias"]
-    w0 = policy.network[1].weight.detach().numpy().ravel()
+    w0 = cast(torch.nn.Linear, policy.network[1]).weight.detach().numpy().ravel()
     np.testing.assert_array_equal(data[: w0.size], w0)
     np.testing.assert_array_equal(data[-1:], policy.value_fn.bias.detach().numpy())
 
