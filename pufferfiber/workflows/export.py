@@ -78,20 +78,24 @@ def compile_c(source: Path, binary: Path, includes: list[Path], cc: str | None =
 
 @dataclass
 class Parity:
-    """How the exported copy compares with the PyTorch policy on held-out sequences."""
+    """How the exported copy compares with the PyTorch policy on held-out sequences.
+
+    ``action_mismatches`` counts steps whose greedy actions differ although the reference's
+    two best logits are at least ``tolerance`` apart (an error); ``tie_mismatches`` those
+    where they are closer (a tie that rounding may break either way: reported, allowed)."""
 
     sequences: int
     steps: int
     max_abs_diff: float
     action_mismatches: int
-    ties: int
+    tie_mismatches: int
 
     @property
     def ok(self) -> bool:
         return self.max_abs_diff <= TOLERANCE and self.action_mismatches == 0
 
     def line(self) -> str:
-        tie = f" ({self.ties} near-tie steps may differ)" if self.ties else ""
+        tie = f" (and at {self.tie_mismatches} near-tie steps)" if self.tie_mismatches else ""
         return (
             f"{self.sequences} held-out sequences x {self.steps} steps: max |diff| "
             f"{self.max_abs_diff:.2e} (tolerance {TOLERANCE:g}), greedy actions differ at "
@@ -139,7 +143,7 @@ def compare(reference: np.ndarray, exported: np.ndarray, n_actions: int) -> Pari
     top2 = np.sort(ref_logits, -1)[..., -2:] if n_actions > 1 else np.zeros((*differ.shape, 2))
     tie = (top2[..., 1] - top2[..., 0]) < TOLERANCE
     s, t = reference.shape[:2]
-    return Parity(s, t, diff, int((differ & ~tie).sum()), int(tie.sum()))
+    return Parity(s, t, diff, int((differ & ~tie).sum()), int((differ & tie).sum()))
 
 
 def run_c_policy(binary: Path, weights: Path, obs: torch.Tensor, n_out: int) -> np.ndarray:
