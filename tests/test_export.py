@@ -29,6 +29,7 @@ from pufferfiber.workflows.export import (
     compile_c,
     export_checkpoint,
     find_compiler,
+    play_in_c,
     puffernet_include,
     run_c_policy,
 )
@@ -126,7 +127,13 @@ def test_export_puffernet_checks_parity(
         ["export", str(ckpt_path), "--format", "puffernet", "--out", str(out), "--steps", "64"]
     )
     assert rc == 0
-    assert {p.name for p in out.iterdir()} == {"README.txt", "policy.c", "weights.bin"}
+    assert {p.name for p in out.iterdir()} == {
+        "README.txt",
+        "policy.c",
+        "weights.bin",
+        "game.c",
+        "raylib.h",
+    }
     assert "greedy actions differ at 0 steps" in capsys.readouterr().out
     # the README's one-line build command builds a filter that matches on a fresh sequence
     readme = (out / "README.txt").read_text().splitlines()
@@ -241,3 +248,24 @@ def test_torchscript_gru_and_cnn_match(tmp_path: Path) -> None:
         ckpt = _checkpoint(tmp_path / f"{name}.pt", Policy(arch), env=env)
         result = export_checkpoint(ckpt, "torchscript", tmp_path / name, steps=24, sequences=2)
         assert result.parity.ok, result.parity.line()
+
+
+@needs_cc
+@pytest.mark.parametrize("env", ["puffer_pong", "puffer_breakout"])
+def test_c_game_return_agrees_with_python_evaluation(tmp_path: Path, env: str) -> None:
+    """game.c plays the exported policy in the game's own C code; its mean return agrees with
+    Python evaluation of the same checkpoint within the episodes' spread."""
+    from pufferfiber.envs.registry import architecture_for
+    from pufferfiber.rl.evaluate import play_episodes
+
+    torch.manual_seed(0)
+    ckpt = _checkpoint(tmp_path / "model.pt", Policy(architecture_for(env)), env=env)
+    out = tmp_path / "exp"
+    result = export_checkpoint(ckpt, "puffernet", out, steps=16, sequences=1)
+    assert result.game_command is not None and "game.c" in result.game_command
+    episodes = 8
+    c_returns = play_in_c(out, episodes, seed=5, num_envs=8)
+    assert len(c_returns) == episodes
+    py_returns = play_episodes(load_checkpoint(ckpt).policy, env, episodes, seed=5)
+    spread = max(np.std(c_returns), np.std(py_returns))
+    assert abs(np.mean(c_returns) - np.mean(py_returns)) <= 2 * spread + 0.1

@@ -77,6 +77,8 @@ def _export(argv: list[str] | None) -> int:
     print(f"  parity: {result.parity.line()}")
     if result.build_command:
         print(f"  build: {result.build_command}")
+    if result.game_command:
+        print(f"  game:  {result.game_command}")
     return 0
 
 

@@ -12,6 +12,8 @@ reference may differ: a tie, counted and reported, not an error).
   ``README.txt`` with the one-line build command. The C parity check compiles ``policy.c``
   with the system C compiler (``$CC``, else ``cc``) against the installed wheel's
   ``puffernet.h``.
+  For Ocean pong and breakout also ``game.c`` and ``raylib.h``, which play the policy in the
+  game's own C code (:func:`play_in_c`).
 * ``torchscript``: ``policy.pt`` (``torch.jit.load`` it; :mod:`pufferfiber.io.torchscript`)
   and ``README.txt``.
 """
@@ -111,6 +113,7 @@ class ExportResult:
     parity: Parity
     files: list[str]
     build_command: str | None = None
+    game_command: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -175,6 +178,26 @@ def _check_out(out: Path) -> None:
         if not (readme.is_file() and readme.read_text(errors="replace").startswith(MARKER)):
             raise ExportError(f"--out {out} exists and is not an export folder; choose a new one")
     check_writable(out.parent if not out.exists() else out)
+
+
+def _game(ckpt: Checkpoint) -> tuple[str, dict[str, float | int], int] | None:
+    """``(folder, constructor settings, step cap)`` of the checkpoint's Ocean game with a C
+    game loop, as Python evaluation plays it (the packaged ini's ``[env]``), else None."""
+    if not is_ocean(ckpt.env):
+        return None
+    from pufferfiber.config.sections import load_config
+    from pufferfiber.envs.ocean import OCEAN_GAMES, game_settings
+
+    game = OCEAN_GAMES[ckpt.env]
+    if game.folder not in puffernet.GAME_STRUCTS:
+        return None
+    settings = game_settings(ckpt.env, dict(load_config(ckpt.env).env))
+    return game.folder, settings, game.eval_max_steps
+
+
+def game_build_command(out: Path, folder: str) -> str:
+    inc = puffernet_include()
+    return f"cc -O2 -I {inc} -I {inc / 'ocean' / folder} -I {out} {out / 'game.c'} -lm -o game"
 
 
 def export_checkpoint(
@@ -258,6 +281,19 @@ def _write_puffernet(
         f"weights.bin: {puffernet.weight_count(ckpt.policy)} float32 in the order policy.c reads "
         "them: " + ", ".join(n for n, _ in puffernet.weight_tensors(ckpt.policy)) + ".",
     ]
+    game = _game(ckpt)
+    if game is not None:
+        folder, settings, max_steps = game
+        source = puffernet.game_source(arch, folder, settings, max_steps)
+        atomic_write_text(tmp / "game.c", source)
+        atomic_write_text(tmp / "raylib.h", puffernet.raylib_stub())
+        result.game_command = game_build_command(out, folder)
+        lines += [
+            f"Play it in PufferLib's own {folder} C code (game.c; raylib.h stands in for the "
+            "render library the header includes):",
+            f"  {result.game_command}",
+            f"  ./game {out / 'weights.bin'} EPISODES SEED greedy|sample [NUM_ENVS]",
+        ]
     atomic_write_text(tmp / README, "\n".join(lines) + "\n")
 
 
@@ -270,3 +306,31 @@ def _torchscript_readme(out: Path, obs_shape: tuple[int, ...]) -> str:
         f"  logits, value, state = m(obs, state)  # obs [B, {', '.join(map(str, obs_shape))}]\n"
         "state: list of [1, B, hidden] tensors (LSTM [h, c], GRU [h]).\n"
     )
+
+
+def play_in_c(
+    out: Path,
+    episodes: int,
+    seed: int = 0,
+    *,
+    greedy: bool = False,
+    num_envs: int = 8,
+    cc: str | None = None,
+) -> list[float]:
+    """Returns of ``episodes`` games played by the exported policy in the game's own C code
+    (``out/game.c`` built in a temporary folder)."""
+    out = Path(out)
+    if not (out / "game.c").is_file():
+        raise ExportError(f"{out} has no game.c (only Ocean pong and breakout exports do)")
+    text = (out / "game.c").read_text()
+    folder = next(f for f in puffernet.GAME_STRUCTS if f'#include "{f}.h"' in text)
+    inc = puffernet_include()
+    with tempfile.TemporaryDirectory(prefix="pufferfiber-game-") as build:
+        binary = Path(build) / "game"
+        compile_c(out / "game.c", binary, [inc, inc / "ocean" / folder, out], cc)
+        mode = "greedy" if greedy else "sample"
+        args = [str(binary), str(out / "weights.bin"), str(episodes), str(seed), mode]
+        done = subprocess.run([*args, str(num_envs)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ExportError(f"./game failed: {done.stderr.strip()[:300]}")
+    return [float(x) for x in done.stdout.split("\n")[1:] if x.strip()]
