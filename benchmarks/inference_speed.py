@@ -12,16 +12,23 @@ yours, say) as one more row. Every network is timed, in one run, on:
   ``cc -O2``, timed by its own ``--bench BATCH STEPS``): one agent, and the batch of agents our
   Ocean settings step (``[vec] num_envs``, 256).
 
-Each figure is the median of ``--repeat`` timings; the ratios (original / collapsed) come from
-the same run, and the machine and its load average are printed with them.
+* training (``--train-epochs N``, default 4; 0 skips it): agent steps per second of whole
+  :class:`~pufferfiber.rl.trainer.Trainer` epochs (collect + PPO update) at our Ocean settings
+  (``configs/ocean/<env>.ini``, serial env), after one warm-up epoch: the compute the guide's
+  protocol saves once it retrains the collapsed network.
+
+Each figure is the median of ``--repeat`` timings (training: the mean over the epochs); the
+ratios (original / collapsed, training: collapsed / original) come from the same run, and the
+machine and its load average are printed with them.
 
     .venv/bin/python benchmarks/inference_speed.py [--envs puffer_pong,puffer_breakout]
-        [--fractions 0.5,0.2,0.05] [--repeat 5] [--threads 1] [--json FILE]
+        [--fractions 0.5,0.2,0.05] [--repeat 5] [--threads 1] [--train-epochs 4] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -33,10 +40,13 @@ from typing import Any
 
 import torch
 
+from pufferfiber.config.sections import load_config
 from pufferfiber.core.policy import Architecture, Policy, observation_batch
-from pufferfiber.envs.registry import architecture_for
+from pufferfiber.envs.registry import architecture_for, make_vecenv
 from pufferfiber.io import puffernet
 from pufferfiber.io.checkpoints import load_checkpoint
+from pufferfiber.rl.dashboard import Dashboard
+from pufferfiber.rl.trainer import Trainer
 from pufferfiber.workflows.export import compile_c, find_compiler, puffernet_include
 
 TORCH_BATCH = 1024
@@ -94,6 +104,28 @@ def c_seconds_per_step(
     return median(times)
 
 
+def training_sps(env: str, policy: Policy, epochs: int, threads: int) -> float:
+    """Agent steps per second of ``epochs`` training epochs of a copy of ``policy`` at our
+    Ocean settings, after one warm-up epoch (env reset, allocator, first calls)."""
+    overrides = {"train.checkpoint_interval": "1000000", "train.torch_threads": str(threads)}
+    cfg = load_config(env, overrides)
+    vecenv = make_vecenv(env, "serial", cfg.vec.num_envs, env_kwargs=dict(cfg.env))
+    trained = Policy(policy.arch)
+    trained.load_state_dict(policy.state_dict())
+    with tempfile.TemporaryDirectory() as tmp:
+        dashboard = Dashboard(stream=io.StringIO(), live=False)
+        trainer = Trainer(cfg, vecenv, trained, Path(tmp), end_epoch=10**6, dashboard=dashboard)
+        try:
+            trainer.train_epoch()
+            start = time.perf_counter()
+            for _ in range(epochs):
+                trainer.train_epoch()
+            elapsed = time.perf_counter() - start
+        finally:
+            trainer.close()
+    return epochs * cfg.train.batch_size / elapsed
+
+
 def measure(policy: Policy, build: Path, repeat: int) -> dict[str, float]:
     policy = policy.cpu().eval()
     n = policy.parameter_count()
@@ -139,10 +171,13 @@ def row_text(name: str, r: dict[str, float], base: dict[str, float]) -> str:
         return f"{shown} ({ratio:4.1f}x)"
 
     pct = 100 * r["parameters"] / base["parameters"]
+    train = ""
+    if "train_sps" in r:
+        train = f"  {r['train_sps'] / 1e3:7.1f} k/s ({r['train_sps'] / base['train_sps']:4.2f}x)"
     return (
         f"{name:<26}{r['parameters']:>9,} {pct:5.1f}%  "
         f"{pair('torch_b1_s', 1)}  {pair(f'torch_b{TORCH_BATCH}_s', TORCH_BATCH)}  "
-        f"{pair('c_b1_s', 1)}  {pair(f'c_b{C_BATCH}_s', C_BATCH)}"
+        f"{pair('c_b1_s', 1)}  {pair(f'c_b{C_BATCH}_s', C_BATCH)}{train}"
     )
 
 
@@ -154,6 +189,8 @@ def main() -> None:
                         help="add a checkpoint as a row of its env (repeatable)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=5, help="median of N (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--train-epochs", type=int, default=4,
+                        help="timed training epochs per policy, 0: none (default 4)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -164,7 +201,8 @@ def main() -> None:
     print(
         f"{'policy':<26}{'params':>9} {'share':>6}  {'torch b1 latency':>20}  "
         f"{f'torch b{TORCH_BATCH} agent-steps':>20}  {'C b1 latency':>20}  "
-        f"{f'C b{C_BATCH} agent-steps':>20}   (ratios: original / this)"
+        f"{f'C b{C_BATCH} agent-steps':>20}  {'training SPS':>20}   (ratios: original / this; "
+        "training: this / original)"
     )
     results: dict[str, dict[str, dict[str, float]]] = {}
     extra = {c: load_checkpoint(c) for c in args.checkpoint}
@@ -184,6 +222,8 @@ def main() -> None:
                 build = Path(tmp) / f"{env}-{len(results[env])}"
                 build.mkdir()
                 results[env][name] = r = measure(policy, build, args.repeat)
+                if args.train_epochs > 0:
+                    r["train_sps"] = training_sps(env, policy, args.train_epochs, args.threads)
                 print("  " + row_text(name, r, results[env]["original"]))
     info["load_average_after"] = round(os.getloadavg()[0], 2)
     print(f"load average after: {info['load_average_after']}")
