@@ -26,7 +26,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +114,6 @@ class ExportResult:
     files: list[str]
     build_command: str | None = None
     game_command: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def held_out_sequences(ckpt: Checkpoint, sequences: int, steps: int, seed: int) -> torch.Tensor:
