@@ -44,6 +44,13 @@ class ExportUnsupported(ValueError):
 
 def check_exportable(arch: Architecture) -> None:
     """Raise :class:`ExportUnsupported` for a policy ``policy.c`` cannot run."""
+    # getattr: architectures recorded before the activation option are all ReLU
+    activation = getattr(arch, "activation", "relu")
+    if activation != "relu":
+        raise ExportUnsupported(
+            f"puffernet.h has no {activation.upper()} layer: only ReLU policies export to "
+            "puffernet (use --format torchscript)"
+        )
     if arch.kind == "cnn":
         if len(arch.obs_shape) != 3:
             raise ExportUnsupported(f"cnn observation shape {arch.obs_shape} is not (C, H, W)")
