@@ -434,9 +434,13 @@ def test_pufferfiber_command_works_from_any_directory(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.startswith("train: error: unrecognized argument")
     unknown = subprocess.run([*cmd, "trian"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
-    assert "unknown command 'trian' (choose train, eval, collapse, report, sweep)" in unknown.stderr
+    assert (
+        "unknown command 'trian' (choose train, eval, collapse, report, sweep, export)"
+        in unknown.stderr
+    )
     usage = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert usage.returncode == 0 and "collapse" in usage.stdout and "sweep" in usage.stdout
+    assert "export" in usage.stdout
 
 
 @pytest.mark.slow

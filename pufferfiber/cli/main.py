@@ -9,6 +9,7 @@
     pufferfiber collapse CHECKPOINT -t TAU      (also: python -m pufferfiber ...)
     pufferfiber report EXPERIMENT_DIR | SWEEP_DIR
     pufferfiber sweep --env ENV --thresholds TAU,... --out DIR
+    pufferfiber export CHECKPOINT --format puffernet|torchscript --out DIR
 
 The run settings are options generated from the typed sections of :mod:`pufferfiber.config.sections`
 (``--train.batch-size``, ``--break.interval``, ``--collapse TAU``...), and ``--help`` shows the
@@ -508,12 +509,14 @@ commands:
   report     plot original vs collapsed training of an experiment folder (PNG or HTML), or
              aggregate the seeds of a sweep folder
   sweep      the guide's protocol over env x threshold x criterion x seed, on Ray Tune
+  export     a checkpoint as PufferLib C runtime code + weights or TorchScript, parity-checked
 
 Run 'pufferfiber COMMAND --help' for a command's options; 'train' and 'eval' take the options
 of 'python demo.py' (the guide's entry point) without --mode."""
 
 
 def _commands() -> dict[str, Callable[[list[str]], int]]:
+    from pufferfiber.cli import export as export_cli
     from pufferfiber.cli import report as report_cli
     from pufferfiber.cli import sweep as sweep_cli
 
@@ -523,6 +526,7 @@ def _commands() -> dict[str, Callable[[list[str]], int]]:
         "collapse": collapse_main,
         "report": report_cli.main,
         "sweep": sweep_cli.main,
+        "export": export_cli.main,
     }
 
 
