@@ -40,14 +40,21 @@ def shared_run_copy(shared_run: Path, tmp_path: Path) -> Path:
 
 
 REALDATA_FIXTURES = ("shared_run", "shared_run_copy")
+# module-scoped fixtures that train runs: every test that uses one is slow (the first pays the
+# training, and a subset that kept any of them would pay it again)
+TRAINING_FIXTURES = ("run", "trained", "tiny_run", "sweep_dir", "guide_run", "breakout_runs")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark tests that read the upstream run ``realdata`` (from the fixtures they use, so the
-    marker cannot be forgotten), and skip ``@pytest.mark.cuda`` tests where torch sees no GPU."""
+    """Mark tests that read the upstream run ``realdata`` and tests that use a trained run
+    ``slow`` (from the fixtures they use, so the marker cannot be forgotten), and skip
+    ``@pytest.mark.cuda`` tests where torch sees no GPU."""
     for item in items:
-        if any(name in REALDATA_FIXTURES for name in getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures.intersection(REALDATA_FIXTURES):
             item.add_marker(pytest.mark.realdata)
+        if fixtures.intersection(TRAINING_FIXTURES):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs these there)")

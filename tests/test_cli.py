@@ -335,7 +335,7 @@ def test_upstream_pickle_needs_allow_pickle(
         played.append((policy, env, episodes))  # isolate the CLI from 18 s of BeamRider play
         return [1.0, 3.0]
 
-    monkeypatch.setattr("pufferfiber.rl.evaluate.play_episodes", fake_play)
+    monkeypatch.setattr("pufferfiber.cli.main.play_episodes", fake_play)
     assert cli.main([*argv, "--allow-pickle", "--eval-episodes", "2"]) == 0
     out = capsys.readouterr().out
     assert "(epoch 51): return 2.00 ± 1.00 over 2 episodes" in out

@@ -148,6 +148,7 @@ def test_export_puffernet_checks_parity(
     assert np.abs(out_c - _reference(ckpt.policy, obs)).max() < TOLERANCE
 
 
+@pytest.mark.slow
 def test_export_torchscript_loads_with_plain_torch(tmp_path: Path, collapsed_ckpt: Path) -> None:
     out = tmp_path / "ts"
     result = export_checkpoint(collapsed_ckpt, "torchscript", out, steps=32)
@@ -250,6 +251,7 @@ def test_torchscript_gru_and_cnn_match(tmp_path: Path) -> None:
         assert result.parity.ok, result.parity.line()
 
 
+@pytest.mark.slow
 @needs_cc
 @pytest.mark.parametrize("env", ["puffer_pong", "puffer_breakout"])
 def test_c_game_return_agrees_with_python_evaluation(tmp_path: Path, env: str) -> None:

@@ -49,6 +49,7 @@ def _job(path: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_child_process_trains_a_job(tmp_path: Path) -> None:
     given = {"train.data_dir": str(tmp_path), "train.total_timesteps": "4096"}
     job = TrainJob("new", load_config("cartpole", given), given).save(tmp_path / "job.json")
@@ -58,6 +59,7 @@ def test_the_child_process_trains_a_job(tmp_path: Path) -> None:
     assert any(CHECKPOINT_RE.match(p.name) for p in run.iterdir()), sorted(run.iterdir())
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_job_is_one_line_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "job.json"
     bad.write_text('{"kind": "new"}')

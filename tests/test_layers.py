@@ -82,3 +82,70 @@ def test_core_imports_no_other_layer(graph: grimp.ImportGraph) -> None:
         for lower in layers[i + 1 :]:
             chains = graph.find_shortest_chains(importer=lower, imported=upper)
             assert not chains, f"{lower} imports {upper}: {sorted(chains)[0]}"
+
+
+# Third-party packages whose import cost is worth deferring (``--help`` must stay fast).
+HEAVY = ("torch", "scipy", "numpy", "pufferlib", "gymnasium", "ray", "matplotlib", "rich")
+
+
+def _heavy_loaded(modules: list[str]) -> dict[str, frozenset[str]]:
+    """Which of :data:`HEAVY` importing each module loads, each in a fresh interpreter."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, json, sys\n"
+        f"heavy = {HEAVY!r}\n"
+        "m = sys.argv[1]\n"
+        "importlib.import_module(m)\n"
+        "print(json.dumps([h for h in heavy if h in sys.modules]))\n"
+    )
+    out = {}
+    for m in modules:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, m], capture_output=True, text=True, cwd=REPO, check=True
+        )
+        out[m] = frozenset(json.loads(proc.stdout))
+    return out
+
+
+def _local_imports() -> list[tuple[str, str, int]]:
+    """``(importing module, imported module, line)`` of every function-local pufferfiber import."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "pufferfiber").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "pufferfiber"
+                ):
+                    for alias in node.names:
+                        sub = f"{node.module}.{alias.name}"
+                        target = (
+                            sub
+                            if (REPO / (sub.replace(".", "/") + ".py")).exists()
+                            else node.module
+                        )
+                        found.append((module, str(target), node.lineno))
+    return found
+
+
+@pytest.mark.slow
+def test_function_local_imports_only_defer_cost() -> None:
+    """A pufferfiber import inside a function must defer some heavy package that its module does
+    not load already; otherwise it belongs at the top of the module."""
+    local = _local_imports()
+    heavy = _heavy_loaded(sorted({m for pair in local for m in pair[:2]}))
+    needless = [
+        f"{m}:{line} imports {target} inside a function but defers nothing"
+        for m, target, line in local
+        if heavy[target] <= heavy[m]
+    ]
+    assert needless == []

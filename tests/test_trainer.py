@@ -417,6 +417,7 @@ def test_play_episodes_matches_a_plain_loop(which: str) -> None:
     assert play_episodes(policy, "cartpole", 6, seed=11, num_envs=2, greedy=greedy) == want
 
 
+@pytest.mark.slow
 def test_collect_observations_is_seeded() -> None:
     from pufferfiber.rl.evaluate import collect_observations
 

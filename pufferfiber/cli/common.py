@@ -11,6 +11,10 @@ from typing import Any, NoReturn
 
 from pufferfiber.config.sections import ConfigError
 from pufferfiber.envs.registry import EnvError
+from pufferfiber.io.atomic import CheckpointError, describe_os_error
+from pufferfiber.io.checkpoints import CHECKPOINT_FORMATS
+from pufferfiber.io.fibersfile import FibersFileError
+from pufferfiber.workflows.hooks import RunError
 from pufferfiber.workflows.train import EXIT_INTERRUPTED, one_line, say
 
 EXIT_BAD_INPUT = 2
@@ -34,7 +38,6 @@ class Parser(argparse.ArgumentParser):
 
 def add_checkpoint_format_option(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint-format``, the same on every command that reads a checkpoint."""
-    from pufferfiber.io.checkpoints import CHECKPOINT_FORMATS
 
     parser.add_argument(
         "--checkpoint-format",
@@ -51,9 +54,6 @@ def run_command(
 ) -> int:
     """Run a command's ``body``; bad input of any kind (``errors``: the command's own error
     types) becomes ``PROG: error: ...`` (one line) and exit code 2, Ctrl-C exit code 130."""
-    from pufferfiber.io.atomic import CheckpointError, describe_os_error
-    from pufferfiber.io.fibersfile import FibersFileError
-    from pufferfiber.workflows.hooks import RunError
 
     try:
         return body()

@@ -8,10 +8,10 @@ import argparse
 from pathlib import Path
 
 from pufferfiber.cli.common import Parser, run_command
+from pufferfiber.workflows.export import FORMATS, TOLERANCE, ExportError, export_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pufferfiber.workflows.export import FORMATS, TOLERANCE
 
     p = Parser(
         prog="pufferfiber export",
@@ -52,13 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pufferfiber export``; returns the exit code (bad input: one line, 2)."""
-    from pufferfiber.workflows.export import ExportError
 
     return run_command("export", lambda: _export(argv), errors=(ExportError,))
 
 
 def _export(argv: list[str] | None) -> int:
-    from pufferfiber.workflows.export import FORMATS, ExportError, export_checkpoint
 
     args = build_parser().parse_args(argv)
     if args.format not in FORMATS:  # checked before the checkpoint is read

@@ -34,6 +34,8 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from pufferfiber.cli import export as export_cli  # noqa: E402
+from pufferfiber.cli import report as report_cli  # noqa: E402
 from pufferfiber.cli.common import (  # noqa: E402
     EXIT_BAD_INPUT,
     Parser,
@@ -61,8 +63,24 @@ from pufferfiber.config.sections import (  # noqa: E402
     shown_value,
     type_name,
 )
-from pufferfiber.envs.registry import VEC_BACKENDS, EnvError  # noqa: E402
-from pufferfiber.workflows.train import EXIT_INTERRUPTED, one_line, say  # noqa: E402
+from pufferfiber.envs.registry import (  # noqa: E402
+    VEC_BACKENDS,
+    EnvError,
+    check_env_name,
+)
+from pufferfiber.io.atomic import CheckpointError  # noqa: E402
+from pufferfiber.io.checkpoints import find_run, load_checkpoint  # noqa: E402
+from pufferfiber.rl.evaluate import play_episodes  # noqa: E402
+from pufferfiber.workflows.hooks import training_hooks  # noqa: E402
+from pufferfiber.workflows.job import JobKind, TrainJob, run_job  # noqa: E402
+from pufferfiber.workflows.train import (  # noqa: E402  # noqa: E402
+    EXIT_INTERRUPTED,
+    check_device,
+    check_fits_env,
+    latest_checkpoint,
+    one_line,
+    say,
+)
 
 DEFAULT_ENV = "beam_rider"
 CONFIG_DEST = "cfg:"  # argparse dest prefix of the generated --section.key options
@@ -284,10 +302,7 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
     """``--mode eval``: play ``--eval-episodes`` episodes and print mean ± std return."""
     import numpy as np
 
-    from pufferfiber.io.checkpoints import find_run, load_checkpoint
-    from pufferfiber.rl.evaluate import play_episodes
     from pufferfiber.rl.trainer import resolve_device
-    from pufferfiber.workflows.train import check_fits_env, latest_checkpoint
 
     path = ns.eval_model_path
     if path is None:
@@ -319,9 +334,6 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
 
 
 def dispatch(args: Args) -> int:
-    from pufferfiber.workflows.hooks import training_hooks
-    from pufferfiber.workflows.job import JobKind, TrainJob, run_job
-    from pufferfiber.workflows.train import check_device
 
     ns = args.ns
     cfg = load_config(
@@ -429,9 +441,6 @@ def collapse_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 def _collapse(argv: list[str]) -> int:
-    from pufferfiber.envs.registry import check_env_name
-    from pufferfiber.io.atomic import CheckpointError
-    from pufferfiber.io.checkpoints import load_checkpoint
     from pufferfiber.rl.trainer import resolve_device
     from pufferfiber.workflows.collapse import (
         WriteMode,
@@ -461,7 +470,6 @@ def _collapse(argv: list[str]) -> int:
         expect_env=args.env,
         checkpoint_format=args.checkpoint_format,
     )
-    from pufferfiber.workflows.train import check_fits_env
 
     if ckpt.arch.activation != "relu":  # e.g. PufferLib 3.0's Default, imported for eval
         raise CheckpointError(
@@ -516,8 +524,6 @@ of 'python demo.py' (the guide's entry point) without --mode."""
 
 
 def _commands() -> dict[str, Callable[[list[str]], int]]:
-    from pufferfiber.cli import export as export_cli
-    from pufferfiber.cli import report as report_cli
     from pufferfiber.cli import sweep as sweep_cli
 
     return {

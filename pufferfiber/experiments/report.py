@@ -33,6 +33,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pufferfiber.experiments import plots
+from pufferfiber.io.atomic import atomic_write_bytes, folder_writable
 from pufferfiber.io.runfiles import (
     COLLAPSE_DIR_RE,
     FIBERS,
@@ -648,7 +649,6 @@ def _output_path(args: argparse.Namespace, exp: Experiment) -> Path:
         raise ReportError(f"output must end in .png or .html, not {out.name!r}")
     if not out.parent.is_dir():
         raise ReportError(f"output folder {out.parent} does not exist")
-    from pufferfiber.io.atomic import folder_writable
 
     if not folder_writable(out.parent):  # before the work, not after it
         hint = "" if args.output else "; pass -o FILE to write elsewhere"
@@ -685,7 +685,6 @@ def check_dpi(dpi: int) -> None:
 
 def write_report(args: argparse.Namespace) -> int:
     """``pufferfiber report`` with its parsed options (:mod:`pufferfiber.cli.report`)."""
-    from pufferfiber.io.atomic import atomic_write_bytes
 
     check_dpi(args.dpi)
     exp = find_experiment(args.experiment_dir)

@@ -53,8 +53,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pufferfiber.config.sections import FLATTEN_COLOURS, BreakConfig, RedoConfig, load_section
+from pufferfiber.config.sections import (
+    FLATTEN_COLOURS,
+    BreakConfig,
+    RedoConfig,
+    load_config,
+    load_section,
+)
 from pufferfiber.core.criteria import DEFAULT_CRITERION
+from pufferfiber.io import logparse
+from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text, check_writable
+from pufferfiber.io.checkpoints import closest_checkpoint, list_checkpoints, load_checkpoint
 from pufferfiber.io.runfiles import (
     FIDELITY,
     METRICS,
@@ -68,8 +77,14 @@ from pufferfiber.io.runfiles import (
     SWEEP_TRAJECTORY,
     sweep_seed_dir_name,
 )
+from pufferfiber.io.upstream_log import LogParseError, read_metrics, series
+from pufferfiber.rl.breaking import BREAK_LOG
+from pufferfiber.rl.evaluate import collect_observations, play_episodes
+from pufferfiber.rl.redo import REDO_LOG, dormant_fraction
+from pufferfiber.workflows.collapse import collapse_folder_name
 from pufferfiber.workflows.hooks import RunError, hooks_from
-from pufferfiber.workflows.job import JobKind
+from pufferfiber.workflows.job import JobKind, TrainJob
+from pufferfiber.workflows.timeline import fibers_at
 
 REPO = Path(__file__).resolve().parents[2]  # the package's parent, for Ray workers' path
 SPEC_NAME = SWEEP_SPEC
@@ -238,7 +253,6 @@ def collapse_point(spec: SweepSpec, env: str) -> int:
 
 def run_config(spec: SweepSpec, env: str, seed: int = 1) -> Any:
     """The validated configuration of the runs of ``env`` (raises ``ConfigError``)."""
-    from pufferfiber.config.sections import load_config
 
     return load_config(env, {**dict(spec.overrides), "train.seed": str(seed)})
 
@@ -272,7 +286,6 @@ def final_epoch(spec: SweepSpec, env: str) -> int:
 
 def prepare_out(spec: SweepSpec) -> None:
     """Create ``--out`` with ``sweep.json``, or check that it holds this same sweep."""
-    from pufferfiber.io.atomic import atomic_write_text, check_writable
 
     out = Path(spec.out)
     path = out / SPEC_NAME
@@ -314,8 +327,6 @@ def _train(kind: JobKind, env: str, settings: dict[str, str], log: Path, **job: 
     """Run one training job (``kind``, ``settings`` on top of ``env``'s config files) in its own
     process, stdout/stderr appended to ``log``; raise on failure. The job travels as the typed
     configuration in ``job.json`` beside ``log``, not as command-line text."""
-    from pufferfiber.config.sections import load_config
-    from pufferfiber.workflows.job import TrainJob
 
     job_file = log.with_name(SWEEP_JOB)
     path = TrainJob(kind, load_config(env, settings), settings, **job).save(job_file)
@@ -346,7 +357,6 @@ def _runs_in(folder: Path, env: str) -> list[Path]:
 
 
 def _last_epoch(run: Path) -> int:
-    from pufferfiber.io.checkpoints import list_checkpoints
 
     found = list_checkpoints(run)
     return found[-1][0] if found else 0
@@ -391,8 +401,6 @@ def _arm_base(original: Path, arm: Arm, source: Path) -> Path:
         return original
     view = original.parent / f"{arm.criterion}-{arm.flatten_colours}" / original.name
     if not (view / source.name).is_file():
-        from pufferfiber.io.atomic import atomic_write_bytes
-
         view.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(view / source.name, source.read_bytes())
     return view
@@ -408,8 +416,6 @@ def ensure_arm(
     extra: Mapping[str, str] | None = None,
 ) -> tuple[Path, Path]:
     """``(collapse folder, finished resumed run)`` of one arm, collapsing and training if needed."""
-    from pufferfiber.io.checkpoints import closest_checkpoint
-    from pufferfiber.workflows.collapse import collapse_folder_name
 
     until = final_epoch(spec, env)
     epoch, source = closest_checkpoint(original, spec.collapse_epoch)
@@ -441,10 +447,6 @@ def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any
     """Mean and std of the return of ``run``'s last checkpoint (cached in ``eval.json``)."""
     import numpy as np
 
-    from pufferfiber.io.atomic import atomic_write_text
-    from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint
-    from pufferfiber.rl.evaluate import play_episodes
-
     _, path = list_checkpoints(run)[-1]
     cache = run / EVAL_NAME
     if cache.is_file():
@@ -466,7 +468,6 @@ def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any
 def _history(run: Path) -> list[tuple[int, float]]:
     """``(epoch, episode_return)`` of a run's epochs that finished episodes."""
     from pufferfiber.experiments.report import RETURN_KEY
-    from pufferfiber.io.upstream_log import LogParseError, read_metrics, series
 
     try:
         epochs, values = series(read_metrics(run / METRICS), RETURN_KEY)
@@ -487,8 +488,6 @@ def run_cell(
 ) -> list[dict[str, Any]]:
     """The original and every arm of one env × intervention × seed; returns (and saves) the
     summary rows."""
-    from pufferfiber.io.atomic import atomic_write_text
-    from pufferfiber.io.checkpoints import load_checkpoint
 
     tag = f"{env} seed {seed}" if intervention == "none" else f"{env} {intervention} seed {seed}"
     seed_dir = cell_dir(spec, env, intervention, seed)
@@ -570,8 +569,6 @@ def run_cell(
 
 def units_edited(run: Path) -> dict[int, dict[str, int]]:
     """Epoch → layer → units broken (``breaking.jsonl``) or recycled (``redo.jsonl``)."""
-    from pufferfiber.rl.breaking import BREAK_LOG
-    from pufferfiber.rl.redo import REDO_LOG
 
     edited: dict[int, dict[str, int]] = {}
     for name, key in ((BREAK_LOG, "broken"), (REDO_LOG, "reset")):
@@ -593,11 +590,10 @@ def _train_seconds(run: Path) -> float:
     """Wall time of the run's training (the trainer's uptime at its last logged epoch; a
     resumed run counts from its resumption)."""
     from pufferfiber.experiments.report import METRICS_NAME
-    from pufferfiber.io.logparse import LogParseError, read_metrics
 
     try:
-        records = read_metrics(run / METRICS_NAME)
-    except LogParseError:
+        records = logparse.read_metrics(run / METRICS_NAME)
+    except logparse.LogParseError:
         return math.nan
     times = [float(r.summary["uptime"]) for r in records if "uptime" in r.summary]
     return times[-1] if times else math.nan
@@ -609,11 +605,6 @@ def trajectory(spec: SweepSpec, run: Path, env: str, seed: int) -> dict[str, Any
     ``trajectory.json``. The dormant fraction is measured as ReDo's hook measures it: on
     ``DORMANT_GAMES`` games × ``DORMANT_STEPS`` steps that the checkpoint itself plays, run
     from a zero LSTM state."""
-    from pufferfiber.io.atomic import atomic_write_text
-    from pufferfiber.io.checkpoints import list_checkpoints, load_checkpoint
-    from pufferfiber.rl.evaluate import collect_observations
-    from pufferfiber.rl.redo import dormant_fraction
-    from pufferfiber.workflows.timeline import fibers_at
 
     found = list_checkpoints(run)
     step = max(1, math.ceil(len(found) / TRAJECTORY_POINTS))
@@ -663,7 +654,6 @@ def _run_facts(spec: SweepSpec, run: Path, env: str, seed: int) -> dict[str, Any
 
 
 def _checkpoint_name(run: Path) -> str:
-    from pufferfiber.io.checkpoints import list_checkpoints
 
     return list_checkpoints(run)[-1][1].name
 
@@ -748,7 +738,6 @@ def _one_line(exc: BaseException) -> str:
 
 def write_summary(spec: SweepSpec) -> tuple[Path, int]:
     """``summary.csv`` from the cells' ``results.json`` (cells not finished are left out)."""
-    from pufferfiber.io.atomic import atomic_write_text
 
     rows: list[dict[str, Any]] = []
     for env in spec.envs:

@@ -47,6 +47,7 @@ from pufferfiber.experiments.sweep import (
     SweepSpec,
     _history,
 )
+from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text
 from pufferfiber.io.runfiles import SWEEP_REPORT_HTML
 
 ORIGINAL = "original"
@@ -513,7 +514,6 @@ def write_sweep_report(args: argparse.Namespace) -> int:
     """The ``report`` command on a sweep folder (``args`` from
     :func:`pufferfiber.cli.report.build_parser`). Raises
     :class:`~pufferfiber.experiments.report.ReportError` for bad input."""
-    from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text
 
     check_dpi(args.dpi)
     sweep_dir = Path(args.experiment_dir)

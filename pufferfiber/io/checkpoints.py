@@ -36,6 +36,8 @@ from typing import Any
 import torch
 
 from pufferfiber.core.policy import Architecture, Policy
+from pufferfiber.envs import registry
+from pufferfiber.envs.registry import EnvError, check_env_name
 from pufferfiber.io.atomic import (
     UMASK,
     CheckpointError,
@@ -43,6 +45,7 @@ from pufferfiber.io.atomic import (
     check_writable,
     describe_os_error,
 )
+from pufferfiber.io.pufferlib3 import FILE_RE, looks_like_pufferlib3, policy_from_pufferlib3
 from pufferfiber.io.runfiles import (
     CHECKPOINT_GLOB,
     CHECKPOINT_RE,
@@ -236,7 +239,6 @@ def load_checkpoint(
     Raises :class:`CheckpointError` with a one-line reason for a missing, corrupt or foreign
     file, an architecture that does not match its weights, or a run of another env.
     """
-    from pufferfiber.io.pufferlib3 import looks_like_pufferlib3
 
     if checkpoint_format not in CHECKPOINT_FORMATS:
         raise CheckpointError(
@@ -289,7 +291,6 @@ def load_checkpoint(
 def _checked_record(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """``epoch``, ``global_step``, ``env``, ``config`` and ``meta`` of a checkpoint dict, each
     checked for type and range (a file that loads is not necessarily one we wrote)."""
-    from pufferfiber.envs.registry import EnvError, check_env_name
 
     def count(key: str) -> int:
         value = data.get(key)
@@ -420,8 +421,6 @@ def import_pufferlib3(data: Any, path: Path, env: str | None = None) -> Checkpoi
     The env comes from the file name (``model_<env>_<epoch:06d>.pt``) when it names a known
     env, else from ``env`` (``--env``); a ``Convolutional`` policy takes its frame shape from it.
     """
-    from pufferfiber.envs import registry
-    from pufferfiber.io.pufferlib3 import FILE_RE, policy_from_pufferlib3
 
     match = FILE_RE.match(path.name)
     # as for 2.0 runs, the name the file records wins over the caller's env
@@ -448,7 +447,6 @@ def import_pufferlib3(data: Any, path: Path, env: str | None = None) -> Checkpoi
 
 
 def _known_env(name: str) -> str:
-    from pufferfiber.envs.registry import EnvError, check_env_name
 
     try:
         check_env_name(name)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pufferfiber.io.atomic import atomic_write_text
+
 FIDELITY_FORMAT = "pufferfiber.fidelity/1"
 TIMELINE_FORMAT = "pufferfiber.timeline/1"
 FIBERS_FORMAT = "pufferfiber.fibers/1"
@@ -191,7 +193,6 @@ def _finite_or_none(value: float) -> float | None:
 
 def write_fidelity(path: Path, fidelity: Mapping[str, Any] | Fidelity) -> Fidelity:
     """Write ``fidelity.json`` atomically through the record (so it reads back)."""
-    from pufferfiber.io.atomic import atomic_write_text
 
     record = fidelity if isinstance(fidelity, Fidelity) else Fidelity.from_dict(fidelity, path)
     atomic_write_text(Path(path), json.dumps(record.to_dict(), indent=2) + "\n")

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pufferfiber.io.schemas import LOSS_NAMES
+from pufferfiber.io.atomic import atomic_write_text
+from pufferfiber.io.schemas import LOSS_NAMES, json_number
 
 # CSI (colours, cursor moves) and OSC (titles, links) escape sequences.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -389,8 +390,6 @@ def import_log(log: str | Path, out: str | Path) -> list[EpochRecord]:
     Raises:
         LogParseError: as :func:`parse_log`.
     """
-    from pufferfiber.io.atomic import atomic_write_text
-    from pufferfiber.io.schemas import json_number
 
     records = parse_log(log)
     lines = []

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from pufferfiber.core.policy import Policy
+from pufferfiber.io import checkpoints
 from pufferfiber.io.runfiles import checkpoint_name
 from pufferfiber.io.schemas import TrainerState
 
@@ -126,7 +127,6 @@ class Checkpointer:
         full), a checkpoint this call created is removed again and the error is raised.
         """
         # Looked up at call time so that tests can replace it (fault injection).
-        from pufferfiber.io import checkpoints
 
         target = self.path(epoch)
         existed = target.exists()

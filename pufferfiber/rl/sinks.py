@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pufferfiber.config.sections import TRACKERS, ConfigError
+from pufferfiber.io.atomic import CheckpointError, atomic_write_text, describe_os_error
 from pufferfiber.io.runfiles import METRICS, TENSORBOARD_DIR
 from pufferfiber.io.schemas import json_number
 from pufferfiber.rl.dashboard import Dashboard, DashboardState, machine_usage
@@ -180,7 +181,6 @@ def make_tracker(name: str, run_dir: Path, start_step: int = 0) -> MetricSink | 
 def append_line(path: Path, line: str) -> None:
     """Append one whole line to ``path``; a failed write (full disk) is cut off again, so the
     file never ends in half a line, and raised as a one-line ``CheckpointError``."""
-    from pufferfiber.io.atomic import CheckpointError, describe_os_error
 
     data = line.encode("utf-8")
     try:
@@ -204,7 +204,6 @@ def append_line(path: Path, line: str) -> None:
 def trim_metrics(run_dir: Path, epoch: int) -> list[int]:
     """Drop the ``metrics.jsonl`` lines of epochs after ``epoch`` (a run killed between
     checkpoints logged epochs that a resume trains again); returns the dropped epochs."""
-    from pufferfiber.io.atomic import atomic_write_text
 
     path = Path(run_dir) / METRICS
     try:

@@ -32,11 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pufferfiber.config.sections import load_config
 from pufferfiber.core.policy import Policy, observation_batch
 from pufferfiber.envs.registry import is_ocean
 from pufferfiber.io import puffernet, torchscript
 from pufferfiber.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_text, check_writable
 from pufferfiber.io.checkpoints import Checkpoint, load_checkpoint
+from pufferfiber.rl.evaluate import collect_observations
 
 FORMATS = ("puffernet", "torchscript")
 TOLERANCE = 1e-4
@@ -120,8 +122,6 @@ def held_out_sequences(ckpt: Checkpoint, sequences: int, steps: int, seed: int) 
     """``[sequences, steps, *obs_shape]``: observations the policy sees playing its Ocean game
     (a seed the training never used), or random ones of the right range for other envs."""
     if is_ocean(ckpt.env):
-        from pufferfiber.rl.evaluate import collect_observations
-
         return collect_observations(ckpt.policy, ckpt.env, sequences, steps, seed=seed).float()
     obs = observation_batch(ckpt.arch, sequences * steps, seed=seed).float()
     return obs.reshape(sequences, steps, *ckpt.arch.obs_shape)
@@ -184,7 +184,6 @@ def _game(ckpt: Checkpoint) -> tuple[str, dict[str, float | int], int] | None:
     game loop, as Python evaluation plays it (the packaged ini's ``[env]``), else None."""
     if not is_ocean(ckpt.env):
         return None
-    from pufferfiber.config.sections import load_config
     from pufferfiber.envs.ocean import OCEAN_GAMES, game_settings
 
     game = OCEAN_GAMES[ckpt.env]

@@ -17,8 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from pufferfiber.config.sections import RunConfig, load_config, section_names
-from pufferfiber.envs.registry import EnvError
+from pufferfiber.core.policy import Policy
+from pufferfiber.envs.registry import EnvError, architecture_for, make_vecenv
+from pufferfiber.io.checkpoints import (
+    CheckpointError,
+    closest_checkpoint,
+    find_run,
+    list_checkpoints,
+    load_checkpoint,
+    load_trainer_state,
+    locked_run,
+    new_run_dir,
+)
+from pufferfiber.io.checkpoints import check_fits_env as check
 from pufferfiber.io.runfiles import CHECKPOINT_GLOB, LOG, LOG_COLLAPSED
+from pufferfiber.rl.callbacks import restore_hook_states
 from pufferfiber.rl.start import NEW_RUN, RunStart
 from pufferfiber.workflows.hooks import RunError, check_hooks, training_hooks
 
@@ -41,8 +54,6 @@ def one_line(exc: BaseException) -> str:
 def build_vecenv(cfg: RunConfig) -> Any:
     """The vector env of ``cfg``; its ``[env]`` settings go to the environment's constructor."""
     from pufferlib.exceptions import APIUsageError
-
-    from pufferfiber.envs.registry import make_vecenv
 
     v = cfg.vec
     # Worker processes inherit "ignore SIGINT": Ctrl-C then reaches only the trainer, which
@@ -116,8 +127,6 @@ def new_run(parent: Path, env_name: str) -> Iterator[Path]:
     checkpoint (a full disk, an error), so no empty run folder is left behind."""
     import shutil
 
-    from pufferfiber.io.checkpoints import list_checkpoints, locked_run, new_run_dir
-
     run_dir = new_run_dir(parent, env_name)
     try:
         with locked_run(run_dir):
@@ -143,9 +152,6 @@ def train_new(cfg: RunConfig, hooks: Sequence[Any] = ()) -> int:
     """``--mode train``: a fresh run folder ``<data_dir>/<env>-<id8>``."""
     import torch
 
-    from pufferfiber.core.policy import Policy
-    from pufferfiber.envs.registry import architecture_for
-
     _note_schedule(cfg)
     with opened_vecenv(cfg) as vecenv:
         torch.manual_seed(cfg.train.seed)
@@ -170,8 +176,6 @@ def train_resume(
     The run keeps its own last epoch (a collapsed run stops at its ``--collapse-until``) unless
     ``--train.total-timesteps`` is given, which extends or shortens it.
     """
-    from pufferfiber.io.checkpoints import find_run, load_trainer_state, locked_run
-    from pufferfiber.rl.callbacks import restore_hook_states
     from pufferfiber.rl.trainer import trim_metrics
 
     overrides = overrides or {}
@@ -223,7 +227,6 @@ def train_resume(
 def _resume_point(run_dir: Path, state: dict[str, Any]) -> tuple[int, Path]:
     """The latest checkpoint, or, if the run was killed between writing a checkpoint and its
     optimizer state, the previous one that has both (the orphan is trained again)."""
-    from pufferfiber.io.checkpoints import list_checkpoints
 
     epoch, path = latest_checkpoint(run_dir)
     paired = dict(list_checkpoints(run_dir)).get(state.get("epoch", -1))
@@ -238,7 +241,6 @@ def _resume_point(run_dir: Path, state: dict[str, Any]) -> tuple[int, Path]:
 
 def _load_latest(run_dir: Path, path: Path, allow_pickle: bool, env_name: str) -> Any:
     """The run's latest checkpoint; if it is unreadable, the error names the previous one."""
-    from pufferfiber.io.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 
     try:
         return load_checkpoint(path, allow_pickle=allow_pickle, expect_env=env_name)
@@ -345,8 +347,6 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 def check_fits_env(ckpt: Any, vecenv: Any = None) -> None:
     """The checkpoint's action count and observation size must be those of its env."""
-    from pufferfiber.envs.registry import architecture_for
-    from pufferfiber.io.checkpoints import check_fits_env as check
 
     check(ckpt, architecture_for(ckpt.env, vecenv), ckpt.env)
 
@@ -361,7 +361,6 @@ def train_collapsed(cfg: RunConfig, exp_id: str | None, allow_pickle: bool) -> i
     """``--collapse τ``: collapse the checkpoint closest to ``--collapse-epoch`` of the run, then
     train the collapsed policy (fresh optimizer, same hyperparameters) to ``--collapse-until``
     in a new run folder inside the collapse folder."""
-    from pufferfiber.io.checkpoints import closest_checkpoint, find_run, load_checkpoint
 
     c = cfg.collapse
     hooks = training_hooks(cfg)
@@ -435,9 +434,6 @@ def collapse_checkpoint(ckpt: Any, run_dir: Path, epoch: int, cfg: RunConfig) ->
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path]:
     """The newest checkpoint of ``run_dir`` as ``(epoch, path)``."""
-    from pufferfiber.io.atomic import CheckpointError
-    from pufferfiber.io.checkpoints import list_checkpoints
-
     found = list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"no checkpoints ({CHECKPOINT_GLOB}) in {run_dir}")
