@@ -321,9 +321,9 @@ def dispatch(args: Args) -> int:
         backend=ns.vec or "serial",
         extra_files=[ns.config] if ns.config else (),
     )
-    collapse = cfg.collapse.threshold != 0
+    collapse = cfg.collapse.enabled
     if collapse and ns.mode != "train":
-        raise UsageError("--collapse works with --mode train")
+        raise UsageError("--collapse and --collapse.target work with --mode train")
     if ns.resume and ns.mode == "train" and not collapse:
         # the run's own settings are known only once its checkpoint is read
         return train_resume(cfg, ns.exp_id, ns.allow_pickle, args.overrides, ns.vec)
@@ -369,11 +369,10 @@ def collapse_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         "-t",
-        required=True,
         metavar="TAU",
         help="cosine-distance threshold τ in [0, 2]: 0 = exact fibers only (the function is "
         "unchanged); larger merges more units. With --criterion data: the largest relative fit "
-        "error of a removed unit",
+        "error of a removed unit. Give this or --target",
     )
     p.add_argument(
         "--out",
@@ -425,7 +424,11 @@ def _collapse(argv: list[str]) -> int:
     from pufferfiber.workflows.collapse import collapse_folder_name, collapse_to_folder
 
     args = collapse_parser(argv).parse_args(argv)
-    given = {**given_settings(args), "collapse.threshold": args.threshold}
+    given = given_settings(args)
+    if args.threshold is not None and given.get("collapse.target") is not None:
+        raise UsageError("give either --threshold (τ) or --target (a fraction), not both")
+    if args.threshold is not None:
+        given["collapse.threshold"] = args.threshold
     if args.env is not None:
         check_env_name(args.env)
     try:
@@ -438,17 +441,22 @@ def _collapse(argv: list[str]) -> int:
     except ConfigError as exc:  # name the settings as this command's options (--lstm-rounds)
         short = re.sub(r"\bcollapse\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
         raise UsageError(short) from None
+    if args.threshold is None and settings.target is None:
+        raise UsageError("give --threshold TAU or --target F (a fraction of the parameters)")
     ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, expect_env=args.env)
     from pufferfiber.workflows.train import check_fits_env, collapse_options
 
     check_fits_env(ckpt)
-    threshold = settings.threshold
-    out = args.out or args.checkpoint.parent / collapse_folder_name(threshold, ckpt.epoch)
+    knob = settings.size_knob
+    out = args.out or args.checkpoint.parent / collapse_folder_name(
+        knob["threshold"], ckpt.epoch, target=knob["target"]
+    )
     try:
         result = collapse_to_folder(
             ckpt,
-            threshold,
+            knob["threshold"],
             out,
+            target=knob["target"],
             seed=args.seed,
             replace=args.force,
             device=resolve_device(args.device),

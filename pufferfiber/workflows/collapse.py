@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pufferfiber.core.budget import check_threshold_or_target
 from pufferfiber.core.clustering import products_on
 from pufferfiber.core.colouring import DEFAULT_LSTM_ROUNDS, Fibration
 from pufferfiber.core.criteria import (
@@ -42,7 +43,7 @@ from pufferfiber.core.datafibers import (
 )
 from pufferfiber.core.divergence import fidelity_report, format_fidelity
 from pufferfiber.core.policy import Policy
-from pufferfiber.core.types import validate_threshold
+from pufferfiber.core.types import validate_target, validate_threshold
 from pufferfiber.io.atomic import atomic_dir, check_writable
 from pufferfiber.io.checkpoints import Checkpoint, CheckpointError, save_checkpoint
 from pufferfiber.io.fibersfile import fibers_dict, save_fibers
@@ -51,6 +52,7 @@ from pufferfiber.io.runfiles import (
     FIBERS,
     FIDELITY,
     collapse_dir_name,
+    collapse_target_dir_name,
     collapsed_model_name,
 )
 from pufferfiber.io.schemas import write_fidelity
@@ -82,16 +84,22 @@ def threshold_tag(tau: float) -> str:
     return f"{tau:.6f}".rstrip("0").replace(".", "")
 
 
-def collapse_folder_name(threshold: float, epoch: int) -> str:
-    """``collapsed_model_thr_03_000051`` for τ = 0.3 at epoch 51."""
-    return collapse_dir_name(threshold_tag(threshold), epoch)
+def collapse_folder_name(
+    threshold: float | None, epoch: int, *, target: float | None = None
+) -> str:
+    """``collapsed_model_thr_03_000051`` for τ = 0.3 at epoch 51;
+    ``collapsed_model_target_20_000051`` for a size ``target`` of 0.2."""
+    if target is not None:
+        return collapse_target_dir_name(validate_target(target), epoch)
+    return collapse_dir_name(threshold_tag(0.0 if threshold is None else threshold), epoch)
 
 
 def collapse_to_folder(
     ckpt: Checkpoint,
-    threshold: float,
+    threshold: float | None,
     out_dir: Path,
     *,
+    target: float | None = None,
     flatten_colours: str = "positions",
     layers: list[str] | None = None,
     max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
@@ -108,7 +116,9 @@ def collapse_to_folder(
     echo: bool = True,
     device: str | torch.device | None = None,
 ) -> CollapseResult:
-    """Collapse ``ckpt`` at ``threshold`` and write the three files into ``out_dir``.
+    """Collapse ``ckpt`` at ``threshold`` (or to a size ``target``, a fraction of the
+    parameters in ``(0, 1]``, with ``threshold=None``: see :mod:`pufferfiber.core.budget`) and
+    write the three files into ``out_dir``.
 
     ``criterion`` is a name of :data:`pufferfiber.core.criteria.CRITERIA` (built with
     ``criterion_options``, e.g. ``fit`` or ``calibration_batch`` for ``"data"``) or a
@@ -128,7 +138,11 @@ def collapse_to_folder(
     Raises ``ValueError`` / :class:`CheckpointError` with one-line messages; on any error
     nothing is left half-written.
     """
-    threshold = validate_threshold(threshold)
+    check_threshold_or_target(threshold, target)
+    if threshold is not None:
+        threshold = validate_threshold(threshold)
+    if target is not None:
+        target = validate_target(target)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CheckpointError(f"output {out_dir} exists and is not a folder")
@@ -150,7 +164,7 @@ def collapse_to_folder(
                 max_lstm_rounds=max_lstm_rounds,
                 lstm_criterion=lstm_criterion,
             ),
-            criterion_options or {},
+            {**(criterion_options or {}), "target": target},
         )
     original_on = policy_on(policy, device)[0]
     observation_seeds = None
@@ -225,7 +239,7 @@ def collapse_to_folder(
 
 def _build_criterion(
     name: str,
-    threshold: float,
+    threshold: float | None,
     seed: int,
     layers: list[str] | None,
     weight_options: dict[str, Any],
@@ -297,6 +311,7 @@ def _collapse_meta(ckpt: Checkpoint, fibration: Fibration, fidelity: dict) -> di
     return {
         "criterion": fidelity["criterion"],
         "threshold": fibration.threshold,
+        "target": fidelity.get("target"),
         "flatten_colours": fibration.flatten_colours,
         "collapsed_layers": fidelity["collapsed_layers"],
         "fibers": fidelity["fibers"],
