@@ -224,3 +224,21 @@ def test_sweep_bad_targets_are_one_line_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "s").exists()
+
+
+def test_demo_collapse_to_a_target_then_retrains(tmp_path: Path, capsys) -> None:
+    """``demo.py --collapse.target F``: collapse to the size, then resume training."""
+    from pufferfiber.cli import main as cli
+
+    data = tmp_path / "experiments"
+    cartpole_checkpoint(data / "cartpole-0000abcd")
+    tiny = ["--train.batch-size", "512", "--train.minibatch-size", "128", "--vec.num-envs", "2"]
+    argv = ["--env", "cartpole", "--train.data-dir", str(data), "--collapse.target", "0.5"]
+    argv += ["--collapse-epoch", "6", "--collapse-until", "7", "--collapse.episodes", "0", *tiny]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    folder = data / "cartpole-0000abcd" / "collapsed_model_target_50_000006"
+    record = read_fidelity(folder / "fidelity.json")
+    assert record is not None and record.target == 0.5
+    assert abs(record.achieved - 0.5) <= TARGET_TOLERANCE  # type: ignore[operator]
+    (child,) = [p for p in folder.iterdir() if p.is_dir()]
+    assert (child / "model_000007.pt").is_file()

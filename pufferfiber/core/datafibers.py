@@ -557,7 +557,8 @@ def data_fibers(
         done[node.name] = len(kept)
         taus[node.label] = float(fit_error.max())
         fibers.append(LayerFibers(original, rec.labels()))
-        figures[node.label] = _layer_figures(rec, threshold)
+        # with a target, "over τ" on held-out frames compares with the layer's own τ
+        figures[node.label] = _layer_figures(rec, threshold if count is None else taus[node.label])
         params = fold_layer(graph, params, rec)
         current = policy_from_params(_resized(current, node, len(kept)), params, dtype)
         for stream, out in zip(streams, outputs, strict=True):
