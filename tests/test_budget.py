@@ -44,14 +44,25 @@ def fraction(net: Policy, full: Policy) -> float:
 
 
 def test_plan_splits_the_budget_by_one_fraction_of_units() -> None:
+    """The Linear and LSTM layers keep one common share; the convolutions keep every channel
+    while the others can reach the target alone, and shrink by the same share after that."""
     net = policy()
     graph = build_graph(net)
     names = [n.name for n in graph.hidden]
-    for target in TARGETS:
+    dense = [n for n in graph.hidden if n.kind != "conv"]
+    alone = plan_widths(
+        graph, net.arch, 1.0, open_layers=names, fixed=dict.fromkeys([n.name for n in dense], 1)
+    ).fraction
+    for target in (*TARGETS, alone / 2):
         plan = plan_widths(graph, net.arch, target, open_layers=names)
         assert abs(plan.fraction - target) <= TARGET_TOLERANCE, target
-        ratios = [plan.sizes[n.name] / n.size for n in graph.hidden]
-        assert max(ratios) - min(ratios) < 0.1  # the same share of every layer (whole units)
+        shrunk = dense if target >= alone else graph.hidden
+        ratios = [plan.sizes[n.name] / n.size for n in shrunk]
+        assert max(ratios) - min(ratios) < 0.1  # the same share of these layers (whole units)
+        if target >= alone:
+            assert all(plan.sizes[n.name] == n.size for n in graph.hidden if n.kind == "conv")
+        else:
+            assert all(plan.sizes[n.name] < n.size for n in graph.hidden)
     assert plan_widths(graph, net.arch, 1.0, open_layers=names).fraction == 1.0
 
 

@@ -236,8 +236,9 @@ class CollapseConfig:
     )
     target: float | None = setting(
         "collapse to this fraction F of the parameters (0 < F <= 1) instead of a threshold: "
-        "each layer keeps its share of the budget (the same fraction of its units, planned "
-        "again after each layer); the τ it corresponds to is recorded in fidelity.json",
+        "the Linear and recurrent layers keep one common fraction of their units (the "
+        "convolutions too only when F needs them), planned again after each layer; the τ it "
+        "corresponds to is recorded in fidelity.json",
         metavar="F",
         default=None,
     )
