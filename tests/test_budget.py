@@ -263,3 +263,31 @@ def test_weight_target_on_the_real_beamrider_checkpoint(shared_run: Path) -> Non
         crit = WeightCriterion(target=target)
         kept = fraction(crit.fit_transform(net), net)
         assert abs(kept - target) <= TARGET_TOLERANCE and crit.describe()["target_note"] is None
+
+
+def test_tiny_sweep_with_targets_writes_rows_with_the_target(tmp_path: Path) -> None:
+    """A real sweep on a local Ray (cartpole, one seed): one row per target arm with its
+    target, the τ it corresponded to and a size within a point."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    argv = [*SWEEP, "--targets", "0.5", "--criterion", "weights,data", "--num-cpus", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pufferfiber", "sweep", *argv, "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "summary.csv", newline="") as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"original", "target=0.5/weights/positions", "target=0.5/data/positions"}
+    assert rows["original"]["target"] == ""
+    for name in ("target=0.5/weights/positions", "target=0.5/data/positions"):
+        assert float(rows[name]["target"]) == 0.5 and float(rows[name]["threshold"]) > 0
+        assert abs(float(rows[name]["params_pct"]) - 50.0) <= 100 * TARGET_TOLERANCE
