@@ -378,7 +378,8 @@ def collapse_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--out",
         type=Path,
         metavar="DIR",
-        help="output folder (default: collapsed_model_thr_<TT>_<EPOCH> beside the checkpoint)",
+        help="output folder (default: collapsed_model_thr_<TT>_<EPOCH> beside the checkpoint; "
+        "collapsed_model_target_<PP>_<EPOCH> with --target, PP its percentage)",
     )
     p.add_argument(
         "--allow-pickle",
