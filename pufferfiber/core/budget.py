@@ -25,7 +25,7 @@ biases included). Both criteria reach it with an exact budget, not a search over
 
 Widths are whole units, so the size moves in steps; when no split comes within
 :data:`TARGET_TOLERANCE` of the target (tiny layers, a target below one unit per layer, fibers
-that jump), the nearest achievable size is kept and :attr:`Budget.note` says why in one line.
+that jump), the nearest achievable size is kept and :func:`budget_note` says why in one line.
 """
 
 from __future__ import annotations
@@ -62,13 +62,12 @@ def check_threshold_or_target(threshold: float | None, target: float | None) -> 
 @dataclass(frozen=True)
 class Budget:
     """Planned widths: ``sizes`` (every hidden layer, by name), the parameters they give and
-    the full count; ``note`` says why the target was missed by more than the tolerance."""
+    the full count."""
 
     target: float
     sizes: dict[str, int]
     params: int
     params_full: int
-    note: str | None = None
 
     @property
     def fraction(self) -> float:
