@@ -342,9 +342,9 @@ def dispatch(args: Args) -> int:
         backend=ns.vec or "serial",
         extra_files=[ns.config] if ns.config else (),
     )
-    collapse = cfg.collapse.threshold != 0
+    collapse = cfg.collapse.enabled
     if collapse and ns.mode != "train":
-        raise UsageError("--collapse works with --mode train")
+        raise UsageError("--collapse and --collapse.target work with --mode train")
     if ns.checkpoint_format != "auto" and ns.mode != "eval":
         # training reads only its own run's checkpoints (ours, or 2.0's with --allow-pickle)
         raise UsageError("--checkpoint-format works with --mode eval (and the collapse command)")
@@ -390,17 +390,17 @@ def collapse_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         "-t",
-        required=True,
         metavar="TAU",
         help="cosine-distance threshold τ in [0, 2]: 0 = exact fibers only (the function is "
         "unchanged); larger merges more units. With --criterion data: the largest relative fit "
-        "error of a removed unit",
+        "error of a removed unit. Give this or --target",
     )
     p.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
-        help="output folder (default: collapsed_model_thr_<TT>_<EPOCH> beside the checkpoint)",
+        help="output folder (default: collapsed_model_thr_<TT>_<EPOCH> beside the checkpoint; "
+        "collapsed_model_target_<PP>_<EPOCH> with --target, PP its percentage)",
     )
     p.add_argument(
         "--allow-pickle",
@@ -451,7 +451,11 @@ def _collapse(argv: list[str]) -> int:
     )
 
     args = collapse_parser(argv).parse_args(argv)
-    given = {**given_settings(args), "collapse.threshold": args.threshold}
+    given = given_settings(args)
+    if args.threshold is not None and given.get("collapse.target") is not None:
+        raise UsageError("give either --threshold (τ) or --target (a fraction), not both")
+    if args.threshold is not None:
+        given["collapse.threshold"] = args.threshold
     if args.env is not None:
         check_env_name(args.env)
     try:
@@ -464,6 +468,8 @@ def _collapse(argv: list[str]) -> int:
     except ConfigError as exc:  # name the settings as this command's options (--lstm-rounds)
         short = re.sub(r"\bcollapse\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(exc))
         raise UsageError(short) from None
+    if args.threshold is None and settings.target is None:
+        raise UsageError("give --threshold TAU or --target F (a fraction of the parameters)")
     ckpt = load_checkpoint(
         args.checkpoint,
         allow_pickle=args.allow_pickle,
@@ -477,8 +483,10 @@ def _collapse(argv: list[str]) -> int:
             "needs ReLU layers (fold factors of a positively homogeneous activation)"
         )
     check_fits_env(ckpt)
-    threshold = settings.threshold
-    out = args.out or args.checkpoint.parent / collapse_folder_name(threshold, ckpt.epoch)
+    knob = settings.size_knob
+    out = args.out or args.checkpoint.parent / collapse_folder_name(
+        knob["threshold"], ckpt.epoch, target=knob["target"]
+    )
     try:
         result = collapse_to_folder(
             ckpt,

@@ -1,8 +1,8 @@
 """``pufferfiber sweep``: the command line of :mod:`pufferfiber.experiments.sweep`.
 
-Parses and validates the grid (``--env``, ``--thresholds``, ``--criterion``, ...) into a
-:class:`~pufferfiber.experiments.sweep.SweepSpec`, then hands it to the library, which runs the
-cells on Ray Tune and writes ``summary.csv``.
+Parses and validates the grid (``--env``, ``--thresholds`` or ``--targets``, ``--criterion``,
+...) into a :class:`~pufferfiber.experiments.sweep.SweepSpec`, then hands it to the library,
+which runs the cells on Ray Tune and writes ``summary.csv``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from pufferfiber.cli.common import Parser, normalise_argv, run_command
-from pufferfiber.config.sections import FLATTEN_COLOURS, parse_overrides, validate_threshold
+from pufferfiber.config.sections import (
+    FLATTEN_COLOURS,
+    parse_overrides,
+    validate_target,
+    validate_threshold,
+)
 from pufferfiber.core.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
 from pufferfiber.experiments.sweep import (
     DEFAULT_FLATTEN,
@@ -53,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--thresholds", default=None, metavar="TAU[,TAU...]",
         help="collapse thresholds τ in (0, 2], comma-separated, e.g. 0.1,0.3 (default: none, "
              "only the originals are trained)",
+    )  # fmt: skip
+    p.add_argument(
+        "--targets", default=None, metavar="F[,F...]",
+        help="size targets in (0, 1], fractions of the full model's parameters, comma-separated, "
+             "e.g. 0.5,0.2,0.1,0.05: an alternative to --thresholds (each arm keeps that share; "
+             "summary.csv gives the τ it corresponded to)",
     )  # fmt: skip
     p.add_argument(
         "--interventions", default="none", metavar="NAME[,NAME...]",
@@ -115,13 +126,18 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
     options = {k: v for k, v in overrides.items() if k.split(".")[0] in ("break", "redo")}
     overrides = {k: v for k, v in overrides.items() if k not in options}
     envs = _split(ns.env)
+    if ns.thresholds is not None and ns.targets is not None:
+        raise SweepError("give either --thresholds or --targets, not both")
     try:
         thresholds = [validate_threshold(t) for t in _split(ns.thresholds or "")]
+        targets = [validate_target(t, "--targets") for t in _split(ns.targets or "")]
         criteria = [check_criterion(c) for c in _split(ns.criterion)]
     except ValueError as exc:
         raise SweepError(str(exc)) from None
     if (ns.thresholds is not None and not thresholds) or any(t == 0 for t in thresholds):
         raise SweepError("--thresholds needs one or more τ in (0, 2] (the original is always run)")
+    if ns.targets is not None and not targets:
+        raise SweepError("--targets needs one or more fractions in (0, 1]")
     interventions = list(dict.fromkeys(_split(ns.interventions)))
     bad = [i for i in interventions if i not in INTERVENTIONS]
     if bad or not interventions:
@@ -135,9 +151,12 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
         raise SweepError("--seeds, --eval-episodes and --cpus-per-cell must be positive")
     if not envs:
         raise SweepError("--env needs at least one environment")
+    sizes = [(t, None) for t in sorted(set(thresholds))] + [
+        (0.0, f) for f in sorted(set(targets), reverse=True)
+    ]
     arms = tuple(
-        Arm(t, c, f)
-        for t in sorted(set(thresholds))
+        Arm(t, c, f, target)
+        for t, target in sizes
         for c in criteria
         for f in dict.fromkeys(colours)
     )

@@ -39,6 +39,7 @@ from pufferfiber.core.types import (
     FLATTEN_COLOURS,
     LSTM_CRITERIA,
     RNN_KINDS,
+    validate_target,
     validate_threshold,
 )
 from pufferfiber.envs.registry import VEC_BACKENDS, check_env_name, family_of
@@ -233,6 +234,14 @@ class CollapseConfig:
         metavar="TAU",
         default=0.0,
     )
+    target: float | None = setting(
+        "collapse to this fraction F of the parameters (0 < F <= 1) instead of a threshold: "
+        "the Linear and recurrent layers keep one common fraction of their units (the "
+        "convolutions too only when F needs them), planned again after each layer; the τ it "
+        "corresponds to is recorded in fidelity.json",
+        metavar="F",
+        default=None,
+    )
     epoch: int = setting(
         "collapse the checkpoint closest to this epoch (the one picked is reported when it "
         "differs)",
@@ -321,6 +330,18 @@ class CollapseConfig:
     def layer_list(self) -> list[str] | None:
         """``layers`` as a list; ``None`` for every hidden layer."""
         return parse_layers(self.layers)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether collapse-and-retrain is on: a threshold (0 = off) or a size target."""
+        return self.threshold != 0 or self.target is not None
+
+    @property
+    def size_knob(self) -> dict[str, float | None]:
+        """``threshold`` and ``target`` as :func:`collapse_to_folder` takes them (one is None)."""
+        if self.target is not None:
+            return {"threshold": None, "target": self.target}
+        return {"threshold": self.threshold, "target": None}
 
     @property
     def episodes_played(self) -> int:
@@ -680,8 +701,14 @@ def _validate_vec(v: VecConfig) -> None:
 def _validate_collapse(c: CollapseConfig) -> None:
     try:
         validate_threshold(c.threshold)
+        if c.target is not None:
+            validate_target(c.target, "collapse.target")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    _require(
+        c.target is None or c.threshold == 0,
+        "give either collapse.threshold (--collapse TAU) or collapse.target, not both",
+    )
     _require(c.epoch >= 0, f"--collapse-epoch must be >= 0, got {c.epoch}")
     _require(c.until is None or c.until >= 1, f"--collapse-until must be >= 1, got {c.until}")
     _require(c.episodes is None or c.episodes >= 0, "collapse.episodes must be >= 0")

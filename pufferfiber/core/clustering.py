@@ -231,3 +231,20 @@ def _triple_labels(rows: np.ndarray, threshold: float) -> np.ndarray:
     lone = 2 - first  # index of the point outside the closest pair
     paired = np.where(merge_pair[:, None], np.where(np.arange(3) == lone[:, None], 1, 0), out)
     return np.where(merge_all[:, None], 0, paired)
+
+
+def count_labels(rows: np.ndarray, count: int) -> tuple[np.ndarray, float]:
+    """Average-linkage clusters of ``rows`` cut at (at most) ``count`` clusters, and the height
+    of the cut: the τ (cosine distance) at which :func:`cluster_rows` gives the same clusters.
+
+    The dendrogram is cut with scipy's ``maxclust``: tied merge heights can give fewer
+    clusters than ``count`` (the fibers jump there). A size target's weight criterion.
+    """
+    n = len(rows)
+    if count >= n or n <= 1:
+        return np.arange(n, dtype=np.int64), 0.0
+    tree = linkage(cosine_distances_condensed(rows), method="average")
+    labels = relabel_first_occurrence(fcluster(tree, t=max(1, int(count)), criterion="maxclust"))
+    clusters = int(labels.max()) + 1
+    height = float(tree[n - clusters - 1, 2]) if clusters < n else 0.0
+    return labels, height

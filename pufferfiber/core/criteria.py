@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from pufferfiber.core.adapt import AdaptedNetwork
+from pufferfiber.core.budget import check_threshold_or_target, validate_target
 from pufferfiber.core.collapse import collapse_policy
 from pufferfiber.core.colouring import DEFAULT_LSTM_ROUNDS, Fibration
 from pufferfiber.core.datafibers import (
@@ -101,8 +102,30 @@ class FiberCriterion(ABC):
     """The interface every criterion implements (see the module docstring)."""
 
     name: ClassVar[str]
-    threshold: float
+    threshold: float | None
+    target: float | None
     fibration_: Fibration | None
+
+    def _check_size_knob(self) -> None:
+        """Exactly one of ``threshold`` (τ) and ``target`` (fraction of the parameters)."""
+        check_threshold_or_target(self.threshold, self.target)
+        if self.target is not None:
+            self.target = validate_target(self.target)
+
+    def _size_description(self) -> dict[str, Any]:
+        """``threshold``, and with a target: ``target``, then once fitted the ``achieved``
+        fraction, the τ it corresponds to and the note (see :mod:`pufferfiber.core.budget`)."""
+        out: dict[str, Any] = {
+            "threshold": None if self.threshold is None else float(self.threshold)
+        }
+        if self.target is not None:
+            out["target"] = float(self.target)
+            budget = self.fibration_.extra.get("budget") if self.fibration_ is not None else None
+            if budget:
+                out.update(
+                    achieved=budget["achieved"], tau=budget["tau"], target_note=budget["note"]
+                )
+        return out
 
     @abstractmethod
     def fit(self, net: Network, observations: torch.Tensor | None = None) -> FiberCriterion:
@@ -156,25 +179,34 @@ class FiberCriterion(ABC):
 
 @dataclass
 class WeightCriterion(FiberCriterion):
-    """Fibers from the weights (:func:`pufferfiber.core.fibers.compute_fibers`), unchanged."""
+    """Fibers from the weights (:func:`pufferfiber.core.fibers.compute_fibers`), unchanged.
+
+    Give ``threshold`` (τ) or ``target`` (a fraction of the parameters in ``(0, 1]``: each
+    layer's dendrogram is cut at its share of the budget, see :mod:`pufferfiber.core.budget`).
+    """
 
     name: ClassVar[str] = "weights"
-    threshold: float
+    threshold: float | None = None
     flatten_colours: str = "positions"
     layers: list[str] | None = None
     max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS
     lstm_criterion: str = "units"
+    target: float | None = None
     fibration_: Fibration | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._check_size_knob()
 
     def fit(self, net: Network, observations: torch.Tensor | None = None) -> WeightCriterion:
         """The fibers from ``net``'s weights (``observations`` are not needed and ignored)."""
         self.fibration_ = compute_fibers(
             _as_policy(net),
-            self.threshold,
+            0.0 if self.threshold is None else self.threshold,
             flatten_colours=self.flatten_colours,
             layers=self.layers,
             max_lstm_rounds=self.max_lstm_rounds,
             lstm_criterion=self.lstm_criterion,
+            target=self.target,
         )
         return self
 
@@ -184,7 +216,7 @@ class WeightCriterion(FiberCriterion):
     def describe(self) -> dict[str, Any]:
         return {
             "criterion": self.name,
-            "threshold": float(self.threshold),
+            **self._size_description(),
             "flatten_colours": self.flatten_colours,
             "lstm_criterion": self.lstm_criterion,
             "max_lstm_rounds": int(self.max_lstm_rounds),
@@ -202,14 +234,16 @@ class DataCriterion(FiberCriterion):
     :func:`pufferfiber.workflows.collapse.collapse_to_folder`); the criterion itself plays
     nothing. ``fit_method`` (the ``fit`` option of the config and :func:`make_criterion`) is one
     of :data:`DATA_FITS`, ``pivot`` one of :data:`DATA_PIVOTS` (see
-    :func:`pufferfiber.core.datafibers.select_units`).
+    :func:`pufferfiber.core.datafibers.select_units`). Give ``threshold`` (τ) or ``target`` (a
+    fraction of the parameters in ``(0, 1]``: each layer keeps units in the greedy order until
+    its share of the budget, see :mod:`pufferfiber.core.budget`).
 
     Learned: ``fibration_`` (a :class:`DataFibration`: reconstructions and per-layer figures)
     and ``calibration_shape_`` (``[B, T]`` of the calibration set).
     """
 
     name: ClassVar[str] = "data"
-    threshold: float
+    threshold: float | None = None
     calibration_batch: int = DEFAULT_CALIBRATION_BATCH
     calibration_steps: int = DEFAULT_CALIBRATION_STEPS
     seed: int = 0
@@ -217,10 +251,12 @@ class DataCriterion(FiberCriterion):
     fit_method: str = "lstsq"
     pivot: str = "consumer"
     progress: Progress | None = field(default=None, repr=False)
+    target: float | None = None
     fibration_: Fibration | None = field(default=None, init=False, repr=False)
     calibration_shape_: list[int] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self._check_size_knob()
         if self.fit_method not in DATA_FITS:
             raise ValueError(f"fit must be one of {DATA_FITS}, got {self.fit_method!r}")
         if self.pivot not in DATA_PIVOTS:
@@ -245,8 +281,9 @@ class DataCriterion(FiberCriterion):
             heldout = None if heldout is None else net.policy_observations(heldout)
         self.fibration_, quotient = data_fibers(
             _as_policy(net),
-            self.threshold,
+            0.0 if self.threshold is None else self.threshold,
             observations,
+            target=self.target,
             heldout=heldout,
             layers=self.layers,
             fit=self.fit_method,
@@ -302,7 +339,7 @@ class DataCriterion(FiberCriterion):
         shape = self.calibration_shape_ or [self.calibration_batch, self.calibration_steps]
         return {
             "criterion": self.name,
-            "threshold": float(self.threshold),
+            **self._size_description(),
             "fit": self.fit_method,
             "pivot": self.pivot,
             "calibration_sequences": list(shape),
@@ -310,8 +347,9 @@ class DataCriterion(FiberCriterion):
         }
 
 
-def make_criterion(name: str, threshold: float, **options: Any) -> FiberCriterion:
-    """A criterion by name (one of :data:`CRITERIA`); ``options`` are its dataclass fields.
+def make_criterion(name: str, threshold: float | None = None, **options: Any) -> FiberCriterion:
+    """A criterion by name (one of :data:`CRITERIA`); ``options`` are its dataclass fields
+    (``target=F`` in place of ``threshold``: a size target, see :mod:`pufferfiber.core.budget`).
 
     Options that the criterion does not have and that are ``None`` are ignored, so a command
     line can pass all its options; a set option that does not apply is a ``ValueError``. The

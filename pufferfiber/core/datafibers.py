@@ -50,6 +50,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from pufferfiber.core.budget import budget_note, plan_widths, smallest_fraction, validate_target
 from pufferfiber.core.colouring import Fibration, LayerFibers
 from pufferfiber.core.graph import (
     LayerGraph,
@@ -200,8 +201,13 @@ def select_units(
     threshold: float,
     fit: str = "lstsq",
     pivot: str = "consumer",
+    count: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Kept units, reconstruction ``coef`` ``[n, k]``, ``offset`` and ``constant`` mask.
+
+    ``count`` (a size target's share of this layer, :mod:`pufferfiber.core.budget`): keep units
+    in the same greedy order until ``count`` are kept, whatever their error (``threshold`` is
+    then ignored; fewer are kept only when the others are exactly explained already).
 
     ``gram``: :func:`outgoing_gram` of the layer (``w_j = sqrt(gram_jj)``). Greedy: units are
     kept until every other unit's weighted unexplained variance is within
@@ -220,14 +226,15 @@ def select_units(
     var = np.diag(cov).copy()
     signal = var * weights**2
     scale = float(signal.mean())
-    tol = max(threshold**2, _EXACT_REL_VAR) * scale
+    tol = max(0.0 if count is not None else threshold**2, _EXACT_REL_VAR) * scale
     constant = signal <= tol
+    limit = n if count is None else max(1, min(n, int(count)))
     if fit == "lstsq" and pivot == "consumer":
-        kept = _consumer_greedy(cov, gram, tol)
+        kept = _consumer_greedy(cov, gram, tol, limit)
     elif fit == "lstsq":
-        kept = _pivoted_cholesky(cov * np.outer(weights, weights), tol)
+        kept = _pivoted_cholesky(cov * np.outer(weights, weights), tol, limit)
     else:
-        kept, _ = _greedy_pairs(cov, signal, tol)
+        kept, _ = _greedy_pairs(cov, signal, tol, limit=limit)
     kept = np.sort(kept)
     coef = np.zeros((n, len(kept)))
     coef[kept, np.arange(len(kept))] = 1.0
@@ -250,7 +257,9 @@ def select_units(
     return kept, coef, offset, constant
 
 
-def _consumer_greedy(cov: np.ndarray, gram: np.ndarray, tol: float) -> np.ndarray:
+def _consumer_greedy(
+    cov: np.ndarray, gram: np.ndarray, tol: float, limit: int | None = None
+) -> np.ndarray:
     """Greedy least-squares selection measured where the consumers see the error.
 
     With ``R`` the residual covariance of the layer's outputs given the kept units, the error
@@ -264,7 +273,7 @@ def _consumer_greedy(cov: np.ndarray, gram: np.ndarray, tol: float) -> np.ndarra
     gain = _row_forms(resid, gram)  # diag(R G R), R symmetric
     w2 = np.diag(gram).copy()
     kept: list[int] = []
-    for _ in range(n):
+    for _ in range(n if limit is None else limit):
         d = np.diag(resid).copy()
         open_ = w2 * d > tol
         open_[kept] = False
@@ -282,13 +291,14 @@ def _consumer_greedy(cov: np.ndarray, gram: np.ndarray, tol: float) -> np.ndarra
     return np.array(kept, dtype=np.int64)
 
 
-def _pivoted_cholesky(gram: np.ndarray, tol: float) -> np.ndarray:
-    """Greedy column selection: pivot on the largest residual diagonal until all are ``<= tol``."""
+def _pivoted_cholesky(gram: np.ndarray, tol: float, limit: int | None = None) -> np.ndarray:
+    """Greedy column selection: pivot on the largest residual diagonal until all are ``<= tol``
+    (or ``limit`` are kept)."""
     n = len(gram)
     d = np.diag(gram).copy()
     chol = np.zeros((n, n))
     kept: list[int] = []
-    for m in range(n):
+    for m in range(n if limit is None else limit):
         cand = d.copy()
         cand[kept] = -np.inf
         p = int(np.argmax(cand))
@@ -305,12 +315,17 @@ def _pivoted_cholesky(gram: np.ndarray, tol: float) -> np.ndarray:
 
 
 def _greedy_pairs(
-    cov: np.ndarray, signal: np.ndarray, tol: float, kept: np.ndarray | None = None
+    cov: np.ndarray,
+    signal: np.ndarray,
+    tol: float,
+    kept: np.ndarray | None = None,
+    *,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy selection where each unit is explained by ONE kept unit (``a_j ≈ s·a_r + t``).
 
     Returns the kept units and each unit's representative (``-1``: explained by its mean). With
-    ``kept`` given, only assigns representatives among those.
+    ``kept`` given, only assigns representatives among those; ``limit``: at most that many kept.
     """
     var = np.diag(cov)
     denom = np.sqrt(np.outer(var, var))
@@ -336,7 +351,7 @@ def _greedy_pairs(
         d = np.where(better, residual, d)
         rep[better] = p
         d[p], rep[p] = 0.0, p
-        if order is None and len(chosen) == len(cov):
+        if order is None and len(chosen) == (len(cov) if limit is None else limit):
             break
     return np.array(chosen, dtype=np.int64), rep
 
@@ -477,13 +492,20 @@ def data_fibers(
     fit: str = "lstsq",
     pivot: str = "consumer",
     progress: Progress | None = None,
+    target: float | None = None,
 ) -> tuple[DataFibration, Policy]:
     """Fibers of ``policy`` on ``calibration`` sequences and the collapsed policy.
 
     ``heldout`` (other sequences) adds each layer's held-out error figures; ``fit`` and
-    ``pivot``: see :func:`select_units`.
+    ``pivot``: see :func:`select_units`. ``target`` (a fraction of the parameters, in place of
+    ``threshold``): before each layer the widths are planned by
+    :func:`pufferfiber.core.budget.plan_widths` and the layer keeps its share; the fibration's
+    ``threshold`` is then the τ this corresponds to (the largest fit error of a removed unit),
+    and ``extra["budget"]`` holds target, achieved fraction, per-layer τ and a note.
     """
-    threshold = validate_threshold(threshold)
+    threshold = 0.0 if target is not None else validate_threshold(threshold)
+    if target is not None:
+        target = validate_target(target)
     dtype = next(policy.parameters()).dtype
     params = {k: v.detach().cpu().double() for k, v in policy.state_dict().items()}
     # A CPU copy: the caller's module (maybe on a GPU, maybe training) is never moved or edited.
@@ -494,7 +516,12 @@ def data_fibers(
     figures: dict[str, Any] = {"frames": int(calibration.shape[0] * calibration.shape[1])}
     start = time.perf_counter()
     streams = [LayerInputs(calibration)] + ([LayerInputs(heldout)] if heldout is not None else [])
-    for original in build_graph(policy).hidden:
+    full_graph = build_graph(policy)
+    full_params = policy.parameter_count()
+    done: dict[str, int] = {}
+    planned: dict[str, int] = {}
+    taus: dict[str, float] = {}
+    for original in full_graph.hidden:
         graph = build_graph(current)
         node = graph[original.name]
         outputs = [stream.outputs(current, node) for stream in streams]
@@ -506,7 +533,18 @@ def data_fibers(
         moments = output_moments(outputs[0], node)
         gram = outgoing_gram(graph, node, params)
         weights = unit_weights(gram)
-        kept, coef, offset, constant = select_units(moments, gram, threshold, fit, pivot)
+        count = None
+        if target is not None:
+            plan = plan_widths(
+                full_graph,
+                policy.arch,
+                target,
+                open_layers=[n for n in chosen if n not in done],
+                fixed=done,
+                params_full=full_params,
+            )
+            count = planned[node.name] = plan.sizes[node.name]
+        kept, coef, offset, constant = select_units(moments, gram, threshold, fit, pivot, count)
         scale = float((np.diag(moments.cov) * weights**2).mean()) or 1.0
         full = np.zeros((node.size, node.size))
         full[:, kept] = coef
@@ -516,8 +554,11 @@ def data_fibers(
             held = output_moments(outputs[1], node)
             rec.heldout_error = _heldout_error(held, rec, weights, scale)
         recs[node.name] = rec
+        done[node.name] = len(kept)
+        taus[node.label] = float(fit_error.max())
         fibers.append(LayerFibers(original, rec.labels()))
-        figures[node.label] = _layer_figures(rec, threshold)
+        # with a target, "over τ" on held-out frames compares with the layer's own τ
+        figures[node.label] = _layer_figures(rec, threshold if count is None else taus[node.label])
         params = fold_layer(graph, params, rec)
         current = policy_from_params(_resized(current, node, len(kept)), params, dtype)
         for stream, out in zip(streams, outputs, strict=True):
@@ -529,9 +570,26 @@ def data_fibers(
                 f"({int(constant.sum())} constant)"
             )
     figures["seconds"] = time.perf_counter() - start
-    fibration = DataFibration(
-        threshold, "positions", fibers, extra={"criterion": "data", "fit": fit, "pivot": pivot}
-    )
+    extra: dict[str, Any] = {"criterion": "data", "fit": fit, "pivot": pivot}
+    if target is not None:
+        achieved = current.parameter_count() / full_params
+        threshold = max(taus.values(), default=0.0)
+        smallest = smallest_fraction(full_graph, policy.arch, sorted(chosen), full_params)
+        short = [full_graph[n].label for n in planned if done[n] < planned[n]]
+        jumped = (
+            f"{', '.join(short)}: fewer units than its share already explain the others exactly "
+            "on the calibration set"
+            if short
+            else None
+        )
+        extra["budget"] = {
+            "target": target,
+            "achieved": achieved,
+            "tau": threshold,
+            "layer_tau": taus,
+            "note": budget_note(target, achieved, smallest, jumped),
+        }
+    fibration = DataFibration(threshold, "positions", fibers, extra=extra)
     fibration.reconstructions = recs
     fibration.calibration = figures
     return fibration, current

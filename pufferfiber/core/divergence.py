@@ -130,6 +130,14 @@ def fidelity_report(
         "params_after": int(collapsed.parameter_count()),
     }
     report["params_fraction"] = report["params_after"] / report["params_before"]
+    budget = fibration.extra.get("budget")
+    if budget:  # a size target (core.budget): ``threshold`` is then the τ it corresponds to
+        report.update(
+            target=float(budget["target"]),
+            achieved=report["params_fraction"],
+            tau=float(budget["tau"]),
+            target_note=budget["note"],
+        )
     report.update(output_divergence(original, collapsed, observations).to_dict())
     report["observation_batch"] = list(observations.shape[:2])
     return report
@@ -157,4 +165,12 @@ def format_fidelity(report: dict[str, Any]) -> str:
         f"(mean |value| {report['value_mean_abs']:.3g}) on {report['steps']} steps",
         f"return before retraining: {ret_text}",
     ]
+    if report.get("target") is not None:
+        lines.insert(
+            -3,
+            f"target {100 * report['target']:.1f} % of the parameters: kept "
+            f"{100 * report['achieved']:.2f} %, τ {report['tau']:.4g}",
+        )
+        if report.get("target_note"):
+            lines.insert(-3, str(report["target_note"]))
     return "\n".join(lines)

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pufferfiber.core.clustering import cluster_rows, exact_partition, meet
+from pufferfiber.core.budget import budget_note, plan_widths, smallest_fraction, validate_target
+from pufferfiber.core.clustering import cluster_rows, count_labels, exact_partition, meet
 from pufferfiber.core.colouring import (
     DEFAULT_LSTM_ROUNDS,
     Colouring,
@@ -150,6 +151,7 @@ def compute_fibers(
     layers: list[str] | None = None,
     max_lstm_rounds: int = DEFAULT_LSTM_ROUNDS,
     lstm_criterion: str = "units",
+    target: float | None = None,
 ) -> Fibration:
     """Fibers of every hidden layer of ``policy`` at ``threshold`` (see the module docstring).
 
@@ -157,7 +159,19 @@ def compute_fibers(
     unit as its own fiber and colour their consumers' inputs discretely. ``lstm_criterion``
     is one of :data:`LSTM_CRITERIA` (``"published"``: :mod:`pufferfiber.core.published`; its fiber
     count after each round goes to ``extra["published_lstm_counts"]``).
+
+    ``target`` (a fraction of the parameters, in place of ``threshold``): each layer, in forward
+    order, gets its share of the budget (:func:`pufferfiber.core.budget.plan_widths`, planned
+    again with the earlier layers at their fiber counts) and its dendrogram is cut at that many
+    clusters (:func:`~pufferfiber.core.clustering.count_labels`). The fibration's ``threshold``
+    is then the largest cut height (the τ it corresponds to); ``extra["budget"]`` holds target,
+    achieved fraction, per-layer τ and a note when the size missed the target.
     """
+    if target is not None:
+        target = validate_target(target)
+        if lstm_criterion != "units":
+            raise ValueError("a size target works with lstm_criterion 'units' only")
+        threshold = 0.0
     threshold = _check(threshold, flatten_colours, max_lstm_rounds, lstm_criterion)
     extra: dict[str, Any] = {"lstm_criterion": lstm_criterion}
     graph = build_graph(policy)
@@ -165,8 +179,27 @@ def compute_fibers(
     chosen = selected_layers(graph, layers)
     pooled = flatten_colours == "pooled"
     result: list[LayerFibers] = []
+    full = policy.parameter_count()
+    done: dict[str, int] = {}
+    planned: dict[str, int] = {}
+    taus: dict[str, float] = {}
+
+    def share(node: LayerNode) -> int | None:
+        if target is None:
+            return None
+        plan = plan_widths(
+            graph,
+            policy.arch,
+            target,
+            open_layers=[n for n in chosen if n not in done],
+            fixed=done,
+            params_full=full,
+        )
+        planned[node.name] = plan.sizes[node.name]
+        return planned[node.name]
 
     def colour(node: LayerNode, inputs: Colouring) -> Colouring:
+        count = None if node.name not in chosen else share(node)
         if node.name not in chosen:
             fib = LayerFibers(node, np.arange(node.size), collapsed=False)
         elif node.recurrent and lstm_criterion == "published":
@@ -175,19 +208,44 @@ def compute_fibers(
             )
         elif node.recurrent:
             rows_for = recurrent_rows(node, params, inputs)
-            labels, rounds = recurrent_partition(node.size, rows_for, threshold, max_lstm_rounds)
+            labels, rounds, height = recurrent_partition(
+                node.size, rows_for, threshold, max_lstm_rounds, count=count
+            )
             fib = LayerFibers(node, labels, rounds=rounds)
+            taus[node.label] = height
         else:
             rows = node_rows(node, params, inputs, pooled=pooled)
-            fib = LayerFibers(node, cluster_rows(rows.numpy(), threshold, scale_free=True))
+            if count is None:
+                fib = LayerFibers(node, cluster_rows(rows.numpy(), threshold, scale_free=True))
+            else:
+                labels, taus[node.label] = count_labels(rows.numpy(), count)
+                fib = LayerFibers(node, labels)
             if pooled and node.mapping == InputMap.FLATTEN:  # fold factors of the quotient's rows
                 rows = node_rows(node, params, inputs)
             # ReLU: positive multiples are one signal up to a factor the consumer absorbs.
             fib.scales = fold_scales(rows, Colouring.of(fib.labels))
+        if node.name in chosen:
+            done[node.name] = fib.n_fibers
         result.append(fib)
         return Colouring.of(fib.labels, fib.scales)
 
     walk(graph, colour)
+    if target is not None:
+        sizes = {**{n.name: n.size for n in graph.hidden}, **done}
+        achieved = graph.resized(policy.arch, sizes).parameter_count() / full
+        threshold = max(taus.values(), default=0.0)
+        smallest = smallest_fraction(graph, policy.arch, sorted(chosen), full)
+        short = [graph[n].label for n in planned if done[n] < planned[n]]
+        jumped = (
+            f"tied merges: {', '.join(short)} has fewer fibers than its share" if short else None
+        )
+        extra["budget"] = {
+            "target": target,
+            "achieved": achieved,
+            "tau": threshold,
+            "layer_tau": taus,
+            "note": budget_note(target, achieved, smallest, jumped),
+        }
     return Fibration(threshold, flatten_colours, result, "in", max_lstm_rounds, extra)
 
 
@@ -196,12 +254,16 @@ def recurrent_partition(
     rows_for: Callable[[np.ndarray], np.ndarray],
     threshold: float,
     max_rounds: int,
-) -> tuple[np.ndarray, int]:
+    *,
+    count: int | None = None,
+) -> tuple[np.ndarray, int, float]:
     """Partition of a recurrent layer whose rows depend on its own partition (``rows_for``).
 
     Starts from one colour and refines with exact equality to a true fixed point (at most
     ``size`` rounds); for ``threshold > 0`` then re-clusters at most ``max_rounds`` times,
-    since approximate rounds can cascade. Returns the labels and the rounds taken.
+    since approximate rounds can cascade. ``count`` (a size target's share) re-clusters into
+    that many fibers instead (:func:`~pufferfiber.core.clustering.count_labels`). Returns the
+    labels, the rounds taken and the height of the last cut (``threshold`` without ``count``).
     """
     labels = np.zeros(size, dtype=np.int64)
     rows, rows_labels = None, None
@@ -214,17 +276,21 @@ def recurrent_partition(
         labels = refined
         if labels.max() + 1 == size:  # discrete: nothing finer exists, a fixed point
             break
-    if threshold == 0:
-        return labels, rounds
+    height = threshold
+    if threshold == 0 and count is None:
+        return labels, rounds, height
     for rounds in range(1, max_rounds + 1):
         # Round 1 reuses the fixed point's rows when they were computed for its labels.
         if not (rounds == 1 and rows_labels is labels and rows is not None):
             rows = rows_for(labels)
-        new = cluster_rows(rows, threshold, scale_free=True)
+        if count is None:
+            new = cluster_rows(rows, threshold, scale_free=True)
+        else:
+            new, height = count_labels(rows, count)
         if np.array_equal(new, labels):
             break
         labels = new
-    return labels, rounds
+    return labels, rounds, height
 
 
 def compute_opfibers(
@@ -283,7 +349,7 @@ def _out_columns_view(view: torch.Tensor, colouring: Colouring) -> torch.Tensor:
 def _recurrent_opfibers(
     node: LayerNode, rows_for: Any, threshold: float, max_rounds: int
 ) -> LayerFibers:
-    labels, rounds = recurrent_partition(
+    labels, rounds, _ = recurrent_partition(
         node.size, lambda labels: rows_for(Colouring.of(labels)), threshold, max_rounds
     )
     return LayerFibers(node, labels, rounds=rounds)

@@ -171,7 +171,10 @@ def read_collapse_folder(path: Path) -> CollapseFolder:
     m = COLLAPSE_NAME.match(path.name)
     assert m is not None
     fibers = _read_fibers(path / FIBERS)
-    threshold = float(fibers["threshold"]) if fibers else _threshold_from_name(m["tt"])
+    if fibers:
+        threshold = float(fibers["threshold"])
+    else:  # a size target's folder does not name its τ
+        threshold = _threshold_from_name(m["tt"]) if m["tt"] else float("nan")
     epoch = int(fibers["epoch"]) if fibers else int(m["epoch"])
     folder = CollapseFolder(path, threshold, epoch, fibers, read_fidelity(path / FIDELITY))
     for run in sorted(p for p in path.iterdir() if p.is_dir() and RUN_NAME.match(p.name)):

@@ -3,7 +3,8 @@ Ray Tune.
 
 One *cell* is one env, one intervention and one seed. It trains the original run once
 (what ``demo.py --mode train`` does, to the end of the schedule), then for every *arm*
-(threshold τ × collapse criterion × ``--flatten-colours``) collapses the checkpoint closest to
+(threshold τ or size target ``--targets`` × collapse criterion × ``--flatten-colours``)
+collapses the checkpoint closest to
 ``--collapse-epoch`` and trains the collapsed network to the same final epoch (what ``demo.py
 --collapse`` does), so every arm of a seed has the same total agent steps. Each run is a typed
 :class:`~pufferfiber.workflows.job.TrainJob` run in a process of its own (``job.json`` beside
@@ -26,6 +27,7 @@ Layout of ``--out DIR``::
     summary.csv                           one row per env × seed × arm (the original included)
     <env>/seed_<S>/<env>-<id8>/           the original run (the guide's layout, report works on it)
         collapsed_model_thr_TT_EEEEEE/    the default arm (weights, positions) and its resumed run
+        collapsed_model_target_PP_EEEEEE/ the same for a size target (``--targets``)
     <env>/seed_<S>/<criterion>-<colours>/<env>-<id8>/collapsed_model_thr_TT_EEEEEE/
                                           other arms, beside a copy of the collapsed checkpoint
     <env>/seed_<S>/results.json           the cell's rows
@@ -99,6 +101,7 @@ SUMMARY_COLUMNS = (
     "intervention",
     "arm",
     "threshold",
+    "target",
     "criterion",
     "flatten_colours",
     "params",
@@ -130,15 +133,24 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class Arm:
-    """One collapse setting of the grid."""
+    """One collapse setting of the grid: a threshold τ, or a size ``target`` (a fraction of
+    the parameters, ``--targets``; ``threshold`` is then 0 and unused)."""
 
     threshold: float
     criterion: str = DEFAULT_CRITERION
     flatten_colours: str = DEFAULT_FLATTEN
+    target: float | None = None
 
     @property
     def name(self) -> str:
-        return f"tau={self.threshold:g}/{self.criterion}/{self.flatten_colours}"
+        size = f"tau={self.threshold:g}" if self.target is None else f"target={self.target:g}"
+        return f"{size}/{self.criterion}/{self.flatten_colours}"
+
+    def collapse_settings(self) -> dict[str, str]:
+        """The ``[collapse]`` setting of this arm's size knob (τ, or a size target)."""
+        if self.target is None:
+            return {"collapse.threshold": f"{self.threshold:g}"}
+        return {"collapse.target": f"{self.target:g}"}
 
     @property
     def default_view(self) -> bool:
@@ -175,7 +187,13 @@ class SweepSpec:
             envs=tuple(d["envs"]),
             seeds=tuple(int(s) for s in d["seeds"]),
             arms=tuple(
-                Arm(float(a["threshold"]), a["criterion"], a["flatten_colours"]) for a in d["arms"]
+                Arm(
+                    float(a["threshold"]),
+                    a["criterion"],
+                    a["flatten_colours"],
+                    None if a.get("target") is None else float(a["target"]),
+                )
+                for a in d["arms"]
             ),
             collapse_epoch=int(d["collapse_epoch"]),
             collapse_until=None if d["collapse_until"] is None else int(d["collapse_until"]),
@@ -420,7 +438,7 @@ def ensure_arm(
     until = final_epoch(spec, env)
     epoch, source = closest_checkpoint(original, spec.collapse_epoch)
     base = _arm_base(original, arm, source)
-    folder = base / collapse_folder_name(arm.threshold, epoch)
+    folder = base / collapse_folder_name(arm.threshold, epoch, target=arm.target)
     done = [r for r in _runs_in(folder, env) if _last_epoch(r) >= until]
     if done:
         return folder, done[-1]
@@ -430,7 +448,7 @@ def ensure_arm(
     settings = {
         "train.data_dir": str(base.parent),
         "train.seed": str(seed),
-        "collapse.threshold": f"{arm.threshold:g}",
+        **arm.collapse_settings(),
         "collapse.epoch": str(spec.collapse_epoch),
         "collapse.until": str(until),
         "collapse.flatten_colours": arm.flatten_colours,
@@ -512,6 +530,7 @@ def run_cell(
             **base_row,
             "arm": "original",
             "threshold": 0.0,
+            "target": "",
             "criterion": "",
             "flatten_colours": "",
             "params": full_params,
@@ -541,7 +560,9 @@ def run_cell(
         row = {
             **base_row,
             "arm": arm.name,
-            "threshold": arm.threshold,
+            # a target's arm: the τ it corresponded to in this seed (fidelity.json)
+            "threshold": arm.threshold if arm.target is None else float(fidelity["tau"]),
+            "target": "" if arm.target is None else arm.target,
             "criterion": arm.criterion,
             "flatten_colours": arm.flatten_colours,
             "params": int(fidelity["params_after"]),

@@ -12,6 +12,7 @@ An experiment folder, in the layout of the step-by-step guide::
         tensorboard/                                TensorBoard event files (--train.tracker)
         .pufferfiber.lock                           held while a process trains in the run
         collapsed_model_thr_TT_EEEEEE/              a collapse (collapse_dir_name)
+        collapsed_model_target_PP_EEEEEE/           a collapse to a size target (same files)
             model_EEEEEE_collapsed.pt               the collapsed policy
             fibers.pkl, fidelity.json               its fibers and measured fidelity
             <env>-<id8>/                            the run resumed from it
@@ -55,7 +56,11 @@ STALE_TEMP_RE = re.compile(
 
 # -- a collapse folder ---------------------------------------------------------------------------
 
-COLLAPSE_DIR_RE = re.compile(r"^collapsed_model_thr_(?P<tt>\d+)_(?P<epoch>\d+)$")
+# ``collapsed_model_thr_TT_EEEEEE`` (a threshold) or ``collapsed_model_target_PP_EEEEEE`` (a size
+# target, PP its percentage with ``p`` for the point: ``20``, ``5``, ``0p5``).
+COLLAPSE_DIR_RE = re.compile(
+    r"^collapsed_model_(?:thr_(?P<tt>\d+)|target_(?P<pct>\d+(?:p\d+)?))_(?P<epoch>\d+)$"
+)
 COLLAPSED_MODEL_RE = re.compile(r"^model_\d{6,}_collapsed\.pt$")
 FIBERS = "fibers.pkl"
 FIDELITY = "fidelity.json"
@@ -90,6 +95,13 @@ def collapsed_model_name(epoch: int) -> str:
 def collapse_dir_name(tag: str, epoch: int) -> str:
     """``collapsed_model_thr_03_000051`` for the threshold tag ``03`` (τ = 0.3) at epoch 51."""
     return f"collapsed_model_thr_{tag}_{int(epoch):06d}"
+
+
+def collapse_target_dir_name(target: float, epoch: int) -> str:
+    """``collapsed_model_target_20_000051`` for a size target of 0.2 (20 %) at epoch 51
+    (``0p5`` for 0.5 %: the percentage, ``p`` for its point)."""
+    pct = f"{round(100 * float(target), 6):g}".replace(".", "p")
+    return f"collapsed_model_target_{pct}_{int(epoch):06d}"
 
 
 def sweep_seed_dir_name(seed: int) -> str:

@@ -105,6 +105,13 @@ class Fidelity:
     fibers: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     collapsed_layers: list[str] = field(default_factory=list)
+    # A size target (:mod:`pufferfiber.core.budget`): the fraction asked, the fraction kept, the
+    # τ it corresponds to, and why the size missed the target by more than 1 point (or None).
+    # None in files of a collapse at a threshold, and in files written before targets existed.
+    target: float | None = None
+    achieved: float | None = None
+    tau: float | None = None
+    target_note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -183,6 +190,10 @@ class Fidelity:
             fibers=mapping("fibers"),
             sizes=mapping("sizes"),
             collapsed_layers=[str(x) for x in layers],
+            target=number("target", None),
+            achieved=number("achieved", None),
+            tau=number("tau", None),
+            target_note=None if data.get("target_note") is None else str(data["target_note"]),
             extra={k: v for k, v in data.items() if k not in known},
         )
 

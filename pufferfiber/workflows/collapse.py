@@ -43,7 +43,7 @@ from pufferfiber.core.datafibers import (
 )
 from pufferfiber.core.divergence import fidelity_report, format_fidelity
 from pufferfiber.core.policy import Policy
-from pufferfiber.core.types import validate_threshold
+from pufferfiber.core.types import validate_target, validate_threshold
 from pufferfiber.io.atomic import atomic_dir, check_writable
 from pufferfiber.io.checkpoints import Checkpoint, CheckpointError, save_checkpoint
 from pufferfiber.io.fibersfile import fibers_dict, save_fibers
@@ -52,6 +52,7 @@ from pufferfiber.io.runfiles import (
     FIBERS,
     FIDELITY,
     collapse_dir_name,
+    collapse_target_dir_name,
     collapsed_model_name,
 )
 from pufferfiber.io.schemas import write_fidelity
@@ -105,9 +106,14 @@ def threshold_tag(tau: float) -> str:
     return f"{tau:.6f}".rstrip("0").replace(".", "")
 
 
-def collapse_folder_name(threshold: float, epoch: int) -> str:
-    """``collapsed_model_thr_03_000051`` for τ = 0.3 at epoch 51."""
-    return collapse_dir_name(threshold_tag(threshold), epoch)
+def collapse_folder_name(
+    threshold: float | None, epoch: int, *, target: float | None = None
+) -> str:
+    """``collapsed_model_thr_03_000051`` for τ = 0.3 at epoch 51;
+    ``collapsed_model_target_20_000051`` for a size ``target`` of 0.2."""
+    if target is not None:
+        return collapse_target_dir_name(validate_target(target), epoch)
+    return collapse_dir_name(threshold_tag(0.0 if threshold is None else threshold), epoch)
 
 
 def criterion_from_config(c: CollapseConfig, seed: int = 0) -> FiberCriterion:
@@ -118,15 +124,20 @@ def criterion_from_config(c: CollapseConfig, seed: int = 0) -> FiberCriterion:
         "max_lstm_rounds": c.lstm_rounds,
         "lstm_criterion": c.lstm_criterion,
     }
+    knob = c.size_knob  # a threshold τ, or a size target (core.budget)
     if c.criterion == "weights":
-        return make_criterion("weights", c.threshold, layers=c.layer_list, **weight_options)
+        return make_criterion(
+            "weights", knob["threshold"], target=knob["target"], layers=c.layer_list,
+            **weight_options,
+        )  # fmt: skip
     if c.flatten_colours != "positions":
         raise ValueError("--flatten-colours pooled applies to the weights criterion only")
     if c.lstm_criterion != "units":
         raise ValueError("--lstm-criterion applies to the weights criterion only")
     return make_criterion(
         c.criterion,
-        c.threshold,
+        knob["threshold"],
+        target=knob["target"],
         seed=seed,
         layers=c.layer_list,
         progress=stderr_progress,
@@ -172,7 +183,8 @@ def collapse(
     forward passes and episodes, e.g. on a GPU; the collapse itself is float64 algebra on the
     CPU. Raises ``ValueError`` with one-line messages.
     """
-    validate_threshold(criterion.threshold)
+    if criterion.threshold is not None:
+        validate_threshold(criterion.threshold)
     policy = ckpt.policy.cpu().eval()
     original_on = policy_on(policy, device)[0]
     observations, observation_seeds = fidelity.observations, None
@@ -214,7 +226,8 @@ def collapse(
         _add_data_layers(fibers, fibration)
     meta = dict(ckpt.meta)
     meta["collapse"] = _collapse_meta(ckpt, fibration, figures)
-    out_dir = ckpt.path.parent / collapse_folder_name(criterion.threshold, ckpt.epoch)
+    folder = collapse_folder_name(criterion.threshold, ckpt.epoch, target=criterion.target)
+    out_dir = ckpt.path.parent / folder
     collapsed = Checkpoint(
         policy=quotient,
         arch=quotient.arch,
@@ -333,6 +346,7 @@ def _collapse_meta(ckpt: Checkpoint, fibration: Fibration, fidelity: dict) -> di
     return {
         "criterion": fidelity["criterion"],
         "threshold": fibration.threshold,
+        "target": fidelity.get("target"),
         "flatten_colours": fibration.flatten_colours,
         "collapsed_layers": fidelity["collapsed_layers"],
         "fibers": fidelity["fibers"],

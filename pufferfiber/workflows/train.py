@@ -397,8 +397,9 @@ def train_collapsed(cfg: RunConfig, exp_id: str | None, allow_pickle: bool) -> i
 
 
 def collapse_checkpoint(ckpt: Any, run_dir: Path, epoch: int, cfg: RunConfig) -> Any:
-    """Write ``run_dir/collapsed_model_thr_TT_EEEEEE/`` (model, fibers.pkl, fidelity.json) as
-    ``cfg.collapse`` says; returns the collapsed checkpoint."""
+    """Write ``run_dir/collapsed_model_thr_TT_EEEEEE/`` (``..._target_PP_...`` for a size
+    target; model, fibers.pkl, fidelity.json) as ``cfg.collapse`` says; returns the collapsed
+    checkpoint."""
     from pufferfiber.rl.trainer import resolve_device
     from pufferfiber.workflows.collapse import (
         WriteMode,
@@ -408,9 +409,14 @@ def collapse_checkpoint(ckpt: Any, run_dir: Path, epoch: int, cfg: RunConfig) ->
         fidelity_from_config,
     )
 
-    tau = cfg.collapse.threshold
-    out_dir = run_dir / collapse_folder_name(tau, epoch)
-    say(f"collapsing {run_dir.name}/{ckpt.path.name} at threshold {tau} into {out_dir.name}")
+    knob = cfg.collapse.size_knob
+    out_dir = run_dir / collapse_folder_name(knob["threshold"], epoch, target=knob["target"])
+    how = (
+        f"threshold {knob['threshold']}"
+        if knob["target"] is None
+        else f"target {knob['target']:g} of the parameters"
+    )
+    say(f"collapsing {run_dir.name}/{ckpt.path.name} at {how} into {out_dir.name}")
     try:
         result = collapse_to_folder(
             ckpt,
