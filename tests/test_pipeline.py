@@ -156,7 +156,7 @@ def test_collapse_upstream_pickle_needs_allow_pickle(shared_run_copy: Path, caps
         (["-t", "0.3", "--calibration-steps", "0"], "--calibration-steps must be at least 1"),
         (["--threshold", "0.3", "--fit", "cubic"], "invalid choice: 'cubic'"),
         (["--threshold", "0.3", "--config", "none.ini"], "config file none.ini not found"),
-        (["--layers", "lstm"], "the following arguments are required: --threshold/-t"),
+        (["--layers", "lstm"], "give --threshold TAU or --target F"),
         (["-t", "0.3", "--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
