@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,42 @@ def test_bad_input_is_one_line_exit_2(
     assert sweep_main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "s").exists()
+
+
+LOCAL = [a for i, a in enumerate(TINY) if "--num-cpus" not in TINY[max(i - 1, 0) : i + 1]]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ray-address", "foo"], "--ray-address must be auto, HOST:PORT or ray://HOST:PORT"),
+        (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: no Ray cluster answers"),
+        (["--num-cpus", "-1"], "--num-cpus must be at least 1, got -1"),
+        (["--num-cpus", "0"], "--num-cpus must be at least 1, got 0"),
+        (["--ray-address", "auto", "--num-cpus", "2"], "--num-cpus sizes a local Ray"),
+    ],
+)
+def test_bad_cluster_input_is_one_line_exit_2_within_seconds(
+    tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = time.perf_counter()
+    assert sweep_main([*LOCAL, "--out", str(tmp_path / "s"), *extra]) == 2
+    assert time.perf_counter() - start < 10  # Ray itself would wait minutes for a dead address
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_cell_larger_than_every_node_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*LOCAL, "--num-cpus", "1", "--cpus-per-cell", "4", "--out", str(tmp_path / "s")]
+    assert sweep_main(argv) == 2  # Tune would wait for ever for a 4-CPU slot
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("sweep: error: --cpus-per-cell 4: no node")
     assert not (tmp_path / "s").exists()
 
 

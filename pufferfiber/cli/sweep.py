@@ -8,6 +8,7 @@ which runs the cells on Ray Tune and writes ``summary.csv``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,12 +29,15 @@ from pufferfiber.experiments.sweep import (
     Arm,
     SweepError,
     SweepSpec,
+    check_cluster_options,
     check_intervention_options,
     check_schedule,
     collapse_point,
     final_epoch,
     prepare_out,
     run_sweep,
+    start_ray,
+    stop_ray,
     write_summary,
 )
 
@@ -122,6 +126,7 @@ def _split(text: str) -> list[str]:
 def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
     """The validated grid of a command line (``SweepError`` / ``ConfigError`` on bad input)."""
     ns, rest = build_parser().parse_known_args(normalise_argv(argv))
+    check_cluster_options(ns.ray_address, ns.num_cpus)
     overrides = parse_overrides(rest)
     options = {k: v for k, v in overrides.items() if k.split(".")[0] in ("break", "redo")}
     overrides = {k: v for k, v in overrides.items() if k not in options}
@@ -198,14 +203,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(argv: list[str]) -> int:
     spec, ns = spec_from_args(argv)
-    prepare_out(spec)
-    start = time.perf_counter()
+    # Ray Tune reads this when it is imported: without it, alike log lines of different workers
+    # are folded ("repeated 2x across cluster"), which hides the cells' progress lines.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    start_ray(ns.ray_address, ns.num_cpus, ns.cpus_per_cell)  # bad cluster input: no folder made
     try:
-        errors = run_sweep(spec, ns.ray_address, ns.num_cpus, ns.cpus_per_cell)
-    except KeyboardInterrupt:
-        print("sweep: interrupted; run the same command again to continue", file=sys.stderr)
-        write_summary(spec)
-        return 130
+        prepare_out(spec)
+        start = time.perf_counter()
+        try:
+            errors = run_sweep(spec, ns.cpus_per_cell)
+        except KeyboardInterrupt:
+            print("sweep: interrupted; run the same command again to continue", file=sys.stderr)
+            write_summary(spec)
+            return 130
+    finally:
+        stop_ray()
     path, n = write_summary(spec)
     print(f"sweep: {n} rows in {path} ({time.perf_counter() - start:.0f} s)", flush=True)
     for error in errors:

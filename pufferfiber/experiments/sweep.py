@@ -47,6 +47,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -125,6 +126,7 @@ TRAJECTORY_NAME = SWEEP_TRAJECTORY
 TRAJECTORY_POINTS = 25  # checkpoints per run measured for trajectory.json (evenly spaced)
 DORMANT_STEPS = 64  # rollout steps per game for the dormant fraction (as ReDo's hook sees)
 DORMANT_GAMES = 16
+RAY_CONNECT_SECONDS = 5.0  # a cluster address that does not answer in this time is refused
 
 
 class SweepError(ValueError):
@@ -694,58 +696,108 @@ def _cell_trainable(config: dict[str, Any]) -> dict[str, Any]:
     return {"arms": len(rows), "done": 1}
 
 
-def start_ray(address: str | None, num_cpus: int | None) -> None:
-    """Attach to ``address`` or start a local Ray whose workers import this checkout."""
-    import ray
+def check_ray_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a cluster address (``None`` for ``auto``); :class:`SweepError` for
+    anything else, before Ray is imported."""
+    if address == "auto":
+        return None
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise SweepError(
+            f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}"
+        )
+    return host, int(port)
 
+
+def _check_reachable(address: str, host: str, port: int) -> None:
+    # Ray waits for an unreachable GCS for minutes; a plain connect says it in seconds.
+    try:
+        with socket.create_connection((host, port), timeout=RAY_CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SweepError(
+            f"--ray-address {address}: no Ray cluster answers there ({reason})"
+        ) from None
+
+
+def check_cluster_options(address: str | None, num_cpus: int | None) -> None:
+    """``--ray-address`` and ``--num-cpus`` as given, checked in seconds without Ray (an address
+    is well formed and something listens there)."""
+    if num_cpus is not None and num_cpus < 1:
+        raise SweepError(f"--num-cpus must be at least 1, got {num_cpus}")
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    path = _package_path()
-    ray.init(
-        num_cpus=num_cpus or os.cpu_count() or 1,
-        include_dashboard=False,
-        log_to_driver=True,
-        runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}},
-    )
+        if num_cpus is not None:
+            raise SweepError("--num-cpus sizes a local Ray; a cluster (--ray-address) has its own")
+        where = check_ray_address(address)
+        if where is not None:
+            _check_reachable(address, *where)
 
 
-def run_sweep(spec: SweepSpec, address: str | None, num_cpus: int | None, cpus: float) -> list[str]:
-    """Run every cell on Ray Tune; returns the errors of failed cells."""
-    # Ray folds alike log lines of different workers ("repeated 2x across cluster"), which
-    # hides the cells' progress lines; it reads this when it is imported.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+def start_ray(address: str | None, num_cpus: int | None, cpus_per_cell: float = 1.0) -> None:
+    """Attach to ``address`` or start a local Ray whose workers import this checkout; then check
+    that a cell's ``cpus_per_cell`` fit on one of its nodes (Tune would wait for ever)."""
+    check_cluster_options(address, num_cpus)
     import ray
+
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=True,
+                runtime_env={"env_vars": {"PYTHONPATH": _package_path(), "OMP_NUM_THREADS": "1"}},
+            )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise SweepError(f"--ray-address {address}: {_one_line(exc)}") from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    largest = max((float(n["Resources"].get("CPU", 0)) for n in nodes), default=0.0)
+    if cpus_per_cell > largest:
+        ray.shutdown()
+        raise SweepError(
+            f"--cpus-per-cell {cpus_per_cell:g}: no node of this Ray has that many CPUs (the "
+            f"largest has {largest:g}), so no cell could start"
+        )
+
+
+def stop_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def run_sweep(spec: SweepSpec, cpus: float) -> list[str]:
+    """Run every cell on Ray Tune (on the Ray :func:`start_ray` started or attached to), ``cpus``
+    each; returns the errors of failed cells."""
     from ray import tune
 
-    start_ray(address, num_cpus)
-    try:
-        # seed-major order: a sweep stopped early has whole seeds of every intervention
-        cells = [[e, i, s] for s in spec.seeds for e in spec.envs for i in spec.interventions]
-        print(
-            f"sweep: {len(cells)} cells (env × intervention × seed), {len(spec.arms)} collapse "
-            f"arm(s) each, into {spec.out}",
-            flush=True,
-        )
-        tuner = tune.Tuner(
-            tune.with_resources(_cell_trainable, {"cpu": cpus}),
-            param_space={
-                "spec": spec.to_dict(),
-                "cell": tune.grid_search(cells),
-            },
-            tune_config=tune.TuneConfig(reuse_actors=False),
-            run_config=tune.RunConfig(
-                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=str(Path(spec.out) / "_tune"),
-                verbose=1,
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-        results = tuner.fit()
-        found = [results[i] for i in range(len(results))]
-        return [_one_line(r.error) for r in found if r.error is not None]
-    finally:
-        ray.shutdown()
+    # seed-major order: a sweep stopped early has whole seeds of every intervention
+    cells = [[e, i, s] for s in spec.seeds for e in spec.envs for i in spec.interventions]
+    print(
+        f"sweep: {len(cells)} cells (env × intervention × seed), {len(spec.arms)} collapse "
+        f"arm(s) each, into {spec.out}",
+        flush=True,
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(_cell_trainable, {"cpu": cpus}),
+        param_space={
+            "spec": spec.to_dict(),
+            "cell": tune.grid_search(cells),
+        },
+        tune_config=tune.TuneConfig(reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(Path(spec.out) / "_tune"),
+            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    results = tuner.fit()
+    found = [results[i] for i in range(len(results))]
+    return [_one_line(r.error) for r in found if r.error is not None]
 
 
 def _one_line(exc: BaseException) -> str:
