@@ -30,7 +30,7 @@ that jump), the nearest achievable size is kept and :func:`budget_note` says why
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "Budget",
     "budget_note",
     "check_threshold_or_target",
+    "next_width",
     "plan_widths",
     "smallest_fraction",
     "validate_target",
@@ -148,3 +149,22 @@ def budget_note(
     if jumped:
         return f"{head}: the fibers jump ({jumped}; later layers cannot take up the rest)"
     return f"{head}: the nearest achievable, layers are whole units"
+
+
+def next_width(
+    graph: LayerGraph,
+    arch: Any,
+    target: float,
+    layer: str,
+    chosen: Iterable[str],
+    done: Mapping[str, int],
+    params_full: int,
+) -> int:
+    """The width the budget gives ``layer`` now, planned again with the layers of ``chosen``
+    already cut (``done``: name → width) fixed, so one that ended smaller than its share leaves
+    its parameters to those after it."""
+    open_layers = [n for n in chosen if n not in done]
+    plan = plan_widths(
+        graph, arch, target, open_layers=open_layers, fixed=done, params_full=params_full
+    )
+    return plan.sizes[layer]

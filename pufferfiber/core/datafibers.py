@@ -50,7 +50,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from pufferfiber.core.budget import budget_note, plan_widths, smallest_fraction, validate_target
+from pufferfiber.core.budget import budget_note, next_width, smallest_fraction, validate_target
 from pufferfiber.core.colouring import Fibration, LayerFibers
 from pufferfiber.core.graph import (
     LayerGraph,
@@ -535,15 +535,10 @@ def data_fibers(
         weights = unit_weights(gram)
         count = None
         if target is not None:
-            plan = plan_widths(
-                full_graph,
-                policy.arch,
-                target,
-                open_layers=[n for n in chosen if n not in done],
-                fixed=done,
-                params_full=full_params,
+            count = next_width(
+                full_graph, policy.arch, target, node.name, chosen, done, full_params
             )
-            count = planned[node.name] = plan.sizes[node.name]
+            planned[node.name] = count
         kept, coef, offset, constant = select_units(moments, gram, threshold, fit, pivot, count)
         scale = float((np.diag(moments.cov) * weights**2).mean()) or 1.0
         full = np.zeros((node.size, node.size))

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pufferfiber.core.budget import budget_note, plan_widths, smallest_fraction, validate_target
+from pufferfiber.core.budget import budget_note, next_width, smallest_fraction, validate_target
 from pufferfiber.core.clustering import cluster_rows, count_labels, exact_partition, meet
 from pufferfiber.core.colouring import (
     DEFAULT_LSTM_ROUNDS,
@@ -187,15 +187,7 @@ def compute_fibers(
     def share(node: LayerNode) -> int | None:
         if target is None:
             return None
-        plan = plan_widths(
-            graph,
-            policy.arch,
-            target,
-            open_layers=[n for n in chosen if n not in done],
-            fixed=done,
-            params_full=full,
-        )
-        planned[node.name] = plan.sizes[node.name]
+        planned[node.name] = next_width(graph, policy.arch, target, node.name, chosen, done, full)
         return planned[node.name]
 
     def colour(node: LayerNode, inputs: Colouring) -> Colouring:
