@@ -255,6 +255,7 @@ def test_demo_collapse_to_a_target_then_retrains(tmp_path: Path, capsys) -> None
     assert (child / "model_000007.pt").is_file()
 
 
+@pytest.mark.slow
 def test_weight_target_on_the_real_beamrider_checkpoint(shared_run: Path) -> None:
     """The trained BeamRider policy (epoch 51): 20 % and 5 % within a point, weights criterion
     (the data criterion's run on it, 19-21 %, is in docs/results/beamrider.md: minutes)."""
@@ -265,6 +266,8 @@ def test_weight_target_on_the_real_beamrider_checkpoint(shared_run: Path) -> Non
         assert abs(kept - target) <= TARGET_TOLERANCE and crit.describe()["target_note"] is None
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_tiny_sweep_with_targets_writes_rows_with_the_target(tmp_path: Path) -> None:
     """A real sweep on a local Ray (cartpole, one seed): one row per target arm with its
     target, the τ it corresponded to and a size within a point."""
