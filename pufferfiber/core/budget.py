@@ -41,6 +41,7 @@ __all__ = [
     "TARGET_TOLERANCE",
     "Budget",
     "budget_note",
+    "budget_record",
     "check_threshold_or_target",
     "next_width",
     "plan_widths",
@@ -168,3 +169,22 @@ def next_width(
         graph, arch, target, open_layers=open_layers, fixed=done, params_full=params_full
     )
     return plan.sizes[layer]
+
+
+def budget_record(
+    target: float,
+    achieved: float,
+    taus: Mapping[str, float],
+    smallest: float,
+    jumped: str | None = None,
+) -> dict[str, Any]:
+    """What a fibration records of a size target (``extra["budget"]``): the target, the
+    fraction kept, the τ it corresponds to (the largest of the layers' ``taus``), the layers'
+    τ, and :func:`budget_note`'s line."""
+    return {
+        "target": target,
+        "achieved": achieved,
+        "tau": max(taus.values(), default=0.0),
+        "layer_tau": dict(taus),
+        "note": budget_note(target, achieved, smallest, jumped),
+    }

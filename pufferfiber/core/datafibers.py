@@ -50,7 +50,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from pufferfiber.core.budget import budget_note, next_width, smallest_fraction, validate_target
+from pufferfiber.core.budget import budget_record, next_width, smallest_fraction, validate_target
 from pufferfiber.core.colouring import Fibration, LayerFibers
 from pufferfiber.core.graph import (
     LayerGraph,
@@ -568,7 +568,6 @@ def data_fibers(
     extra: dict[str, Any] = {"criterion": "data", "fit": fit, "pivot": pivot}
     if target is not None:
         achieved = current.parameter_count() / full_params
-        threshold = max(taus.values(), default=0.0)
         smallest = smallest_fraction(full_graph, policy.arch, sorted(chosen), full_params)
         short = [full_graph[n].label for n in planned if done[n] < planned[n]]
         jumped = (
@@ -577,13 +576,8 @@ def data_fibers(
             if short
             else None
         )
-        extra["budget"] = {
-            "target": target,
-            "achieved": achieved,
-            "tau": threshold,
-            "layer_tau": taus,
-            "note": budget_note(target, achieved, smallest, jumped),
-        }
+        extra["budget"] = budget_record(target, achieved, taus, smallest, jumped)
+        threshold = extra["budget"]["tau"]  # the τ the target corresponds to
     fibration = DataFibration(threshold, "positions", fibers, extra=extra)
     fibration.reconstructions = recs
     fibration.calibration = figures

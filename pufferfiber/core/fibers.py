@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pufferfiber.core.budget import budget_note, next_width, smallest_fraction, validate_target
+from pufferfiber.core.budget import budget_record, next_width, smallest_fraction, validate_target
 from pufferfiber.core.clustering import cluster_rows, count_labels, exact_partition, meet
 from pufferfiber.core.colouring import (
     DEFAULT_LSTM_ROUNDS,
@@ -225,19 +225,13 @@ def compute_fibers(
     if target is not None:
         sizes = {**{n.name: n.size for n in graph.hidden}, **done}
         achieved = graph.resized(policy.arch, sizes).parameter_count() / full
-        threshold = max(taus.values(), default=0.0)
         smallest = smallest_fraction(graph, policy.arch, sorted(chosen), full)
         short = [graph[n].label for n in planned if done[n] < planned[n]]
         jumped = (
             f"tied merges: {', '.join(short)} has fewer fibers than its share" if short else None
         )
-        extra["budget"] = {
-            "target": target,
-            "achieved": achieved,
-            "tau": threshold,
-            "layer_tau": taus,
-            "note": budget_note(target, achieved, smallest, jumped),
-        }
+        extra["budget"] = budget_record(target, achieved, taus, smallest, jumped)
+        threshold = extra["budget"]["tau"]  # the τ the target corresponds to
     return Fibration(threshold, flatten_colours, result, "in", max_lstm_rounds, extra)
 
 
