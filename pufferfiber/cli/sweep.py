@@ -8,7 +8,6 @@ which runs the cells on Ray Tune and writes ``summary.csv``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from pufferfiber.experiments.sweep import (
     SweepSpec,
     check_cluster_options,
     check_intervention_options,
+    check_out,
     check_schedule,
     collapse_point,
     final_epoch,
@@ -203,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(argv: list[str]) -> int:
     spec, ns = spec_from_args(argv)
-    # Ray Tune reads this when it is imported: without it, alike log lines of different workers
-    # are folded ("repeated 2x across cluster"), which hides the cells' progress lines.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    check_out(spec)  # a different sweep in --out is refused before Ray starts
     start_ray(ns.ray_address, ns.num_cpus, ns.cpus_per_cell)  # bad cluster input: no folder made
     try:
         prepare_out(spec)

@@ -304,9 +304,9 @@ def final_epoch(spec: SweepSpec, env: str) -> int:
     return end if spec.collapse_until is None else spec.collapse_until
 
 
-def prepare_out(spec: SweepSpec) -> None:
-    """Create ``--out`` with ``sweep.json``, or check that it holds this same sweep."""
-
+def check_out(spec: SweepSpec) -> bool:
+    """Whether ``--out`` already holds this same sweep (``False``: it can be created);
+    :class:`SweepError` for a different sweep or a folder of something else. Reads only."""
     out = Path(spec.out)
     path = out / SPEC_NAME
     if path.is_file():
@@ -322,12 +322,20 @@ def prepare_out(spec: SweepSpec) -> None:
                 f"{out} holds a different sweep ({SPEC_NAME} differs); use another --out or "
                 "repeat the original command"
             )
-        return
+        return True
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SweepError(f"--out {out} exists and is not an empty folder nor a sweep")
     check_writable(out)
+    return False
+
+
+def prepare_out(spec: SweepSpec) -> None:
+    """Create ``--out`` with ``sweep.json``, or check that it holds this same sweep."""
+    if check_out(spec):
+        return
+    out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(spec.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / SPEC_NAME, json.dumps(spec.to_dict(), indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------- one cell
@@ -739,6 +747,9 @@ def start_ray(address: str | None, num_cpus: int | None, cpus_per_cell: float = 
     """Attach to ``address`` or start a local Ray whose workers import this checkout; then check
     that a cell's ``cpus_per_cell`` fit on one of its nodes (Tune would wait for ever)."""
     check_cluster_options(address, num_cpus)
+    # Ray reads this when it is imported: without it, alike log lines of different workers are
+    # folded ("repeated 2x across cluster"), which hides the cells' progress lines.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
     try:
@@ -752,7 +763,8 @@ def start_ray(address: str | None, num_cpus: int | None, cpus_per_cell: float = 
                 runtime_env={"env_vars": {"PYTHONPATH": _package_path(), "OMP_NUM_THREADS": "1"}},
             )
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise SweepError(f"--ray-address {address}: {_one_line(exc)}") from None
+        where = f"--ray-address {address}" if address else "the local Ray"
+        raise SweepError(f"{where}: {_one_line(exc)}") from None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     largest = max((float(n["Resources"].get("CPU", 0)) for n in nodes), default=0.0)
     if cpus_per_cell > largest:

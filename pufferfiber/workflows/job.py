@@ -9,7 +9,6 @@ process, so a crash or a leaked env cannot take the sweep down, but no settings 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,9 +47,14 @@ class TrainJob:
             raise ValueError(f"job kind {self.kind!r} is not one of {', '.join(JOB_KINDS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self) | {"config": self.config.to_dict()}
-        out["given"] = dict(self.given)
-        return out
+        return {
+            "kind": self.kind,
+            "config": self.config.to_dict(),
+            "given": dict(self.given),
+            "exp_id": self.exp_id,
+            "backend": self.backend,
+            "allow_pickle": self.allow_pickle,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainJob:
