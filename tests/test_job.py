@@ -66,3 +66,16 @@ def test_a_file_that_is_not_a_job_is_one_line_exit_2(tmp_path: Path) -> None:
     proc = _job(bad)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not a training job" in proc.stderr, proc.stderr
+
+
+def test_checkpoint_jobs_name_their_file(tmp_path: Path) -> None:
+    """``scratch`` and ``checkpoint`` jobs need a model file (and survive JSON); the others take
+    none."""
+    cfg = load_config("cartpole")
+    for kind in ("scratch", "checkpoint"):
+        job = TrainJob(kind, cfg, checkpoint=str(tmp_path / "model_000002.pt"))
+        assert TrainJob.load(job.save(tmp_path / f"{kind}.json")) == job
+        with pytest.raises(ValueError, match=f"a {kind} job needs a checkpoint file"):
+            TrainJob(kind, cfg)
+    with pytest.raises(ValueError, match="a new job takes no checkpoint file"):
+        TrainJob("new", cfg, checkpoint="model_000002.pt")

@@ -23,8 +23,10 @@ from pufferfiber.config.sections import (
 )
 from pufferfiber.core.criteria import CRITERIA, DEFAULT_CRITERION, check_criterion
 from pufferfiber.experiments.sweep import (
+    CONTROLS,
     DEFAULT_FLATTEN,
     INTERVENTIONS,
+    PROTOCOLS,
     Arm,
     SweepError,
     SweepSpec,
@@ -48,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the guide's protocol (train to the end of the schedule, collapse the "
         "checkpoint near --collapse-epoch, train the collapsed network to the same final epoch, "
         "evaluate) for every env × threshold × criterion × flatten colouring × seed, on Ray "
-        "Tune. Writes the runs and summary.csv into --out; 'python -m pufferfiber report OUT' "
+        "Tune; --protocol trained also collapses the final checkpoint and fine-tunes it, and "
+        "--controls adds networks of the same sizes trained from scratch or cut at random. "
+        "Writes the runs and summary.csv into --out; 'python -m pufferfiber report OUT' "
         "aggregates the seeds. Extra --SECTION.KEY settings (--train.KEY, --env.KEY...) go to "
         "every run (see 'pufferfiber train --env ENV --help'); --break.KEY / --redo.KEY set "
         "the interventions.",
@@ -98,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--collapse-until", type=int, default=None,
         help="last epoch of every run (default: the schedule's last epoch, "
              "total_timesteps / batch_size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--protocol", default="guide", metavar="NAME[,NAME...]",
+        help="protocols, comma-separated: guide (collapse near --collapse-epoch, train to the "
+             "schedule's end), trained (collapse the final checkpoint and fine-tune "
+             "--finetune-epochs, beside the original fine-tuned as long) (default: guide)",
+    )  # fmt: skip
+    p.add_argument(
+        "--finetune-epochs", type=int, default=None, metavar="K",
+        help="epochs of fine-tuning in --protocol trained (default: 10 %% of the schedule's "
+             "epochs, at least 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--controls", default=None, metavar="NAME[,NAME...]",
+        help="controls at the widths of every collapsed arm, comma-separated: scratch (those "
+             "sizes freshly initialised, trained for the arm's total epochs), random (random "
+             "units kept with their trained weights, trained like the arm) (default: none)",
     )  # fmt: skip
     p.add_argument(
         "--eval-episodes", type=int, default=20, metavar="N",
@@ -156,6 +177,17 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
         raise SweepError("--seeds, --eval-episodes and --cpus-per-cell must be positive")
     if not envs:
         raise SweepError("--env needs at least one environment")
+    protocols = list(dict.fromkeys(_split(ns.protocol)))
+    if not protocols or any(p not in PROTOCOLS for p in protocols):
+        raise SweepError(f"--protocol must be among {', '.join(PROTOCOLS)}, got {ns.protocol!r}")
+    controls = list(dict.fromkeys(_split(ns.controls or "")))
+    if ns.controls is not None and (not controls or any(c not in CONTROLS for c in controls)):
+        raise SweepError(f"--controls must be among {', '.join(CONTROLS)}, got {ns.controls!r}")
+    if ns.finetune_epochs is not None:
+        if "trained" not in protocols:
+            raise SweepError("--finetune-epochs needs --protocol trained")
+        if ns.finetune_epochs < 1:
+            raise SweepError(f"--finetune-epochs must be at least 1, got {ns.finetune_epochs}")
     sizes = [(t, None) for t in sorted(set(thresholds))] + [
         (0.0, f) for f in sorted(set(targets), reverse=True)
     ]
@@ -165,6 +197,8 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
         for c in criteria
         for f in dict.fromkeys(colours)
     )
+    if controls and not arms:
+        raise SweepError("--controls need collapsed arms: give --thresholds or --targets")
     spec = SweepSpec(
         out=str(ns.out.resolve()),
         envs=tuple(dict.fromkeys(envs)),
@@ -176,6 +210,9 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
         overrides=tuple(sorted(overrides.items())),
         interventions=tuple(interventions),
         intervention_options=tuple(sorted(options.items())),
+        protocols=tuple(protocols),
+        finetune_epochs=ns.finetune_epochs,
+        controls=tuple(controls),
     )
     for env in spec.envs:
         check_schedule(spec, env, checkpoints=False)

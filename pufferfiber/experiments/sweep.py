@@ -1,16 +1,32 @@
 """``python -m pufferfiber sweep``: the guide's protocol over a grid of envs, arms and seeds, on
-Ray Tune.
+Ray Tune, with the controls that tell whether collapsing was worth it.
 
 One *cell* is one env, one intervention and one seed. It trains the original run once
-(what ``demo.py --mode train`` does, to the end of the schedule), then for every *arm*
-(threshold τ or size target ``--targets`` × collapse criterion × ``--flatten-colours``)
-collapses the checkpoint closest to
-``--collapse-epoch`` and trains the collapsed network to the same final epoch (what ``demo.py
---collapse`` does), so every arm of a seed has the same total agent steps. Each run is a typed
-:class:`~pufferfiber.workflows.job.TrainJob` run in a process of its own (``job.json`` beside
-``sweep.log`` holds the latest). Each finished run is
-evaluated on ``--eval-episodes`` episodes. Ray Tune runs the cells (a grid search over env ×
-intervention × seed, one CPU each by default), on a local Ray started here or on the cluster at
+(what ``demo.py --mode train`` does, to the end of the schedule), then for every *protocol*
+(``--protocol``) and every *arm* (threshold τ or size target ``--targets`` × collapse criterion ×
+``--flatten-colours``):
+
+* ``guide`` (the default): collapse the checkpoint closest to ``--collapse-epoch`` and train the
+  collapsed network to the same final epoch (what ``demo.py --collapse`` does), so every arm of
+  a seed has the same total agent steps;
+* ``trained``: collapse the original's final checkpoint (epoch E) and fine-tune it for
+  ``--finetune-epochs`` K (default 10 % of the schedule); the original itself is fine-tuned for
+  the same K epochs from its final checkpoint (a row ``trained original``), so both have equal
+  steps. Both start with fresh Adam moments, on a schedule of E + K epochs.
+
+``--controls`` adds, at the widths of each collapsed arm of the same seed and protocol:
+``scratch`` (that architecture freshly initialised and trained from epoch 0 for the arm's total
+epochs) and ``random`` (randomly chosen units kept with their trained weights, the others
+dropped without folding, then trained exactly like the collapsed arm;
+:class:`~pufferfiber.core.ablation.RandomUnits`). Every row records its training speed
+(``sps``: agent steps per second of its own run), the wall time behind it (``wall_seconds``,
+the original's share included for a run that continued from it) and ``equal_time_return``: the
+return each row had reached after the wall time of the protocol's fastest row.
+
+Each run is a typed :class:`~pufferfiber.workflows.job.TrainJob` run in a process of its own
+(``job.json`` beside ``sweep.log`` holds the latest). Each finished run is evaluated on
+``--eval-episodes`` episodes. Ray Tune runs the cells (a grid search over env × intervention ×
+seed, one CPU each by default), on a local Ray started here or on the cluster at
 ``--ray-address``.
 
 The *intervention* (``--interventions``) is what runs during training, in the original run and in
@@ -24,24 +40,29 @@ report draws.
 Layout of ``--out DIR``::
 
     sweep.json                            the grid (a restart must ask for the same one)
-    summary.csv                           one row per env × seed × arm (the original included)
+    summary.csv                           one row per env × seed × protocol × arm × control
     <env>/seed_<S>/<env>-<id8>/           the original run (the guide's layout, report works on it)
         collapsed_model_thr_TT_EEEEEE/    the default arm (weights, positions) and its resumed run
         collapsed_model_target_PP_EEEEEE/ the same for a size target (``--targets``)
     <env>/seed_<S>/<criterion>-<colours>/<env>-<id8>/collapsed_model_thr_TT_EEEEEE/
                                           other arms, beside a copy of the collapsed checkpoint
+    <env>/seed_<S>/trained/<env>-<id8>/   the original fine-tuned K epochs (``--protocol trained``)
+    <env>/seed_<S>/controls/<protocol>-<arm folder>-<criterion>-<colours>/scratch/<env>-<id8>/
+    <env>/seed_<S>/controls/<protocol>-<arm folder>-<criterion>-<colours>/random/
+                                          the ablated model (+ fidelity.json) and its run
     <env>/seed_<S>/results.json           the cell's rows
     <env>/<intervention>/seed_<S>/...     the same for every intervention but ``none``
 
 Starting the same command again continues a killed sweep: finished runs are kept, an
-interrupted original resumes from its last checkpoint, an interrupted arm is collapsed and
-trained again, evaluations already made are reused.
+interrupted original resumes from its last checkpoint, an interrupted arm or control is trained
+again from its start, evaluations already made are reused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -51,7 +72,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +85,6 @@ from pufferfiber.config.sections import (
     load_section,
 )
 from pufferfiber.core.criteria import DEFAULT_CRITERION
-from pufferfiber.io import logparse
 from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text, check_writable
 from pufferfiber.io.checkpoints import closest_checkpoint, list_checkpoints, load_checkpoint
 from pufferfiber.io.runfiles import (
@@ -78,13 +98,18 @@ from pufferfiber.io.runfiles import (
     SWEEP_SPEC,
     SWEEP_SUMMARY,
     SWEEP_TRAJECTORY,
+    collapsed_model_name,
     sweep_seed_dir_name,
 )
-from pufferfiber.io.upstream_log import LogParseError, read_metrics, series
+from pufferfiber.io.upstream_log import LogParseError, read_metrics
 from pufferfiber.rl.breaking import BREAK_LOG
 from pufferfiber.rl.evaluate import collect_observations, play_episodes
 from pufferfiber.rl.redo import REDO_LOG, dormant_fraction
-from pufferfiber.workflows.collapse import collapse_folder_name
+from pufferfiber.workflows.collapse import (
+    ablate_to_folder,
+    collapse_folder_name,
+    fidelity_from_config,
+)
 from pufferfiber.workflows.hooks import RunError, hooks_from
 from pufferfiber.workflows.job import JobKind, TrainJob
 from pufferfiber.workflows.timeline import fibers_at
@@ -100,7 +125,9 @@ SUMMARY_COLUMNS = (
     "env",
     "seed",
     "intervention",
+    "protocol",
     "arm",
+    "control",
     "threshold",
     "target",
     "criterion",
@@ -119,9 +146,22 @@ SUMMARY_COLUMNS = (
     "agent_steps",
     "units_edited",
     "train_seconds",
+    "sps",
+    "wall_seconds",
+    "equal_time_return",
     "run_dir",
 )
 INTERVENTIONS = ("none", "break", "break-opfibers", "redo")
+# guide: collapse near --collapse-epoch, train on to the schedule's end (the guide's protocol);
+# trained: collapse the final checkpoint and fine-tune K epochs, beside the original fine-tuned
+# for the same K epochs
+PROTOCOLS = ("guide", "trained")
+# scratch: the collapsed widths freshly initialised, trained for the arm's total epochs;
+# random: randomly chosen units kept (trained weights, no folding), trained like the arm
+CONTROLS = ("scratch", "random")
+FINETUNE_FRACTION = 0.1  # default K of --protocol trained: 10 % of the schedule's epochs
+TRAINED_DIR = "trained"  # <seed dir>/trained/: the original fine-tuned K epochs
+CONTROLS_DIR = "controls"  # <seed dir>/controls/<protocol>-<arm folder>-<criterion>-<colours>/
 TRAJECTORY_NAME = SWEEP_TRAJECTORY
 TRAJECTORY_POINTS = 25  # checkpoints per run measured for trajectory.json (evenly spaced)
 DORMANT_STEPS = 64  # rollout steps per game for the dormant fraction (as ReDo's hook sees)
@@ -175,6 +215,9 @@ class SweepSpec:
     interventions: tuple[str, ...] = ("none",)
     # --break.KEY / --redo.KEY settings of the interventions (dotted key, value)
     intervention_options: tuple[tuple[str, str], ...] = ()
+    protocols: tuple[str, ...] = ("guide",)
+    finetune_epochs: int | None = None  # K of the trained protocol (None: FINETUNE_FRACTION)
+    controls: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -205,6 +248,9 @@ class SweepSpec:
             intervention_options=tuple(
                 (str(k), str(v)) for k, v in d.get("intervention_options") or ()
             ),
+            protocols=tuple(d.get("protocols") or ("guide",)),
+            finetune_epochs=None if d.get("finetune_epochs") is None else int(d["finetune_epochs"]),
+            controls=tuple(d.get("controls") or ()),
         )
 
     def options(self, section: str) -> dict[str, str]:
@@ -302,6 +348,38 @@ def check_schedule(spec: SweepSpec, env: str, checkpoints: bool = True) -> None:
 def final_epoch(spec: SweepSpec, env: str) -> int:
     end = int(run_config(spec, env).train.end_epoch)
     return end if spec.collapse_until is None else spec.collapse_until
+
+
+def finetune_epochs(spec: SweepSpec, env: str) -> int:
+    """K of ``--protocol trained``: ``--finetune-epochs``, or 10 % of the schedule's epochs."""
+    if spec.finetune_epochs is not None:
+        return spec.finetune_epochs
+    return max(1, math.ceil(FINETUNE_FRACTION * run_config(spec, env).train.end_epoch))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Where one protocol's arms start and end: the collapse takes the checkpoint closest to
+    ``collapse_epoch`` and training runs to ``until``; ``settings`` are added to every run of
+    the protocol (after the sweep's own, so they hold)."""
+
+    protocol: str
+    collapse_epoch: int
+    until: int
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+def schedule(spec: SweepSpec, env: str, protocol: str) -> Schedule:
+    """``guide``: near ``--collapse-epoch`` to the schedule's end (or ``--collapse-until``).
+    ``trained``: the original's final epoch E to E + K, on a schedule of E + K epochs (with
+    ``anneal_lr`` the learning rate restarts at K / (E + K) of its base, where a schedule that
+    long would have it, and anneals to 0)."""
+    if protocol == "guide":
+        return Schedule(protocol, spec.collapse_epoch, final_epoch(spec, env))
+    t = run_config(spec, env).train
+    until = int(t.end_epoch) + finetune_epochs(spec, env)
+    longer = (("train.total_timesteps", str(until * int(t.batch_size))),)
+    return Schedule(protocol, int(t.end_epoch), until, longer)
 
 
 def check_out(spec: SweepSpec) -> bool:
@@ -434,6 +512,36 @@ def _arm_base(original: Path, arm: Arm, source: Path) -> Path:
     return view
 
 
+def _finished_run(
+    folder: Path, env: str, until: int, tag: str, what: str, train: Callable[[], None]
+) -> Path:
+    """The run in ``folder`` that reached ``until``; else ``train()`` makes it (runs left by a
+    killed attempt are removed first: each of them starts again from its own start)."""
+    done = [r for r in _runs_in(folder, env) if _last_epoch(r) >= until]
+    if done:
+        return done[-1]
+    for stale in _runs_in(folder, env):
+        shutil.rmtree(stale)
+    _say(tag, what)
+    train()
+    (run,) = [r for r in _runs_in(folder, env) if _last_epoch(r) >= until]
+    return run
+
+
+def _settings(
+    spec: SweepSpec, seed: int, data_dir: Path, sched: Schedule, extra: Mapping[str, str] | None
+) -> dict[str, str]:
+    """Every run's settings: where, which seed, the intervention's, the sweep's own, then the
+    protocol's schedule."""
+    return {
+        "train.data_dir": str(data_dir),
+        "train.seed": str(seed),
+        **(extra or {}),
+        **dict(spec.overrides),
+        **dict(sched.settings),
+    }
+
+
 def ensure_arm(
     spec: SweepSpec,
     env: str,
@@ -442,33 +550,130 @@ def ensure_arm(
     arm: Arm,
     tag: str,
     extra: Mapping[str, str] | None = None,
+    sched: Schedule | None = None,
 ) -> tuple[Path, Path]:
-    """``(collapse folder, finished resumed run)`` of one arm, collapsing and training if needed."""
+    """``(collapse folder, finished resumed run)`` of one arm, collapsing and training if needed
+    (``sched``: the protocol's; default the guide's)."""
 
-    until = final_epoch(spec, env)
-    epoch, source = closest_checkpoint(original, spec.collapse_epoch)
+    sched = sched or schedule(spec, env, "guide")
+    epoch, source = closest_checkpoint(original, sched.collapse_epoch)
     base = _arm_base(original, arm, source)
     folder = base / collapse_folder_name(arm.threshold, epoch, target=arm.target)
-    done = [r for r in _runs_in(folder, env) if _last_epoch(r) >= until]
-    if done:
-        return folder, done[-1]
-    for stale in _runs_in(folder, env):  # an interrupted arm is collapsed and trained again
-        shutil.rmtree(stale)
-    _say(tag, f"{arm.name}: collapsing epoch {epoch}, training to epoch {until}")
     settings = {
-        "train.data_dir": str(base.parent),
-        "train.seed": str(seed),
+        **_settings(spec, seed, base.parent, sched, extra),
         **arm.collapse_settings(),
-        "collapse.epoch": str(spec.collapse_epoch),
-        "collapse.until": str(until),
+        "collapse.epoch": str(sched.collapse_epoch),
+        "collapse.until": str(sched.until),
         "collapse.flatten_colours": arm.flatten_colours,
         "collapse.criterion": arm.criterion,
-        **(extra or {}),
-        **dict(spec.overrides),
     }
-    _train("collapse", env, settings, original.parent / SWEEP_LOG, exp_id=base.name)
-    (run,) = [r for r in _runs_in(folder, env) if _last_epoch(r) >= until]
+    log = original.parent / SWEEP_LOG
+    run = _finished_run(
+        folder,
+        env,
+        sched.until,
+        tag,
+        f"{_named(sched, arm.name)}: collapsing epoch {epoch}, training to epoch {sched.until}",
+        lambda: _train("collapse", env, settings, log, exp_id=base.name),
+    )
     return folder, run
+
+
+def _named(sched: Schedule, name: str) -> str:
+    return name if sched.protocol == "guide" else f"{sched.protocol} {name}"
+
+
+def ensure_finetuned_original(
+    spec: SweepSpec,
+    env: str,
+    seed: int,
+    original: Path,
+    tag: str,
+    extra: Mapping[str, str] | None,
+    sched: Schedule,
+) -> Path:
+    """The original fine-tuned from its final checkpoint for the trained protocol's K epochs
+    (fresh Adam moments, as the collapsed networks get), in ``<seed dir>/trained/``."""
+    epoch, path = list_checkpoints(original)[-1]
+    folder = original.parent / TRAINED_DIR
+    settings = {**_settings(spec, seed, folder, sched, extra), "collapse.until": str(sched.until)}
+    log = original.parent / SWEEP_LOG
+    return _finished_run(
+        folder,
+        env,
+        sched.until,
+        tag,
+        f"trained original: fine-tuning epoch {epoch} to epoch {sched.until}",
+        lambda: _train("checkpoint", env, settings, log, checkpoint=str(path)),
+    )
+
+
+def control_dir(original: Path, arm: Arm, folder: Path, sched: Schedule, control: str) -> Path:
+    """``<seed dir>/controls/<protocol>-<arm's collapse folder>-<criterion>-<colours>/`` and
+    ``<control>`` in it."""
+    name = f"{sched.protocol}-{folder.name}-{arm.criterion}-{arm.flatten_colours}"
+    return original.parent / CONTROLS_DIR / name / control
+
+
+def ensure_control(
+    spec: SweepSpec,
+    env: str,
+    seed: int,
+    original: Path,
+    arm: Arm,
+    folder: Path,
+    control: str,
+    tag: str,
+    extra: Mapping[str, str] | None,
+    sched: Schedule,
+) -> tuple[Path, Path]:
+    """``(control folder, finished run)`` of one control of one collapsed arm (``folder``: the
+    arm's collapse folder, whose network gives the widths).
+
+    ``scratch``: that network's sizes freshly initialised, trained from epoch 0 to the arm's
+    last epoch (equal total agent steps; a schedule of that many epochs). ``random``: the
+    checkpoint the arm collapsed, cut to the same widths by random units
+    (:func:`~pufferfiber.workflows.collapse.ablate_to_folder`), then trained exactly as the arm.
+    """
+    where = control_dir(original, arm, folder, sched, control)
+    epoch = int(json.loads((folder / FIDELITY).read_text())["epoch"])
+    model = folder / collapsed_model_name(epoch)
+    log = original.parent / SWEEP_LOG
+    what = f"{_named(sched, arm.name)} {control}"
+    if control == "scratch":
+        cfg = run_config(spec, env, seed)
+        settings = {
+            **_settings(spec, seed, where, sched, extra),
+            "train.total_timesteps": str(sched.until * int(cfg.train.batch_size)),
+        }
+        run = _finished_run(
+            where,
+            env,
+            sched.until,
+            tag,
+            f"{what}: training the collapsed sizes from scratch to epoch {sched.until}",
+            lambda: _train("scratch", env, settings, log, checkpoint=str(model)),
+        )
+        return where, run
+    settings = {**_settings(spec, seed, where, sched, extra), "collapse.until": str(sched.until)}
+
+    def ablate_and_train() -> None:
+        if not (where / FIDELITY).is_file():
+            source = load_checkpoint(closest_checkpoint(original, epoch)[1], expect_env=env)
+            like = load_checkpoint(model, expect_env=env).policy
+            c = load_config(env, settings).collapse
+            ablate_to_folder(source, like, where, fidelity=fidelity_from_config(c), seed=seed)
+        _train("checkpoint", env, settings, log, checkpoint=str(where / model.name))
+
+    run = _finished_run(
+        where,
+        env,
+        sched.until,
+        tag,
+        f"{what}: random units of epoch {epoch}, training to epoch {sched.until}",
+        ablate_and_train,
+    )
+    return where, run
 
 
 def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any]:
@@ -493,15 +698,34 @@ def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any
     return result
 
 
-def _history(run: Path) -> list[tuple[int, float]]:
-    """``(epoch, episode_return)`` of a run's epochs that finished episodes."""
+def _timeline(run: Path) -> list[tuple[int, float, float]]:
+    """``(epoch, uptime in seconds, episode return or NaN)`` of every logged epoch of a run (a
+    resumed run's uptime counts from its resumption)."""
     from pufferfiber.experiments.report import RETURN_KEY
 
     try:
-        epochs, values = series(read_metrics(run / METRICS), RETURN_KEY)
+        records = read_metrics(run / METRICS)
     except LogParseError:
         return []
-    return [(int(e), float(v)) for e, v in zip(epochs, values, strict=True) if math.isfinite(v)]
+    return [
+        (
+            int(r.epoch),
+            float(r.summary.get("uptime", math.nan)),
+            float(r.user_stats.get(RETURN_KEY, math.nan)),
+        )
+        for r in records
+    ]
+
+
+def _history(run: Path) -> list[tuple[int, float]]:
+    """``(epoch, episode_return)`` of a run's epochs that finished episodes."""
+    return [(e, v) for e, _, v in _timeline(run) if math.isfinite(v)]
+
+
+def _uptime_at(run: Path, epoch: int) -> float:
+    """The run's training wall time up to the end of ``epoch`` (0 before its first epoch)."""
+    times = [t for e, t, _ in _timeline(run) if e <= epoch and math.isfinite(t)]
+    return times[-1] if times else 0.0
 
 
 def final_return(points: list[tuple[int, float]], last_epoch: int) -> float:
@@ -511,11 +735,126 @@ def final_return(points: list[tuple[int, float]], last_epoch: int) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+@dataclass(frozen=True)
+class _Cell:
+    """What every row of one env × intervention × seed shares."""
+
+    spec: SweepSpec
+    env: str
+    seed: int
+    intervention: str
+    original: Path
+    full_params: int
+    batch_size: int
+
+
+def _row(
+    cell: _Cell,
+    run: Path,
+    *,
+    protocol: str,
+    until: int,
+    start_epoch: int = 0,
+    arm: Arm | None = None,
+    control: str = "",
+    params: int | None = None,
+    fidelity: Mapping[str, Any] | None = None,
+    arm_fidelity: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One summary row. ``start_epoch``: the original's epoch the run continued from (0: a run
+    of its own); ``fidelity``: the ``fidelity.json`` of the network it started from (a collapse
+    or a random ablation; ``None`` for a run of its own); ``arm_fidelity``: the collapsed arm's
+    (for the τ a size target corresponded to)."""
+    spec, env, seed = cell.spec, cell.env, cell.seed
+    before = [(e, v) for e, v in _history(cell.original) if e <= start_epoch]
+    evaluation = evaluate_run(run, env, seed, spec.eval_episodes)
+    own_seconds = _train_seconds(run)
+    params = cell.full_params if params is None else params
+    threshold = 0.0 if arm is None else arm.threshold
+    if arm is not None and arm.target is not None and arm_fidelity is not None:
+        threshold = float(arm_fidelity["tau"])  # the τ the target corresponded to in this seed
+    kl = (0.0 if arm is None else math.nan) if fidelity is None else float(fidelity["kl"])
+    mae = (0.0 if arm is None else math.nan) if fidelity is None else fidelity["value_mae"]
+    return {
+        "env": env,
+        "seed": seed,
+        "intervention": cell.intervention,
+        "protocol": protocol,
+        "arm": "original" if arm is None else arm.name,
+        "control": control,
+        "threshold": threshold,
+        "target": "" if arm is None or arm.target is None else arm.target,
+        "criterion": "" if arm is None else arm.criterion,
+        "flatten_colours": "" if arm is None else arm.flatten_colours,
+        "params": params,
+        "params_pct": 100.0 * params / cell.full_params,
+        "kl": kl,
+        "value_mae": float(mae),
+        "return_at_collapse": _nan((fidelity or {}).get("return_mean")),
+        "final_return": final_return(before + _history(run), until),
+        "eval_return": evaluation["eval_return"],
+        "eval_std": evaluation["eval_std"],
+        "eval_episodes": spec.eval_episodes,
+        "collapse_epoch": start_epoch or "",
+        "final_epoch": until,
+        "agent_steps": until * cell.batch_size,
+        "sps": (_last_epoch(run) - start_epoch) * cell.batch_size / own_seconds,
+        "wall_seconds": own_seconds
+        + (_uptime_at(cell.original, start_epoch) if start_epoch else 0),
+        **_run_facts(spec, run, env, seed),
+    }
+
+
+def _timed_curve(original: Path, row: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """``(wall seconds since the row's training began, return)``: a run that continued from the
+    original is preceded by the original's epochs up to that point."""
+    start = int(row["collapse_epoch"] or 0)
+    offset = _uptime_at(original, start) if start else 0.0
+    points = [(t, v) for e, t, v in _timeline(original) if e <= start] if start else []
+    points += [(offset + t, v) for _, t, v in _timeline(Path(row["run_dir"]))]
+    return [(t, v) for t, v in points if math.isfinite(t) and math.isfinite(v)]
+
+
+def equal_time_returns(original: Path, rows: list[dict[str, Any]]) -> None:
+    """Set each row's ``equal_time_return``: its mean return over the last 10 % of the wall time
+    T that the fastest row of the same protocol took to finish (the other rows at their point
+    of T seconds of training, so a smaller, faster network's saved compute shows); the last
+    return before T where no episode ended in that window."""
+    for protocol in dict.fromkeys(r["protocol"] for r in rows):
+        mine = [r for r in rows if r["protocol"] == protocol]
+        finite = [r["wall_seconds"] for r in mine if math.isfinite(r["wall_seconds"])]
+        if not finite:
+            continue
+        budget = min(finite)
+        since = budget * (1 - FINAL_FRACTION)
+        for r in mine:
+            curve = [(t, v) for t, v in _timed_curve(original, r) if t <= budget]
+            window = [v for t, v in curve if t > since] or [v for _, v in curve[-1:]]
+            r["equal_time_return"] = sum(window) / len(window) if window else math.nan
+
+
+def row_name(row: Mapping[str, Any]) -> str:
+    """``[protocol] arm [control]``: ``trained target=0.2/data/positions scratch``; the guide
+    protocol is the default and goes unnamed."""
+    protocol = "" if row.get("protocol", "guide") in ("", "guide") else str(row["protocol"])
+    return " ".join(x for x in (protocol, str(row["arm"]), str(row.get("control") or "")) if x)
+
+
+def _report_row(tag: str, row: Mapping[str, Any]) -> None:
+    size = f"{row['params_pct']:.1f} % params, " if row["arm"] != "original" else ""
+    kl = f"KL {row['kl']:.4g}, " if math.isfinite(row["kl"]) and row["arm"] != "original" else ""
+    _say(
+        tag,
+        f"{row_name(row)}: {size}{kl}final return {row['final_return']:.2f}, "
+        f"eval {row['eval_return']:.2f}, {row['sps']:.0f} SPS",
+    )
+
+
 def run_cell(
     spec: SweepSpec, env: str, seed: int, intervention: str = "none"
 ) -> list[dict[str, Any]]:
-    """The original and every arm of one env × intervention × seed; returns (and saves) the
-    summary rows."""
+    """The original and every arm (and control) of every protocol of one env × intervention ×
+    seed; returns (and saves) the summary rows."""
 
     tag = f"{env} seed {seed}" if intervention == "none" else f"{env} {intervention} seed {seed}"
     seed_dir = cell_dir(spec, env, intervention, seed)
@@ -523,76 +862,43 @@ def run_cell(
     start = time.perf_counter()
     extra = spec.intervention_settings(intervention)
     original = ensure_original(spec, env, seed, seed_dir, tag, extra)
-    until = final_epoch(spec, env)
-    cfg = run_config(spec, env, seed)
     full = load_checkpoint(original / _checkpoint_name(original), expect_env=env)
-    full_params = full.policy.parameter_count()
-    base_row = {
-        "env": env,
-        "seed": seed,
-        "intervention": intervention,
-        "final_epoch": until,
-        "agent_steps": until * cfg.train.batch_size,
-    }
-    evaluation = evaluate_run(original, env, seed, spec.eval_episodes)
-    rows = [
-        {
-            **base_row,
-            "arm": "original",
-            "threshold": 0.0,
-            "target": "",
-            "criterion": "",
-            "flatten_colours": "",
-            "params": full_params,
-            "params_pct": 100.0,
-            "kl": 0.0,
-            "value_mae": 0.0,
-            "return_at_collapse": math.nan,
-            "final_return": final_return(_history(original), until),
-            "eval_return": evaluation["eval_return"],
-            "eval_std": evaluation["eval_std"],
-            "eval_episodes": spec.eval_episodes,
-            "collapse_epoch": "",
-            **_run_facts(spec, original, env, seed),
-        }
-    ]
-    _say(
-        tag,
-        f"original: final return {rows[0]['final_return']:.2f}, "
-        f"eval {evaluation['eval_return']:.2f}",
-    )
-    for arm in spec.arms:
-        folder, run = ensure_arm(spec, env, seed, original, arm, tag, extra)
-        fidelity = json.loads((folder / FIDELITY).read_text())
-        collapse_epoch = int(fidelity["epoch"])
-        before = [(e, v) for e, v in _history(original) if e <= collapse_epoch]
-        evaluation = evaluate_run(run, env, seed, spec.eval_episodes)
-        row = {
-            **base_row,
-            "arm": arm.name,
-            # a target's arm: the τ it corresponded to in this seed (fidelity.json)
-            "threshold": arm.threshold if arm.target is None else float(fidelity["tau"]),
-            "target": "" if arm.target is None else arm.target,
-            "criterion": arm.criterion,
-            "flatten_colours": arm.flatten_colours,
-            "params": int(fidelity["params_after"]),
-            "params_pct": 100.0 * int(fidelity["params_after"]) / full_params,
-            "kl": float(fidelity["kl"]),
-            "value_mae": float(fidelity["value_mae"]),
-            "return_at_collapse": _nan(fidelity.get("return_mean")),
-            "final_return": final_return(before + _history(run), until),
-            "eval_return": evaluation["eval_return"],
-            "eval_std": evaluation["eval_std"],
-            "eval_episodes": spec.eval_episodes,
-            "collapse_epoch": collapse_epoch,
-            **_run_facts(spec, run, env, seed),
-        }
-        rows.append(row)
-        _say(
-            tag,
-            f"{arm.name}: {row['params_pct']:.1f} % params, KL {row['kl']:.4g}, final return "
-            f"{row['final_return']:.2f}, eval {row['eval_return']:.2f}",
-        )
+    batch = int(run_config(spec, env, seed).train.batch_size)
+    cell = _Cell(spec, env, seed, intervention, original, full.policy.parameter_count(), batch)
+    rows = [_row(cell, original, protocol="guide", until=final_epoch(spec, env))]
+    _report_row(tag, rows[0])
+    for protocol in spec.protocols:
+        sched = schedule(spec, env, protocol)
+        if protocol == "trained":
+            run = ensure_finetuned_original(spec, env, seed, original, tag, extra, sched)
+            first = sched.collapse_epoch
+            rows.append(_row(cell, run, protocol=protocol, until=sched.until, start_epoch=first))
+            _report_row(tag, rows[-1])
+        for arm in spec.arms:
+            folder, run = ensure_arm(spec, env, seed, original, arm, tag, extra, sched)
+            fidelity = json.loads((folder / FIDELITY).read_text())
+            # the arm and its controls share its size, schedule and τ
+            arm_row = functools.partial(
+                _row,
+                cell,
+                protocol=protocol,
+                until=sched.until,
+                arm=arm,
+                params=int(fidelity["params_after"]),
+                arm_fidelity=fidelity,
+            )
+            at = int(fidelity["epoch"])
+            rows.append(arm_row(run, start_epoch=at, fidelity=fidelity))
+            _report_row(tag, rows[-1])
+            for control in spec.controls:
+                where, run = ensure_control(
+                    spec, env, seed, original, arm, folder, control, tag, extra, sched
+                )
+                own = json.loads((where / FIDELITY).read_text()) if control == "random" else None
+                start_at = at if own else 0  # scratch is a run of its own
+                rows.append(arm_row(run, control=control, start_epoch=start_at, fidelity=own))
+                _report_row(tag, rows[-1])
+    equal_time_returns(original, rows)
     atomic_write_text(seed_dir / RESULTS_NAME, json.dumps(rows, indent=1) + "\n")
     _say(tag, f"cell done in {time.perf_counter() - start:.0f} s")
     return rows
@@ -620,13 +926,7 @@ def units_edited(run: Path) -> dict[int, dict[str, int]]:
 def _train_seconds(run: Path) -> float:
     """Wall time of the run's training (the trainer's uptime at its last logged epoch; a
     resumed run counts from its resumption)."""
-    from pufferfiber.experiments.report import METRICS_NAME
-
-    try:
-        records = logparse.read_metrics(run / METRICS_NAME)
-    except logparse.LogParseError:
-        return math.nan
-    times = [float(r.summary["uptime"]) for r in records if "uptime" in r.summary]
+    times = [t for _, t, _ in _timeline(run) if math.isfinite(t)]
     return times[-1] if times else math.nan
 
 

@@ -30,7 +30,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,9 @@ from matplotlib.figure import Figure
 from pufferfiber.experiments import plots
 from pufferfiber.experiments.report import ReportError, check_dpi, html_table, png_base64
 from pufferfiber.experiments.sweep import (
+    CONTROLS,
     INTERVENTIONS,
+    PROTOCOLS,
     SPEC_NAME,
     SUMMARY_NAME,
     TRAJECTORY_NAME,
@@ -52,6 +54,7 @@ from pufferfiber.io.runfiles import SWEEP_REPORT_HTML
 
 ORIGINAL = "original"
 NONE = "none"
+GUIDE = PROTOCOLS[0]
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -88,6 +91,12 @@ class ArmSummary:
     eval_diff: tuple[float, float, int]
     intervention: str = NONE
     baseline: bool | None = None  # the reference of the paired differences (default: original)
+    protocol: str = GUIDE
+    control: str = ""
+    sps: tuple[float, float, int] = (math.nan, math.nan, 0)
+    equal_time: tuple[float, float, int] = (math.nan, math.nan, 0)
+    # control name -> paired difference of the final return to that control (same seed)
+    control_diffs: dict[str, tuple[float, float, int]] = field(default_factory=dict)
 
     @property
     def is_baseline(self) -> bool:
@@ -116,24 +125,38 @@ def read_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     for row in rows:
         for key in ("threshold", "params_pct", "kl", "final_return", "eval_return"):
             row[key] = _float(row[key])
-        for key in ("units_edited", "train_seconds"):
-            row[key] = _float(row.get(key, ""))
+        for key in ("units_edited", "train_seconds", "sps", "wall_seconds", "equal_time_return"):
+            row[key] = _float(row.get(key, ""))  # columns an older sweep did not write
         row["seed"] = int(row["seed"])
         row["intervention"] = row.get("intervention") or NONE  # sweeps before interventions
+        row["protocol"] = row.get("protocol") or GUIDE  # sweeps before protocols
+        row["control"] = row.get("control") or ""
     with_interventions = any(r["intervention"] != NONE for r in rows)
     for row in rows:
         row["label"] = _label(row, with_interventions)
+    base = _baseline_label(rows)
+    for row in rows:
+        row["base"] = _prefixed(row["protocol"], base)
     return rows
+
+
+def _prefixed(protocol: str, name: str) -> str:
+    return name if protocol == GUIDE else f"{protocol} {name}"
 
 
 def _label(row: dict[str, Any], with_interventions: bool) -> str:
     """The arm's name in tables and legends: ``tau=…`` as before, or with interventions the
-    intervention's name (``none``, ``break``…) for its originals and ``<intervention> tau=…``."""
+    intervention's name (``none``, ``break``…) for its originals and ``<intervention> tau=…``;
+    then the protocol in front (``trained …``, the guide's goes unnamed) and the control
+    behind (``… scratch``, ``… random``)."""
     if not with_interventions:
-        return str(row["arm"])
-    if row["arm"] == ORIGINAL:
-        return str(row["intervention"])
-    return f"{row['intervention']} {row['arm']}"
+        name = str(row["arm"])
+    elif row["arm"] == ORIGINAL:
+        name = str(row["intervention"])
+    else:
+        name = f"{row['intervention']} {row['arm']}"
+    name = _prefixed(row.get("protocol", GUIDE), name)
+    return f"{name} {row['control']}" if row.get("control") else name
 
 
 def _paired(
@@ -155,29 +178,28 @@ def _order(intervention: str) -> int:
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[ArmSummary]:
-    """Per env and arm (the baseline first, then by intervention and τ): means, intervals,
-    paired differences to the baseline (the original, or ``none`` with interventions)."""
+    """Per env and arm (by protocol; the baseline first, then by intervention and τ, each
+    control after its arm): means, intervals, paired differences to the protocol's baseline
+    (its original, or ``none`` with interventions) and to the arm's controls."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[(row["env"], row.get("label", row["arm"]))].append(row)
-    base = _baseline_label(rows)
     out = []
-    for (env, arm), members in sorted(
-        groups.items(),
-        key=lambda kv: (
-            kv[0][0],
-            kv[0][1] != base,
-            _order(kv[1][0].get("intervention", NONE)),
-            kv[1][0]["threshold"],
-            kv[0][1],
-        ),
-    ):
+    for (env, arm), members in sorted(groups.items(), key=_arm_order):
+        first = members[0]
+        base = first.get("base", _baseline_label(rows))
         originals = {r["seed"]: r for r in groups.get((env, base), [])}
+        controls = {}
+        if not first.get("control"):
+            for control in CONTROLS:
+                paired = {r["seed"]: r for r in groups.get((env, f"{arm} {control}"), [])}
+                if paired:
+                    controls[control] = mean_ci(_paired(members, paired, "final_return"))
         out.append(
             ArmSummary(
                 env,
                 arm,
-                members[0]["threshold"],
+                first["threshold"],
                 members,
                 mean_ci([r["params_pct"] for r in members]),
                 mean_ci([r["kl"] for r in members]),
@@ -185,23 +207,55 @@ def summarise(rows: list[dict[str, Any]]) -> list[ArmSummary]:
                 mean_ci([r["eval_return"] for r in members]),
                 mean_ci(_paired(members, originals, "final_return")),
                 mean_ci(_paired(members, originals, "eval_return")),
-                intervention=str(members[0].get("intervention", NONE)),
+                intervention=str(first.get("intervention", NONE)),
                 baseline=arm == base,
+                protocol=str(first.get("protocol", GUIDE)),
+                control=str(first.get("control", "")),
+                sps=mean_ci([r.get("sps", math.nan) for r in members]),
+                equal_time=mean_ci([r.get("equal_time_return", math.nan) for r in members]),
+                control_diffs=controls,
             )
         )
     return out
 
 
+def _arm_order(item: tuple[tuple[str, str], list[dict[str, Any]]]) -> tuple[Any, ...]:
+    (env, label), members = item
+    first = members[0]
+    protocol = str(first.get("protocol", GUIDE))
+    control = str(first.get("control", ""))
+    return (
+        env,
+        PROTOCOLS.index(protocol) if protocol in PROTOCOLS else len(PROTOCOLS),
+        label != first.get("base", ORIGINAL),
+        _order(first.get("intervention", NONE)),
+        first["threshold"],
+        label.removesuffix(f" {control}") if control else label,
+        control,
+    )
+
+
 def sentence(env: str, arms: list[ArmSummary]) -> str:
-    """Which arms keep the original's final return, in words (with the difference and how many
-    seeds fell below every seed of the original, since a wide interval also "contains 0")."""
-    mine = [a for a in arms if a.env == env and not a.is_baseline]
-    base = next((a.arm for a in arms if a.env == env and a.is_baseline), ORIGINAL)
+    """Which arms keep the baseline's final return, in words, for each protocol (with the
+    difference and how many seeds fell below every seed of the baseline, since a wide interval
+    also "contains 0"), then how each collapsed arm compares with its controls."""
+    mine = [a for a in arms if a.env == env]
+    protocols = list(dict.fromkeys(a.protocol for a in mine)) or [GUIDE]
+    return " ".join(
+        _protocol_sentence(env, [a for a in mine if a.protocol == p]) for p in protocols
+    )
+
+
+def _protocol_sentence(env: str, arms: list[ArmSummary]) -> str:
+    mine = [a for a in arms if not a.is_baseline]
+    base = next((a.arm for a in arms if a.is_baseline), ORIGINAL)
     the = "the original" if base == ORIGINAL else f"'{base}'"
+    protocol = arms[0].protocol if arms else GUIDE
+    where = env if protocol == GUIDE else f"{env} ({protocol} protocol)"
     if not mine:
         what = "collapsed arm" if base == ORIGINAL else "arm"
-        return f"{env}: no {what} has finished yet."
-    originals = [r["final_return"] for a in arms if a.env == env and a.is_baseline for r in a.rows]
+        return f"{where}: no {what} has finished yet."
+    originals = [r["final_return"] for a in arms if a.is_baseline for r in a.rows]
     floor = min(originals) if originals else math.nan
     parts = []
     for verdict, words in (
@@ -213,11 +267,29 @@ def sentence(env: str, arms: list[ArmSummary]) -> str:
         names = [_describe(a, floor, the) for a in mine if a.verdict == verdict]
         if names:
             parts.append(f"{'; '.join(names)}: {words}")
-    n = max(a.final[2] for a in arms if a.env == env)
-    return (
-        f"{env}, final return (last 10 % of epochs, equal agent steps), paired over up to {n} "
+    n = max(a.final[2] for a in arms)
+    text = (
+        f"{where}, final return (last 10 % of epochs, equal agent steps), paired over up to {n} "
         f"seeds, 95 % intervals of the difference: " + " | ".join(parts) + "."
     )
+    against = [_against_controls(a) for a in mine if a.control_diffs]
+    if against:
+        text += " Against the controls of the same sizes: " + "; ".join(against) + "."
+    return text
+
+
+def _against_controls(arm: ArmSummary) -> str:
+    said = []
+    for control, (mean, half, n) in arm.control_diffs.items():
+        if n < 2 or not math.isfinite(half):
+            verdict = "too few seeds to tell"
+        elif mean - half <= 0 <= mean + half:
+            verdict = "indistinguishable"
+        else:
+            verdict = "below" if mean < 0 else "above"
+        spread = f" ± {half:.2f}" if math.isfinite(half) else ""
+        said.append(f"vs {control} Δ {mean:+.2f}{spread} ({verdict})")
+    return f"{arm.arm} {', '.join(said)}"
 
 
 def _describe(arm: ArmSummary, floor: float, the: str = "the original") -> str:
@@ -233,10 +305,11 @@ def _describe(arm: ArmSummary, floor: float, the: str = "the original") -> str:
 
 
 def arm_curve(row: dict[str, Any], original_run: Path | None) -> dict[int, float]:
-    """Epoch → return of one seed of one arm (the original's epochs before its collapse)."""
+    """Epoch → return of one seed of one arm (the original's epochs before its collapse or
+    fine-tuning; a scratch control's run is its own from epoch 1)."""
     points = dict(_history(Path(row["run_dir"])))
-    if row["arm"] != ORIGINAL and original_run is not None:
-        collapse = int(row["collapse_epoch"])
+    if row.get("collapse_epoch") not in ("", None) and original_run is not None:
+        collapse = int(row["collapse_epoch"])  # continued from the original's checkpoint
         points = {**{e: v for e, v in _history(original_run) if e <= collapse}, **points}
     return points
 
@@ -270,58 +343,86 @@ def mean_band(
     return grid, mean, np.nan_to_num(half)
 
 
+MARKERS = {"": "o", "scratch": "x", "random": "s"}  # a collapsed arm and its two controls
+
+
 def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
-    fig = plots.new_figure(13, 5)
-    ax_curve, ax_trade = fig.subplots(1, 2, width_ratios=[3, 2])
+    """Training return over epochs of every arm, then per protocol the trade-off of size and
+    final return: collapsed arms as dots, their ``scratch`` controls as crosses and ``random``
+    controls as squares, each in its arm's colour, the baseline as a band."""
     mine = [a for a in arms if a.env == env]
+    protocols = list(dict.fromkeys(a.protocol for a in mine)) or [GUIDE]
+    fig = plots.new_figure(13 + 4 * (len(protocols) - 1), 5)
+    ax_curve, *ax_trades = fig.subplots(
+        1, 1 + len(protocols), width_ratios=[3] + [2] * len(protocols)
+    )
     originals = {
         (r.get("intervention", NONE), r["seed"]): Path(r["run_dir"])
         for a in mine
         for r in a.rows
-        if r["arm"] == ORIGINAL
+        if r["arm"] == ORIGINAL and r.get("protocol", GUIDE) == GUIDE
     }
-    for i, arm in enumerate(mine):
+    colours = _arm_colours(mine)
+    for arm in mine:
         curves = [
             arm_curve(r, originals.get((r.get("intervention", NONE), r["seed"]))) for r in arm.rows
         ]
         epochs, mean, half = mean_band(curves, window)
         if not epochs.size:
             continue
-        colour = plots.COLOURS[i % len(plots.COLOURS)]
+        colour = colours[arm.arm]
+        style = {"": "-", "scratch": ":", "random": "--"}.get(arm.control, "-")
         label = f"{arm.arm} ({arm.params_pct[0]:.1f} %, n={len(arm.rows)})"
-        ax_curve.plot(epochs, mean, color=colour, label=label)
+        ax_curve.plot(epochs, mean, style, color=colour, label=label)
         ax_curve.fill_between(
-            epochs, mean - half, mean + half, color=colour, alpha=0.2, linewidth=0
+            epochs, mean - half, mean + half, color=colour, alpha=0.15, linewidth=0
         )
     ax_curve.set(
         xlabel="epoch", ylabel="training return", title=f"{env}: mean over seeds, 95 % band"
     )
-    ax_curve.legend(fontsize=8)
-    for i, arm in enumerate(mine):
-        colour = plots.COLOURS[i % len(plots.COLOURS)]
+    ax_curve.legend(fontsize=7)
+    for ax, protocol in zip(ax_trades, protocols, strict=True):
+        _trade_off(ax, [a for a in mine if a.protocol == protocol], colours, protocol)
+    return fig
+
+
+def _arm_colours(arms: list[ArmSummary]) -> dict[str, str]:
+    """One colour per arm, shared by its controls (and by the same arm in every protocol)."""
+
+    def key(a: ArmSummary) -> str:
+        name = a.arm.removesuffix(f" {a.control}") if a.control else a.arm
+        return name.removeprefix(f"{a.protocol} ") if a.protocol != GUIDE else name
+
+    order = list(dict.fromkeys(key(a) for a in arms))
+    return {a.arm: plots.COLOURS[order.index(key(a)) % len(plots.COLOURS)] for a in arms}
+
+
+def _trade_off(ax: Any, arms: list[ArmSummary], colours: dict[str, str], protocol: str) -> None:
+    for arm in arms:
+        colour = colours[arm.arm]
         final_mean, final_half, _ = arm.final
         if arm.params_pct[0] >= 100 and not arm.is_baseline:
             continue  # an uncollapsed intervention: its return is in the table, not a trade-off
         if arm.is_baseline:
-            ax_trade.axhspan(
+            ax.axhspan(
                 final_mean - _z(final_half),
                 final_mean + _z(final_half),
                 color=colour,
                 alpha=0.2,
                 label=f"{arm.arm} (95 %)",
             )
-            ax_trade.axhline(final_mean, color=colour)
+            ax.axhline(final_mean, color=colour)
             continue
-        ax_trade.errorbar(
+        ax.errorbar(
             arm.params_pct[0], final_mean, xerr=_z(arm.params_pct[1]), yerr=_z(final_half),
-            fmt="o", color=colour, capsize=3, label=arm.arm,
+            fmt=MARKERS.get(arm.control, "o"), color=colour, capsize=3, label=arm.arm,
         )  # fmt: skip
-    ax_trade.set(
+    title = "trade-off (mean, 95 % intervals)"
+    ax.set(
         xlabel="% of the full model's parameters", ylabel="final return (last 10 % of epochs)",
-        title="trade-off (mean, 95 % intervals)",
+        title=title if protocol == GUIDE else f"{protocol} protocol: {title}",
     )  # fmt: skip
-    ax_trade.legend(fontsize=8)
-    return fig
+    ax.legend(fontsize=7)
 
 
 def read_trajectory(run_dir: Path) -> dict[str, Any]:
@@ -450,8 +551,25 @@ def _pm(stat: tuple[float, float, int], digits: int = 2) -> str:
 
 def table_header(arms: list[ArmSummary]) -> list[str]:
     base = next((a.arm for a in arms if a.is_baseline), ORIGINAL)
+    if _has_protocols(arms):
+        base = "its original" if base == ORIGINAL else base
     header = [c.replace("vs original", f"vs {base}") for c in TABLE_COLUMNS]
-    return header + (["units edited", "train s"] if _has_interventions(arms) else [])
+    header += ["units edited", "train s"] if _has_interventions(arms) else []
+    header += ["SPS", "equal-time return"] if _has_speed(arms) else []
+    return header + [f"Δ final vs {c}" for c in _controls(arms)]
+
+
+def _has_protocols(arms: list[ArmSummary]) -> bool:
+    return any(a.protocol != GUIDE for a in arms)
+
+
+def _has_speed(arms: list[ArmSummary]) -> bool:
+    return any(a.sps[2] for a in arms)
+
+
+def _controls(arms: list[ArmSummary]) -> list[str]:
+    present = {c for a in arms for c in a.control_diffs}
+    return [c for c in CONTROLS if c in present]
 
 
 def _has_interventions(arms: list[ArmSummary]) -> bool:
@@ -468,7 +586,9 @@ def table_rows(arms: list[ArmSummary]) -> list[list[str]]:
                 a.arm,
                 str(len(a.rows)),
                 _pm(a.params_pct, 1),
-                "" if original or _uncollapsed(a) else f"{a.kl[0]:.3g}",
+                ""
+                if original or _uncollapsed(a) or not math.isfinite(a.kl[0])
+                else f"{a.kl[0]:.3g}",
                 _pm(a.final),
                 "" if original else _pm(a.final_diff),
                 _pm(a.evaluation),
@@ -483,6 +603,8 @@ def table_rows(arms: list[ArmSummary]) -> list[list[str]]:
                 if _has_interventions(arms)
                 else []
             )
+            + ([_pm(a.sps, 0), _pm(a.equal_time)] if _has_speed(arms) else [])
+            + [_pm(a.control_diffs[c]) if c in a.control_diffs else "" for c in _controls(arms)]
         )
     return rows
 

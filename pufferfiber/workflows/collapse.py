@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from pufferfiber.config.sections import CollapseConfig
+from pufferfiber.core.ablation import RandomUnits, hidden_widths
 from pufferfiber.core.clustering import products_on
 from pufferfiber.core.colouring import Fibration
 from pufferfiber.core.criteria import DataCriterion, FiberCriterion, make_criterion
@@ -290,6 +291,25 @@ def collapse_to_folder(
         if "calibration" in result.fidelity:
             print(format_calibration(result.fidelity["calibration"]))
     return result
+
+
+def ablate_to_folder(
+    ckpt: Checkpoint,
+    like: Policy,
+    out_dir: Path,
+    *,
+    fidelity: FidelitySpec = FidelitySpec(),
+    seed: int = 0,
+    mode: WriteMode = WriteMode.UPDATE,
+) -> CollapseResult:
+    """The random-ablation control of a collapse: ``ckpt`` cut to the hidden widths of ``like``
+    (e.g. its collapsed network) by :class:`~pufferfiber.core.ablation.RandomUnits` (units drawn
+    with ``seed``), written into ``out_dir`` like a collapse (model, ``fibers.pkl``,
+    ``fidelity.json`` measured on the same frames), so it trains like one."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, mode)
+    criterion = RandomUnits(hidden_widths(like), seed=seed)
+    return write_collapse(collapse(ckpt, criterion, fidelity=fidelity, seed=seed), out_dir, mode)
 
 
 def _calibration_set(

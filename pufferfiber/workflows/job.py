@@ -17,11 +17,18 @@ from typing import Any, Literal
 
 from pufferfiber.config.sections import RunConfig
 from pufferfiber.io.atomic import atomic_write_text
+from pufferfiber.io.checkpoints import load_checkpoint
 from pufferfiber.workflows.hooks import training_hooks
-from pufferfiber.workflows.train import check_device, train_collapsed, train_new, train_resume
+from pufferfiber.workflows.train import (
+    check_device,
+    train_checkpoint,
+    train_collapsed,
+    train_new,
+    train_resume,
+)
 
-JobKind = Literal["new", "resume", "collapse"]
-JOB_KINDS: tuple[JobKind, ...] = ("new", "resume", "collapse")
+JobKind = Literal["new", "resume", "collapse", "scratch", "checkpoint"]
+JOB_KINDS: tuple[JobKind, ...] = ("new", "resume", "collapse", "scratch", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,9 @@ class TrainJob:
     and keeps the rest, and ``--break.*`` without symmetry breaking is caught from them.
     ``exp_id``: the run folder to resume or collapse (``None``: the latest one).
     ``backend``: the ``--vec`` asked for on a resume (``None``: the run's own).
+    ``checkpoint``: a model file; ``scratch`` trains a new run of that file's network sizes,
+    freshly initialised, ``checkpoint`` trains that file's network further (fresh optimizer,
+    to ``collapse.until``), each in a new run folder in ``train.data_dir``.
     """
 
     kind: JobKind
@@ -41,10 +51,14 @@ class TrainJob:
     exp_id: str | None = None
     backend: str | None = None
     allow_pickle: bool = False
+    checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
             raise ValueError(f"job kind {self.kind!r} is not one of {', '.join(JOB_KINDS)}")
+        if (self.checkpoint is None) == (self.kind in ("scratch", "checkpoint")):
+            needs = "needs a" if self.checkpoint is None else "takes no"
+            raise ValueError(f"a {self.kind} job {needs} checkpoint file")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +68,7 @@ class TrainJob:
             "exp_id": self.exp_id,
             "backend": self.backend,
             "allow_pickle": self.allow_pickle,
+            "checkpoint": self.checkpoint,
         }
 
     @classmethod
@@ -65,6 +80,7 @@ class TrainJob:
             exp_id=data.get("exp_id"),
             backend=data.get("backend"),
             allow_pickle=bool(data.get("allow_pickle", False)),
+            checkpoint=data.get("checkpoint"),
         )
 
     def save(self, path: Path) -> Path:
@@ -86,4 +102,9 @@ def run_job(job: TrainJob) -> int:
     check_device(cfg)  # before any folder is created
     if job.kind == "collapse":
         return train_collapsed(cfg, job.exp_id, job.allow_pickle)
+    if job.kind == "checkpoint":
+        return train_checkpoint(cfg, Path(str(job.checkpoint)), job.allow_pickle)
+    if job.kind == "scratch":
+        sizes = load_checkpoint(Path(str(job.checkpoint)), allow_pickle=job.allow_pickle).arch
+        return train_new(cfg, hooks, arch=sizes)
     return train_new(cfg, hooks)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pufferfiber.config.sections import RunConfig, load_config, section_names
-from pufferfiber.core.policy import Policy
+from pufferfiber.core.policy import Architecture, Policy
 from pufferfiber.envs.registry import EnvError, architecture_for, make_vecenv
 from pufferfiber.io.checkpoints import (
     CheckpointError,
@@ -148,14 +148,25 @@ def _note_schedule(cfg: RunConfig) -> None:
         )
 
 
-def train_new(cfg: RunConfig, hooks: Sequence[Any] = ()) -> int:
-    """``--mode train``: a fresh run folder ``<data_dir>/<env>-<id8>``."""
+def train_new(cfg: RunConfig, hooks: Sequence[Any] = (), arch: Architecture | None = None) -> int:
+    """``--mode train``: a fresh run folder ``<data_dir>/<env>-<id8>``. ``arch``: the network's
+    sizes (default: the env's standard network), e.g. a collapsed network's, freshly
+    initialised (the sweep's ``scratch`` control)."""
     import torch
 
     _note_schedule(cfg)
     with opened_vecenv(cfg) as vecenv:
         torch.manual_seed(cfg.train.seed)
-        policy = Policy(architecture_for(cfg.env_name, vecenv, rnn=cfg.policy.rnn))
+        standard = architecture_for(cfg.env_name, vecenv, rnn=cfg.policy.rnn)
+        if arch is not None and (arch.obs_shape, arch.n_actions) != (
+            standard.obs_shape,
+            standard.n_actions,
+        ):
+            raise RunError(
+                f"that network sees {arch.obs_shape} and acts {arch.n_actions} ways; "
+                f"{cfg.env_name} has {standard.obs_shape} and {standard.n_actions}"
+            )
+        policy = Policy(standard if arch is None else arch)
         check_hooks(hooks, policy)
         with new_run(Path(cfg.train.data_dir), cfg.env_name) as run_dir:
             return run_training(cfg, vecenv, policy, run_dir, hooks=hooks)
@@ -380,20 +391,44 @@ def train_collapsed(cfg: RunConfig, exp_id: str | None, allow_pickle: bool) -> i
     with opened_vecenv(cfg) as vecenv:
         check_fits_env(ckpt, vecenv)
         collapsed = collapse_checkpoint(ckpt, run_dir, epoch, cfg)
-        # PufferLib's own checkpoints do not record agent steps: count whole epochs instead.
-        steps = collapsed.global_step or collapsed.epoch * cfg.train.batch_size
-        with new_run(collapsed.path.parent, cfg.env_name) as child:
-            return run_training(
-                cfg,
-                vecenv,
-                collapsed.policy,
-                child,
-                # a fresh optimizer: the collapsed network's parameters are new ones
-                start=RunStart(
-                    collapsed.epoch, steps, until, log_name=LOG_COLLAPSED, meta=collapsed.meta
-                ),
-                hooks=hooks,
-            )
+        return _train_further(cfg, vecenv, collapsed, collapsed.path.parent, until, hooks)
+
+
+def train_checkpoint(cfg: RunConfig, checkpoint: Path, allow_pickle: bool) -> int:
+    """Train the network of the file ``checkpoint`` from its epoch to ``--collapse-until``
+    (default: the schedule's end) with fresh Adam moments, in a new run folder in
+    ``--train.data-dir``: how the sweep fine-tunes a trained original (``--protocol trained``)
+    and trains its random-ablation control, exactly as a collapsed network is trained."""
+    ckpt = load_checkpoint(checkpoint, allow_pickle=allow_pickle, expect_env=cfg.env_name)
+    cfg = keep_network(cfg, ckpt)
+    until = cfg.train.end_epoch if cfg.collapse.until is None else cfg.collapse.until
+    if until <= ckpt.epoch:
+        raise RunError(
+            f"--collapse-until ({until}) must be after the checkpoint's epoch ({ckpt.epoch})"
+        )
+    hooks = training_hooks(cfg)
+    check_hooks(hooks, ckpt.policy)
+    with opened_vecenv(cfg) as vecenv:
+        check_fits_env(ckpt, vecenv)
+        return _train_further(cfg, vecenv, ckpt, Path(cfg.train.data_dir), until, hooks)
+
+
+def _train_further(
+    cfg: RunConfig, vecenv: Any, ckpt: Any, parent: Path, until: int, hooks: Sequence[Any]
+) -> int:
+    """Train ``ckpt``'s network from its epoch to ``until`` in a new run folder in ``parent``,
+    with a fresh optimizer (a collapsed network's parameters are new ones)."""
+    # PufferLib's own checkpoints do not record agent steps: count whole epochs instead.
+    steps = ckpt.global_step or ckpt.epoch * cfg.train.batch_size
+    with new_run(parent, cfg.env_name) as child:
+        return run_training(
+            cfg,
+            vecenv,
+            ckpt.policy,
+            child,
+            start=RunStart(ckpt.epoch, steps, until, log_name=LOG_COLLAPSED, meta=ckpt.meta),
+            hooks=hooks,
+        )
 
 
 def collapse_checkpoint(ckpt: Any, run_dir: Path, epoch: int, cfg: RunConfig) -> Any:
