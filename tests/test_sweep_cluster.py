@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from pufferfiber.experiments import progress
+from pufferfiber.experiments.report import RETURN_KEY
 from pufferfiber.io.runfiles import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,7 @@ def test_follower_reports_each_epoch_while_the_child_trains(tmp_path: Path) -> N
     }  # fmt: skip
     assert reports[1]["episode_return"] == 1.5  # no game ended in epoch 2: the newest return
     assert reports[2]["episode_return"] == 3.5 and reports[2]["agent_steps"] == 3072
+    assert progress.RETURN_KEY == RETURN_KEY  # Tune shows the return the report plots
 
 
 # ---------------------------------------------------------------- two nodes
