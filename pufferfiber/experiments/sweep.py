@@ -85,6 +85,7 @@ from pufferfiber.config.sections import (
     load_section,
 )
 from pufferfiber.core.criteria import DEFAULT_CRITERION
+from pufferfiber.experiments import progress
 from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text, check_writable
 from pufferfiber.io.checkpoints import closest_checkpoint, list_checkpoints, load_checkpoint
 from pufferfiber.io.runfiles import (
@@ -436,19 +437,27 @@ def _train(kind: JobKind, env: str, settings: dict[str, str], log: Path, **job: 
 
     job_file = log.with_name(SWEEP_JOB)
     path = TrainJob(kind, load_config(env, settings), settings, **job).save(job_file)
+    report = progress.current_reporter()  # set in a Tune trial (_cell_trainable), else None
+    root = Path(settings.get("train.data_dir", log.parent))
+    follower = None if report is None else progress.EpochFollower(root, kind, report)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {kind} run of {env}: {json.dumps(settings)}\n")
         f.flush()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "pufferfiber.cli.job", str(path)],
             stdout=f,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _package_path()},
-            check=False,
         )
-    if proc.returncode != 0:
+        with proc:  # a failure while following (or Tune stopping the trial) ends the child
+            try:
+                code = proc.wait() if follower is None else follower.wait(proc)
+            except BaseException:
+                proc.kill()
+                raise
+    if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
-        raise RuntimeError(f"{kind} run of {env} failed ({proc.returncode}): {' '.join(tail)}")
+        raise RuntimeError(f"{kind} run of {env} failed ({code}): {' '.join(tail)}")
 
 
 def _runs_in(folder: Path, env: str) -> list[Path]:
@@ -997,11 +1006,31 @@ def _nan(value: Any) -> float:
 
 
 def _cell_trainable(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Tune's function trainable: one env × seed cell."""
+    """Ray Tune's function trainable: one env × seed cell. Each training run's epochs are
+    reported to Tune as they finish (:mod:`~pufferfiber.experiments.progress`), every result
+    with the id of the Ray node the cell runs on (``node``); the last result repeats the
+    newest epoch beside the cell's ``arms``."""
+    import ray
+    from ray import tune
+
     spec = SweepSpec.from_dict(config["spec"])
     env, intervention, seed = config["cell"]
-    rows = run_cell(spec, env, int(seed), intervention)
-    return {"arms": len(rows), "done": 1}
+    node = ray.get_runtime_context().get_node_id()
+    newest: dict[str, Any] = {}
+
+    def report(metrics: dict[str, Any]) -> None:
+        newest.update(metrics)
+        tune.report({**metrics, "node": node})
+
+    with progress.reporting(report):
+        rows = run_cell(spec, env, int(seed), intervention)
+    return {**newest, "arms": len(rows), "done": 1, "node": node}
+
+
+def _trial_name(trial: Any) -> str:
+    """``<env>-<intervention>-seed<S>`` of a Tune trial (its ``cell``)."""
+    env, intervention, seed = trial.config["cell"]
+    return f"{env}-{intervention}-seed{seed}"
 
 
 def check_ray_address(address: str) -> tuple[str, int] | None:
@@ -1099,7 +1128,9 @@ def run_sweep(spec: SweepSpec, cpus: float) -> list[str]:
             "spec": spec.to_dict(),
             "cell": tune.grid_search(cells),
         },
-        tune_config=tune.TuneConfig(reuse_actors=False),
+        # a trial is named by its cell: Tune's table shows the trial name whole, its grid value
+        # cut to 20 characters
+        tune_config=tune.TuneConfig(reuse_actors=False, trial_name_creator=_trial_name),
         run_config=tune.RunConfig(
             name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(Path(spec.out) / "_tune"),
