@@ -24,11 +24,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pufferfiber.io.runfiles import METRICS
+from pufferfiber.io.runfiles import METRICS, RETURN_KEY
 
 POLL_SECONDS = 2.0  # how often a running child's metrics file is read
 TAIL_BYTES = 65_536  # the end of metrics.jsonl that is read (~100 epochs; the file only grows)
-RETURN_KEY = "episode_return"  # as the report plots it (report.RETURN_KEY)
 STEP_KEYS = ("agent_steps", "global_step")  # the trainer writes global_step
 
 Reporter = Callable[[dict[str, Any]], None]

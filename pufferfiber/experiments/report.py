@@ -42,6 +42,7 @@ from pufferfiber.io.runfiles import (
     LOG_NAMES,
     METRICS,
     REPORT_PNG,
+    RETURN_KEY,
     RUN_DIR_RE,
 )
 from pufferfiber.io.schemas import FibersHeader, Fidelity, SchemaError, read_fidelity
@@ -52,7 +53,6 @@ COLLAPSE_NAME = COLLAPSE_DIR_RE
 # Dashboard copies (LOG_NAMES, most specific first); metrics.jsonl is preferred over all of them
 # because it holds full-precision numbers and untruncated names.
 METRICS_NAME = METRICS
-RETURN_KEY = "episode_return"
 MAX_DPI = 1200  # a 3-panel figure at 1200 dpi is already ~100 MB of pixels
 
 

@@ -91,6 +91,7 @@ from pufferfiber.io.checkpoints import closest_checkpoint, list_checkpoints, loa
 from pufferfiber.io.runfiles import (
     FIDELITY,
     METRICS,
+    RETURN_KEY,
     RUN_DIR_RE,
     SWEEP_EVAL,
     SWEEP_JOB,
@@ -710,8 +711,6 @@ def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any
 def _timeline(run: Path) -> list[tuple[int, float, float]]:
     """``(epoch, uptime in seconds, episode return or NaN)`` of every logged epoch of a run (a
     resumed run's uptime counts from its resumption)."""
-    from pufferfiber.experiments.report import RETURN_KEY
-
     try:
         records = read_metrics(run / METRICS)
     except LogParseError:

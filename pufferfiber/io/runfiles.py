@@ -36,6 +36,7 @@ CHECKPOINT_RE = re.compile(r"^model_(?P<epoch>\d{6,})\.pt$")
 CHECKPOINT_GLOB = "model_XXXXXX.pt"  # how messages name the checkpoints of a run
 TRAINER_STATE = "trainer_state.pt"
 METRICS = "metrics.jsonl"
+RETURN_KEY = "episode_return"  # the metrics.jsonl field of the mean return of finished episodes
 LOG = "log.out"
 LOG_COLLAPSED = "log_collapsed.out"
 # Dashboard copies, most specific first (a run resumed from a collapse writes LOG_COLLAPSED).
