@@ -154,5 +154,17 @@ def test_tiny_sweep_with_protocols_and_controls(tmp_path: Path) -> None:
     assert report.returncode == 0, report.stderr[-2000:]
     assert "trained protocol" in report.stdout and "vs scratch" in report.stdout
     page = (out / "report.html").read_text()
-    assert "Δ final vs scratch" in page and "Δ final vs random" in page and "SPS" in page
+    assert "Δ final/eval vs scratch" in page and "Δ final/eval vs random" in page and "SPS" in page
     assert "trained target=0.5/data/positions random" in page and "<img" in page
+
+
+def test_a_fine_tuned_rows_final_return_is_its_own_epochs() -> None:
+    """The trained protocol's window (last 10 % of E + K epochs) would reach back into the
+    original's epochs, which every arm shares; only the run's own epochs count."""
+    from pufferfiber.experiments.sweep import final_return
+
+    shared = [(e, 10.0) for e in range(1, 301)]
+    own = [(e, 20.0) for e in range(301, 331)]
+    assert final_return(shared + own, 330, since=300) == 20.0
+    assert final_return(shared, 330, since=300) != final_return(shared, 330, since=300)  # NaN
+    assert final_return(shared + own, 330) == (3 * 10.0 + 30 * 20.0) / 33

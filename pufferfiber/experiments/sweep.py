@@ -736,10 +736,12 @@ def _uptime_at(run: Path, epoch: int) -> float:
     return times[-1] if times else 0.0
 
 
-def final_return(points: list[tuple[int, float]], last_epoch: int) -> float:
-    """Mean return over the last 10 % of the schedule's epochs (NaN if none finished there)."""
-    window = max(1, math.ceil(FINAL_FRACTION * last_epoch))
-    values = [v for e, v in points if last_epoch - window < e <= last_epoch]
+def final_return(points: list[tuple[int, float]], last_epoch: int, since: int = 0) -> float:
+    """Mean return over the last 10 % of the schedule's epochs, but only epochs after ``since``
+    (a fine-tuned run's own: the original's epochs before it are every arm's, and would make
+    their paired differences 0); NaN if no episode finished there."""
+    first = max(last_epoch - max(1, math.ceil(FINAL_FRACTION * last_epoch)), since)
+    values = [v for e, v in points if first < e <= last_epoch]
     return sum(values) / len(values) if values else math.nan
 
 
@@ -799,7 +801,7 @@ def _row(
         "kl": kl,
         "value_mae": float(mae),
         "return_at_collapse": _nan((fidelity or {}).get("return_mean")),
-        "final_return": final_return(before + _history(run), until),
+        "final_return": final_return(before + _history(run), until, since=start_epoch),
         "eval_return": evaluation["eval_return"],
         "eval_std": evaluation["eval_std"],
         "eval_episodes": spec.eval_episodes,

@@ -55,6 +55,15 @@ from pufferfiber.io.runfiles import SWEEP_REPORT_HTML
 ORIGINAL = "original"
 NONE = "none"
 GUIDE = PROTOCOLS[0]
+# What a protocol's verdicts compare. The guide's arms train for hundreds of epochs after the
+# collapse, so their final training return (last 10 % of epochs) is the measure; a trained
+# policy's K fine-tuning epochs finish few episodes of a long game (pong: envs all restart
+# together, a game lasts ~30 epochs), so the trained protocol compares evaluation returns.
+MEASURES = {GUIDE: "final_return", "trained": "eval_return"}
+MEASURE_WORDS = {
+    "final_return": "final return (last 10 % of epochs, equal agent steps)",
+    "eval_return": "evaluation return (episodes of the final policy, equal agent steps)",
+}
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -95,7 +104,7 @@ class ArmSummary:
     control: str = ""
     sps: tuple[float, float, int] = (math.nan, math.nan, 0)
     equal_time: tuple[float, float, int] = (math.nan, math.nan, 0)
-    # control name -> paired difference of the final return to that control (same seed)
+    # control name -> paired difference of `measure` to that control (same seed)
     control_diffs: dict[str, tuple[float, float, int]] = field(default_factory=dict)
 
     @property
@@ -103,16 +112,28 @@ class ArmSummary:
         return self.arm == ORIGINAL if self.baseline is None else self.baseline
 
     @property
+    def measure(self) -> str:
+        """The return the verdicts compare (:data:`MEASURES`)."""
+        return MEASURES.get(self.protocol, "final_return")
+
+    @property
+    def diff(self) -> tuple[float, float, int]:
+        """The paired difference to the baseline of :attr:`measure`."""
+        return self.final_diff if self.measure == "final_return" else self.eval_diff
+
+    @property
     def verdict(self) -> str:
-        """How the final return compares with the baseline's (paired 95 % interval)."""
-        mean, half, n = self.final_diff
-        if self.is_baseline:
-            return ""
-        if n < 2 or not math.isfinite(half):
-            return "too few seeds to tell"
-        if mean - half <= 0 <= mean + half:
-            return "indistinguishable"
-        return "below" if mean < 0 else "above"
+        """How :attr:`measure` compares with the baseline's (paired 95 % interval)."""
+        return "" if self.is_baseline else _verdict(self.diff)
+
+
+def _verdict(diff: tuple[float, float, int]) -> str:
+    mean, half, n = diff
+    if n < 2 or not math.isfinite(half):
+        return "too few seeds to tell"
+    if mean - half <= 0 <= mean + half:
+        return "indistinguishable"
+    return "below" if mean < 0 else "above"
 
 
 def _float(text: str) -> float:
@@ -190,11 +211,12 @@ def summarise(rows: list[dict[str, Any]]) -> list[ArmSummary]:
         base = first.get("base", _baseline_label(rows))
         originals = {r["seed"]: r for r in groups.get((env, base), [])}
         controls = {}
+        measure = MEASURES.get(str(first.get("protocol", GUIDE)), "final_return")
         if not first.get("control"):
             for control in CONTROLS:
                 paired = {r["seed"]: r for r in groups.get((env, f"{arm} {control}"), [])}
                 if paired:
-                    controls[control] = mean_ci(_paired(members, paired, "final_return"))
+                    controls[control] = mean_ci(_paired(members, paired, measure))
         out.append(
             ArmSummary(
                 env,
@@ -255,7 +277,8 @@ def _protocol_sentence(env: str, arms: list[ArmSummary]) -> str:
     if not mine:
         what = "collapsed arm" if base == ORIGINAL else "arm"
         return f"{where}: no {what} has finished yet."
-    originals = [r["final_return"] for a in arms if a.is_baseline for r in a.rows]
+    measure = MEASURES.get(protocol, "final_return")
+    originals = [r[measure] for a in arms if a.is_baseline for r in a.rows]
     floor = min(originals) if originals else math.nan
     parts = []
     for verdict, words in (
@@ -267,9 +290,9 @@ def _protocol_sentence(env: str, arms: list[ArmSummary]) -> str:
         names = [_describe(a, floor, the) for a in mine if a.verdict == verdict]
         if names:
             parts.append(f"{'; '.join(names)}: {words}")
-    n = max(a.final[2] for a in arms)
+    n = max(len(a.rows) for a in arms)
     text = (
-        f"{where}, final return (last 10 % of epochs, equal agent steps), paired over up to {n} "
+        f"{where}, {MEASURE_WORDS[measure]}, paired over up to {n} "
         f"seeds, 95 % intervals of the difference: " + " | ".join(parts) + "."
     )
     against = [_against_controls(a) for a in mine if a.control_diffs]
@@ -281,20 +304,15 @@ def _protocol_sentence(env: str, arms: list[ArmSummary]) -> str:
 def _against_controls(arm: ArmSummary) -> str:
     said = []
     for control, (mean, half, n) in arm.control_diffs.items():
-        if n < 2 or not math.isfinite(half):
-            verdict = "too few seeds to tell"
-        elif mean - half <= 0 <= mean + half:
-            verdict = "indistinguishable"
-        else:
-            verdict = "below" if mean < 0 else "above"
+        verdict = _verdict((mean, half, n))
         spread = f" ± {half:.2f}" if math.isfinite(half) else ""
         said.append(f"vs {control} Δ {mean:+.2f}{spread} ({verdict})")
     return f"{arm.arm} {', '.join(said)}"
 
 
 def _describe(arm: ArmSummary, floor: float, the: str = "the original") -> str:
-    mean, half, _ = arm.final_diff
-    below = sum(r["final_return"] < floor for r in arm.rows)
+    mean, half, _ = arm.diff
+    below = sum(r[arm.measure] < floor for r in arm.rows)
     diff = f"Δ {mean:+.2f}" + (f" ± {half:.2f}" if math.isfinite(half) else "")
     size = f"{arm.params_pct[0]:.1f} % of the parameters, " if arm.params_pct[0] < 100 else ""
     seed_word = "original seed" if the == "the original" else f"seed of {the}"
@@ -556,7 +574,9 @@ def table_header(arms: list[ArmSummary]) -> list[str]:
     header = [c.replace("vs original", f"vs {base}") for c in TABLE_COLUMNS]
     header += ["units edited", "train s"] if _has_interventions(arms) else []
     header += ["SPS", "equal-time return"] if _has_speed(arms) else []
-    return header + [f"Δ final vs {c}" for c in _controls(arms)]
+    # a guide arm's Δ to its control is on the final return, a trained one's on the evaluation
+    which = "final/eval" if _has_protocols(arms) else "final"
+    return header + [f"Δ {which} vs {c}" for c in _controls(arms)]
 
 
 def _has_protocols(arms: list[ArmSummary]) -> bool:
