@@ -169,7 +169,9 @@ def run_pufferlib_30(game: str, s: dict[str, Any]) -> tuple[int, float, int]:
     make_env = pufferlib.ocean.env_creator(game)
     env_cls = make_env.func if hasattr(make_env, "func") else make_env
     args["env"] = env_kwargs_for(env_cls, s["env"], s["num_envs"])
-    args["vec"] = {"backend": "PufferEnv", "num_envs": 1}
+    # One env object holding all the games, as ours and 2.0.6's; 3.0's trainer needs the thin
+    # Serial wrapper around it (it reads ``agents_per_batch``), the bare env has none.
+    args["vec"] = {"backend": "Serial", "num_envs": 1}
     args["policy"] = {"hidden_size": s["hidden_size"]}
     args["rnn"] = {"input_size": s["hidden_size"], "hidden_size": s["hidden_size"]}
     with tempfile.TemporaryDirectory() as tmp:

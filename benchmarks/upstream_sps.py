@@ -261,7 +261,9 @@ def _fetch_sdist(build: Build, n: int, total: int) -> None:
 
     ``pip download`` of these sdists unpacks them and then fails while preparing their metadata
     (their setup.py downloads raylib from GitHub when imported); ``--no-clean`` keeps the
-    unpacked tree, which is all the build needs. The tree is accepted only if its PKG-INFO names
+    unpacked tree, which is all the build needs. ``--no-build-isolation``: without it pip first
+    installs 3.0's build requirements (torch among them, unconstrained: a 3.8 GB CUDA build) into
+    a throwaway env just to read the metadata. The tree is accepted only if its PKG-INFO names
     the wanted version."""
     version = PIP_VERSION[build.name]
     tmp = build.root / "tmp"
@@ -274,7 +276,8 @@ def _fetch_sdist(build: Build, n: int, total: int) -> None:
     with open(log, "w") as out:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-clean", "--no-deps",
-             "--no-binary", "pufferlib", f"pufferlib=={version}", "-d", str(tmp / "dl")],
+             "--no-build-isolation", "--no-binary", "pufferlib", f"pufferlib=={version}",
+             "-d", str(tmp / "dl")],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp)},
             check=False,
         )  # fmt: skip
