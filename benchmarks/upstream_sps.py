@@ -28,18 +28,25 @@ each in a fresh process (``benchmarks/upstream_driver.py``), all at the same set
 ``benchmarks/ocean_sps.py``'s ``reference`` settings (PufferLib's published ones, issue 8):
 1,024 games in one env object, batch 65,536, minibatch 16,384, bptt 16, one update epoch,
 MLP 128 -> LSTM 128, float32 on the CPU, our config's [env] keys (those the upstream constructor
-takes) and PPO coefficients, ``--torch-threads`` torch threads. What is measured is the same
-for all three: agent steps per second of training wall time, excluding start-up. The driver
-builds the trainer, runs one untimed warm-up epoch (collect + update), then whole epochs until
-``--seconds`` have passed; SPS = the agent steps the trainer itself counted in those epochs
-(``global_step``: ours adds the batch per epoch, 2.0.6's ``clean_pufferl.evaluate`` and 3.0's
-``PuffeRL.evaluate`` add the live agents per env step) / their ``time.perf_counter`` seconds.
-Neither upstream dashboard's SPS is used (2.0.6's and 3.0's are instantaneous rates over their
-own intervals); both print around the driver's ``RESULT`` line, which is parsed.
+takes) and PPO coefficients (keys ours has no value for: for 2.0.6, whose sdist carries no
+config, ``norm_adv`` and ``clip_vloss`` on, ``vf_clip_coef`` 0.1, set in the driver; for 3.0,
+its pong config's Adam betas, V-trace and prioritized-sampling coefficients), and
+``--torch-threads`` torch threads: all of 2.0.6's and 3.0's torch work, and our update (our
+rollout runs on one thread whatever it says, by design; on a loaded machine that alone is worth
+several times, see docs/results/benchmarks.md, so compare at ``--torch-threads 1`` too).
+
+What is measured is the same for all three: agent steps per second of training wall time,
+excluding start-up. The driver builds the trainer, runs one untimed warm-up epoch (collect +
+update), then whole epochs until ``--seconds`` have passed; SPS = the agent steps the trainer
+itself counted in those epochs (``global_step``: ours adds the batch per epoch, 2.0.6's
+``clean_pufferl.evaluate`` and 3.0's ``PuffeRL.evaluate`` add the live agents per env step) /
+their ``time.perf_counter`` seconds. Neither upstream dashboard's SPS is used (2.0.6's and 3.0's
+are instantaneous rates over their own intervals); both print around the driver's ``RESULT``
+line, which is parsed.
 
 Interleaving makes the ratio fair on a shared machine: a load spike hits one round of all three
-rather than all rounds of one. The machine (CPU model, cores) and the 1-minute load average
-before and after every run are printed. Per round it prints the SPS of each and the ratios;
+rather than all rounds of one. The machine (CPU model, cores) and the 1/5/15-minute load
+averages before and after every run are printed. Per round it prints the SPS of each and the ratios;
 then the medians over rounds and, last per game, ``ratio pufferfiber/pufferlib-2.0.6 GAME:
 X.XX`` and ``ratio pufferfiber/pufferlib-3.0 GAME: X.XX`` (the median of the per-round ratios),
 so scripts can read them.
