@@ -13,7 +13,8 @@ Settings:
   envs, batch 65,536, minibatch 16,384, bptt 16, one update epoch, MLP 128 → LSTM 128. The ratio
   to PufferLib 2.0.6 (pong 79k, breakout 63k SPS) and 3.0 (35k / 40k) on this kind of machine is
   against those recorded numbers (their trainers are not importable from the 2.0.2 wheel), so
-  run it on an idle machine and read the load printed with it.
+  run it on an idle machine and read the load printed with it. ``benchmarks/upstream_sps.py``
+  builds both upstream trainers in venvs of their own and measures them in the same run.
 * ``config``: our ``pufferfiber/configs/ocean/<env>.ini`` settings (the sweep's).
 """
 
