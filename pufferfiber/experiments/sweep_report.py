@@ -28,6 +28,7 @@ import html
 import io
 import json
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -355,19 +356,26 @@ def mean_band(
         table[i, inside] = np.interp(grid[inside], epochs, values)
     n = np.sum(np.isfinite(table), axis=0)
     mean = np.nanmean(table, axis=0)
-    spread = np.nanstd(table, axis=0, ddof=1) if len(curves) > 1 else np.zeros(grid.size)
+    with warnings.catch_warnings():  # epochs only one seed reached: no spread (n = 1 below)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread = np.nanstd(table, axis=0, ddof=1) if len(curves) > 1 else np.zeros(grid.size)
     with np.errstate(invalid="ignore", divide="ignore"):
         half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * spread / np.sqrt(n), 0.0)
     return grid, mean, np.nan_to_num(half)
 
 
-MARKERS = {"": "o", "scratch": "x", "random": "s"}  # a collapsed arm and its two controls
+MARKERS = {"": "o", "scratch": "x", "random": "s"}
+_MEASURE_AXES = {
+    "final_return": "final return (last 10 % of epochs)",
+    "eval_return": "evaluation return (final policy)",
+}  # a collapsed arm and its two controls
 
 
 def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
-    """Training return over epochs of every arm, then per protocol the trade-off of size and
-    final return: collapsed arms as dots, their ``scratch`` controls as crosses and ``random``
-    controls as squares, each in its arm's colour, the baseline as a band."""
+    """Training return over epochs of every arm (of the guide protocol), then per protocol the
+    trade-off of size and its measure (:data:`MEASURES`): collapsed arms as dots, their
+    ``scratch`` controls as crosses and ``random`` controls as squares, each in its arm's
+    colour, the baseline as a band."""
     mine = [a for a in arms if a.env == env]
     protocols = list(dict.fromkeys(a.protocol for a in mine)) or [GUIDE]
     fig = plots.new_figure(13 + 4 * (len(protocols) - 1), 5)
@@ -381,7 +389,8 @@ def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
         if r["arm"] == ORIGINAL and r.get("protocol", GUIDE) == GUIDE
     }
     colours = _arm_colours(mine)
-    for arm in mine:
+    # the guide's curves: a trained protocol's K epochs would only repeat the original's curve
+    for arm in [a for a in mine if a.protocol == GUIDE] or mine:
         curves = [
             arm_curve(r, originals.get((r.get("intervention", NONE), r["seed"]))) for r in arm.rows
         ]
@@ -418,7 +427,7 @@ def _arm_colours(arms: list[ArmSummary]) -> dict[str, str]:
 def _trade_off(ax: Any, arms: list[ArmSummary], colours: dict[str, str], protocol: str) -> None:
     for arm in arms:
         colour = colours[arm.arm]
-        final_mean, final_half, _ = arm.final
+        final_mean, final_half, _ = arm.final if arm.measure == "final_return" else arm.evaluation
         if arm.params_pct[0] >= 100 and not arm.is_baseline:
             continue  # an uncollapsed intervention: its return is in the table, not a trade-off
         if arm.is_baseline:
@@ -436,8 +445,9 @@ def _trade_off(ax: Any, arms: list[ArmSummary], colours: dict[str, str], protoco
             fmt=MARKERS.get(arm.control, "o"), color=colour, capsize=3, label=arm.arm,
         )  # fmt: skip
     title = "trade-off (mean, 95 % intervals)"
+    measure = MEASURES.get(protocol, "final_return")
     ax.set(
-        xlabel="% of the full model's parameters", ylabel="final return (last 10 % of epochs)",
+        xlabel="% of the full model's parameters", ylabel=_MEASURE_AXES[measure],
         title=title if protocol == GUIDE else f"{protocol} protocol: {title}",
     )  # fmt: skip
     ax.legend(fontsize=7)
