@@ -64,6 +64,7 @@ from pufferfiber.config.sections import (  # noqa: E402
     type_name,
 )
 from pufferfiber.envs.registry import (  # noqa: E402
+    OCEAN_ENVS,
     VEC_BACKENDS,
     EnvError,
     check_env_name,
@@ -227,7 +228,7 @@ def build_parser(
     parser.add_argument(
         "--env",
         default=DEFAULT_ENV,
-        help="environment: cartpole, an Ocean game (puffer_pong, puffer_breakout) or an Atari "
+        help="environment: cartpole, an Ocean game (" + ", ".join(OCEAN_ENVS) + ") or an Atari "
         f"game such as beam_rider (default: {DEFAULT_ENV})",
     )
     parser.add_argument(

@@ -13,17 +13,36 @@ move (observations frozen, no reward, no episode end, yet tens of millions of "s
 second). We load them with ``RTLD_DEEPBIND`` so each library uses its own symbols (the tests
 check that games move, score and end).
 
-Games (PufferLib's names): ``puffer_pong`` (8 observations, 3 actions; the agent is the right
-paddle: +1 per point won, -1 per point lost, +0.1 per return; 21 points end the game) and
-``puffer_breakout`` (11 + bricks observations, 4 actions: noop, fire, left, right; five balls).
+Games (PufferLib's names):
+
+* ``puffer_pong`` (8 observations, 3 actions; the agent is the right paddle: +1 per point won,
+  -1 per point lost, +0.1 per return; 21 points end the game);
+* ``puffer_breakout`` (11 + bricks observations, 4 actions: noop, fire, left, right; five balls);
+* ``puffer_enduro`` (68 observations, 9 actions: Atari Enduro's; +1 per car passed, +1 per day
+  completed, +0.05 per step with the lane ahead empty, a small per-step bonus after a pass,
+  -0.01 per step while crashed; a game ends when a day (13,920 steps) ends with fewer cars
+  passed than required: 200 on day 1, 300 after);
+* ``puffer_squared`` (``size``² observations 0/1/2: empty, agent, target; 5 actions: noop,
+  down, up, left, right; +1 for reaching the target, -1 for leaving the grid or running out of
+  steps, either ends the game).
+
+**Enduro's lost terminals.** In the 2.0.2 wheel ``c_step`` sets ``terminals = 1`` when a day is
+failed and then calls ``reset_round``, which sets it back to 0 before returning: no terminal
+ever reaches Python (PufferLib's own trainer only saw the C log). :class:`OceanEnv` restores it
+from what the step leaves visible (:attr:`OceanGame.day_clock`): the day clock observation
+wraps on the step a day ends, and on a failed day ``reset_round`` has also zeroed the reward,
+while a completed day pays +1 on that step. The tests check this against the C log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
+import io
 import os
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +67,29 @@ class OceanGame:
     params: tuple[tuple[str, float | int], ...]
     # episode length cap for single-copy play (evaluation): breakout waits for FIRE forever
     eval_max_steps: int = 20_000
+    # the observation buffer's dtype (as the .pyx types it) and nominal bounds
+    obs_dtype: type = np.float32
+    obs_low: float = 0.0
+    obs_high: float = 1.0
+    # enduro's constructor also takes a truncations buffer (after the terminals)
+    takes_truncations: bool = False
+    # squared's extension has no log(): its score is the episode return
+    has_log: bool = True
+    # the C log's entry reported as ``score``
+    score_key: str = "score"
+    # index of enduro's day-clock observation (time of day in [0, 1)); see the module docstring
+    day_clock: int | None = None
+    # enduro seeds each game in its constructor from the module's ``rng`` (a SystemRandom), not
+    # from libc's rand(): a seeded reset rebuilds the games with this attribute seeded
+    seed_attr: str | None = None
 
     def obs_size(self, settings: dict[str, Any]) -> int:
         if self.folder == "breakout":
             return 11 + int(settings["brick_rows"]) * int(settings["brick_cols"])
+        if self.folder == "squared":
+            return int(settings["size"]) ** 2
+        if self.folder == "enduro":
+            return 68  # OBSERVATIONS_MAX_SIZE in enduro.h (67 written, the last stays 0)
         return 8
 
 
@@ -93,6 +131,30 @@ OCEAN_GAMES: dict[str, OceanGame] = {
             ("brick_rows", 6),
             ("brick_cols", 18),
         ),
+    ),
+    "puffer_enduro": OceanGame(
+        "enduro",
+        "CyEnduro",
+        9,
+        (),  # the C constructor takes no game settings
+        # a good policy completes day after day and never ends a game by itself
+        eval_max_steps=30_000,
+        obs_low=-1.0,  # drift direction, cars' motion
+        obs_high=1.5,  # cars to pass / 200 is 1.5 after day 1
+        takes_truncations=True,
+        # Atari Enduro's score is the cars passed (the C "score" is an odometer)
+        score_key="passed_cars",
+        day_clock=62,
+        seed_attr="rng",
+    ),
+    "puffer_squared": OceanGame(
+        "squared",
+        "CySquared",
+        5,
+        (("size", 11),),
+        obs_dtype=np.uint8,
+        obs_high=2.0,
+        has_log=False,
     ),
 }
 
@@ -173,39 +235,72 @@ class OceanEnv(PufferEnv):
         self.settings = game_settings(name, settings)
         self.num_agents = int(num_envs)
         self.single_observation_space = gymnasium.spaces.Box(
-            low=0.0, high=1.0, shape=(game.obs_size(self.settings),), dtype=np.float32
+            low=game.obs_low,
+            high=game.obs_high,
+            shape=(game.obs_size(self.settings),),
+            dtype=game.obs_dtype,
         )
         self.single_action_space = gymnasium.spaces.Discrete(game.n_actions)
         self.render_mode = None
         super().__init__(None)
-        cls = getattr(load_extension(name), game.cls)
-        self.c_envs = cls(
-            self.observations,
-            self.actions,
-            self.rewards,
-            self.terminals,
-            self.num_agents,
-            *self.settings.values(),
-        )
+        self.c_envs = self._make_games()
         self._closed = False
         self._return = np.zeros(self.num_agents, dtype=np.float64)
         self._length = np.zeros(self.num_agents, dtype=np.int64)
+        self._clock = np.zeros(self.num_agents, dtype=np.float32)
+
+    def _make_games(self, seed: int | None = None) -> Any:
+        """The C object holding the games (``seed``: for games that seed in the constructor)."""
+        module = load_extension(self.name)
+        buffers = [self.observations, self.actions, self.rewards, self.terminals]
+        if self.game.takes_truncations:
+            buffers.append(self.truncations)
+        attr = self.game.seed_attr
+        saved = getattr(module, attr) if attr else None
+        if attr and seed is not None:
+            setattr(module, attr, random.Random(seed))
+        try:
+            # enduro's constructor prints a line per 100 games: keep training logs clean
+            with contextlib.redirect_stdout(io.StringIO()):
+                return getattr(module, self.game.cls)(
+                    *buffers, self.num_agents, *self.settings.values()
+                )
+        finally:
+            if attr:
+                setattr(module, attr, saved)
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict[str, float]]]:
         if seed is not None:
             # The games draw from the C library's rand() (one state per process); PufferLib
             # exposes no seed for it, so seed it here.
             ctypes.CDLL(None).srand(ctypes.c_uint(seed & 0xFFFFFFFF))
+            if self.game.seed_attr and not self._closed:
+                self.c_envs.close()
+                self.c_envs = self._make_games(seed)
         self.c_envs.reset()
         self._return[:] = 0.0
         self._length[:] = 0
+        # enduro's reset leaves the previous game's observation in the buffer: its clock must
+        # not count as a wrap on the first step
+        self._clock[:] = 0.0
         return self.observations, []
+
+    def _restore_terminals(self) -> None:
+        """Enduro: set the terminal the C step cleared (module docstring). A day ended where
+        the clock went backwards; it was failed (game over) where the reward is exactly 0."""
+        assert self.game.day_clock is not None
+        clock = self.observations[:, self.game.day_clock]
+        wrapped = clock < self._clock - 0.5
+        self._clock[:] = clock
+        self.terminals[:] = wrapped & (self.rewards == 0.0)
 
     def step(
         self, actions: Any
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, float]]]:
         self.actions[:] = actions
         self.c_envs.step()
+        if self.game.day_clock is not None:
+            self._restore_terminals()
         self._return += self.rewards
         self._length += 1
         infos: list[dict[str, float]] = []
@@ -215,9 +310,12 @@ class OceanEnv(PufferEnv):
                 "episode_return": float(self._return[done].mean()),
                 "episode_length": float(self._length[done].mean()),
             }
-            log = self.c_envs.log()
-            if log["episode_length"] > 0:
-                info["score"] = float(log["score"])
+            if self.game.has_log:
+                log = self.c_envs.log()
+                if log["episode_length"] > 0:
+                    info["score"] = float(log[self.game.score_key])
+            else:
+                info["score"] = info["episode_return"]
             infos.append(info)
             self._return[done] = 0.0
             self._length[done] = 0

@@ -1,0 +1,157 @@
+"""The Ocean games added after pong and breakout: ``puffer_enduro`` and ``puffer_squared``.
+
+Each game must move (observations change), score (rewards arrive and ``score`` is logged) and
+end (episodes finish and are counted) under random or scripted play; enduro's terminals, which
+the 2.0.2 C code clears before returning (see :mod:`pufferfiber.envs.ocean`), must be restored
+exactly where the C code logged a lost game.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pufferfiber.config.sections import load_config
+from pufferfiber.envs.ocean import OceanEnv
+from pufferfiber.envs.registry import architecture_for, make_vecenv
+
+NEW_GAMES = ("puffer_enduro", "puffer_squared")
+DAY = 13_920  # enduro: 232 s of game time at 60 steps per second
+
+
+def _play(env: OceanEnv, steps: int, seed: int = 0) -> tuple[np.ndarray, int, list[dict]]:
+    """Random play: (summed reward per game, games ended, infos)."""
+    rng = np.random.default_rng(seed)
+    rewards, ends, infos = np.zeros(env.num_agents), 0, []
+    for _ in range(steps):
+        _, r, term, _, info = env.step(rng.integers(0, env.game.n_actions, env.num_agents))
+        rewards += r
+        ends += int(term.sum())
+        infos += info
+    return rewards, ends, infos
+
+
+@pytest.mark.parametrize(("name", "steps"), [("puffer_enduro", 3000), ("puffer_squared", 300)])
+def test_games_move_score_and_end(name: str, steps: int) -> None:
+    env = OceanEnv(name, 64)
+    obs, _ = env.reset(0)
+    first = obs.copy()
+    rewards, ends, infos = _play(env, steps)
+    assert not np.array_equal(first, env.observations)
+    assert np.abs(rewards).sum() > 0
+    # enduro: each game's first day starts at a random time of day, so some end within 3,000
+    # steps; squared: a game lasts at most 3 * size + 2 steps
+    assert ends > 0 and infos
+    assert {"episode_return", "episode_length", "score"} <= set(infos[0])
+    assert all(i["episode_length"] >= 1 for i in infos)
+    env.close()
+
+
+def test_enduro_terminals_are_where_the_c_code_logged_a_lost_day() -> None:
+    """Every terminal comes with a C log entry and every C log entry with a terminal (random
+    play never completes a day, so every entry is a lost game); whole games last one day."""
+    env = OceanEnv("puffer_enduro", 8)
+    env.reset(0)
+    rng = np.random.default_rng(1)
+    length, lengths, ends = np.zeros(8, dtype=np.int64), [], 0
+    for _ in range(2 * DAY + 200):
+        _, _, term, _, info = env.step(rng.integers(0, 9, 8))
+        length += 1
+        done = term.astype(bool)
+        if done.any():
+            ends += int(done.sum())
+            lengths.append(length[done].copy())
+            length[done] = 0
+            assert info and "score" in info[0]  # the wrapper read the C log's entry
+        else:
+            assert not info
+            assert env.c_envs.log()["episode_length"] == 0  # no entry without a terminal
+    env.close()
+    assert ends >= 8  # every game's first (partial) day ended
+    # games after the first start at dawn and last exactly one day (+1: the step that ends it)
+    later = np.concatenate(lengths)[8:]
+    assert later.size > 0 and set(later.tolist()) == {DAY + 1}
+
+
+def test_enduro_completed_day_is_not_a_terminal() -> None:
+    """The restoring rule itself: a clock wrap ends the game only if the step paid nothing (the
+    C reset zeroes it); a completed day pays +1 on the wrap and the game goes on."""
+    env = OceanEnv("puffer_enduro", 3)
+    env.reset(0)
+    clock = env.game.day_clock
+    assert clock is not None
+    env._clock[:] = 0.9999
+    env.observations[:, clock] = [0.0001, 0.0001, 0.99995]  # wrap, wrap, no wrap
+    env.rewards[:] = [0.0, 1.05, 0.0]  # lost day, completed day, an ordinary unpaid step
+    env._restore_terminals()
+    assert env.terminals.tolist() == [1, 0, 0]
+    env.close()
+
+
+def test_squared_scripted_walker_always_wins() -> None:
+    """Walking straight to the target earns +1 in every game, and the score is the return."""
+    env = OceanEnv("puffer_squared", 16)
+    obs, _ = env.reset(0)
+    size = int(env.settings["size"])
+    returns: list[float] = []
+    for _ in range(400):
+        grid = obs.reshape(16, size, size)
+        agent = np.argwhere(grid == 1)[np.argsort(np.argwhere(grid == 1)[:, 0], kind="stable")]
+        target = np.argwhere(grid == 2)
+        target = target[np.argsort(target[:, 0], kind="stable")]
+        dr, dc = target[:, 1] - agent[:, 1], target[:, 2] - agent[:, 2]
+        # actions: 0 noop, 1 down, 2 up, 3 left, 4 right
+        action = np.where(dr > 0, 1, np.where(dr < 0, 2, np.where(dc < 0, 3, 4)))
+        obs, _, _, _, info = env.step(action)
+        returns += [i["episode_return"] for i in info]
+        assert all(i["score"] == i["episode_return"] for i in info)
+    env.close()
+    assert len(returns) > 50 and set(returns) == {1.0}
+
+
+def test_squared_random_play_mostly_loses() -> None:
+    env = OceanEnv("puffer_squared", 64)
+    env.reset(0)
+    rewards, ends, _ = _play(env, 300)
+    env.close()
+    assert ends > 64 and rewards.sum() < 0  # leaving the grid or timing out costs -1
+
+
+@pytest.mark.parametrize(("name", "obs", "dtype", "n_actions"), [
+    ("puffer_enduro", 68, np.float32, 9), ("puffer_squared", 121, np.uint8, 5),
+])  # fmt: skip
+def test_config_vecenv_policy_and_single_copy(
+    name: str, obs: int, dtype: type, n_actions: int
+) -> None:
+    from pufferfiber.rl.evaluate import make_configured_env
+
+    cfg = load_config(name)
+    train, num_envs = cfg.train, cfg.vec.num_envs
+    # the schedule is whole rollouts of bptt-long segments, 300 epochs as the guide's protocol
+    assert train.batch_size % (num_envs * train.bptt_horizon) == 0
+    assert train.total_timesteps // train.batch_size == 300
+    vecenv = make_vecenv(name, "serial", num_envs, env_kwargs=dict(cfg.env))
+    assert vecenv.single_observation_space.shape == (obs,)
+    assert vecenv.single_observation_space.dtype == dtype
+    arch = architecture_for(name, vecenv)
+    assert (arch.kind, arch.hidden, arch.lstm, arch.n_actions) == ("mlp", (128,), 128, n_actions)
+    vecenv.close()
+    single = make_configured_env(name)
+    first, _ = single.reset(seed=2)
+    assert first.shape == (obs,) and first.dtype == dtype
+    nxt, reward, _, _, _ = single.step(1)
+    assert nxt.shape == (obs,) and isinstance(reward, float)
+    single.close()
+
+
+@pytest.mark.parametrize("name", NEW_GAMES)
+def test_seeded_reset_replays_the_same_games(name: str) -> None:
+    def play(seed: int) -> np.ndarray:
+        env = OceanEnv(name, 4)
+        env.reset(seed)
+        frames = [env.step(np.full(4, 1))[0].copy() for _ in range(200)]
+        env.close()
+        return np.stack(frames)
+
+    assert np.array_equal(play(5), play(5))
+    assert not np.array_equal(play(5), play(6))
