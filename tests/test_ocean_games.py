@@ -75,16 +75,24 @@ def test_enduro_terminals_are_where_the_c_code_logged_a_lost_day() -> None:
 
 def test_enduro_completed_day_is_not_a_terminal() -> None:
     """The restoring rule itself: a clock wrap ends the game only if the step paid nothing (the
-    C reset zeroes it); a completed day pays +1 on the wrap and the game goes on."""
+    C reset zeroes it); a completed day pays +1 on the wrap and the game goes on. A step where
+    one game completes a day and another ends logs no score (the C entries are mixed)."""
     env = OceanEnv("puffer_enduro", 3)
     env.reset(0)
     clock = env.game.day_clock
     assert clock is not None
-    env._clock[:] = 0.9999
-    env.observations[:, clock] = [0.0001, 0.0001, 0.99995]  # wrap, wrap, no wrap
-    env.rewards[:] = [0.0, 1.05, 0.0]  # lost day, completed day, an ordinary unpaid step
-    env._restore_terminals()
-    assert env.terminals.tolist() == [1, 0, 0]
+
+    def restore(clocks: list[float], rewards: list[float]) -> tuple[list[int], bool]:
+        env._clock[:] = 0.9999
+        env.observations[:, clock] = clocks
+        env.rewards[:] = rewards
+        clean = env._restore_terminals()
+        return env.terminals.tolist(), clean
+
+    # lost day, completed day, an ordinary unpaid step
+    assert restore([0.0001, 0.0001, 0.99995], [0.0, 1.05, 0.0]) == ([1, 0, 0], False)
+    assert restore([0.0001, 0.99995, 0.99995], [1.0, 0.0, 0.05]) == ([0, 0, 0], True)
+    assert restore([0.0001, 0.99995, 0.0001], [0.0, 0.05, 0.0]) == ([1, 0, 1], True)
     env.close()
 
 

@@ -285,22 +285,34 @@ class OceanEnv(PufferEnv):
         self._clock[:] = 0.0
         return self.observations, []
 
-    def _restore_terminals(self) -> None:
+    def _restore_terminals(self) -> bool:
         """Enduro: set the terminal the C step cleared (module docstring). A day ended where
-        the clock went backwards; it was failed (game over) where the reward is exactly 0."""
+        the clock went backwards; it was failed (game over) where the reward is exactly 0.
+
+        A completed day also writes a C log entry (a snapshot of the game so far): it is
+        dropped here so that ``score`` averages whole games only. Returns False when a day was
+        completed in one game on the step another game ended (their entries cannot be told
+        apart: that step logs no ``score``)."""
         assert self.game.day_clock is not None
         clock = self.observations[:, self.game.day_clock]
         wrapped = clock < self._clock - 0.5
         self._clock[:] = clock
-        self.terminals[:] = wrapped & (self.rewards == 0.0)
+        lost = wrapped & (self.rewards == 0.0)
+        self.terminals[:] = lost
+        if (wrapped & ~lost).any():
+            if lost.any():
+                return False
+            self.c_envs.log()  # clears the completed days' entries
+        return True
 
     def step(
         self, actions: Any
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, float]]]:
         self.actions[:] = actions
         self.c_envs.step()
+        clean_log = True
         if self.game.day_clock is not None:
-            self._restore_terminals()
+            clean_log = self._restore_terminals()
         self._return += self.rewards
         self._length += 1
         infos: list[dict[str, float]] = []
@@ -312,7 +324,7 @@ class OceanEnv(PufferEnv):
             }
             if self.game.has_log:
                 log = self.c_envs.log()
-                if log["episode_length"] > 0:
+                if log["episode_length"] > 0 and clean_log:
                     info["score"] = float(log[self.game.score_key])
             else:
                 info["score"] = info["episode_return"]
