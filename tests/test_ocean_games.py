@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from pufferfiber.config.sections import load_config
-from pufferfiber.envs.ocean import OceanEnv
+from pufferfiber.envs.ocean import DAY_STEPS, OceanEnv, OceanSingle
 from pufferfiber.envs.registry import architecture_for, make_vecenv
 
 NEW_GAMES = ("puffer_enduro", "puffer_squared")
-DAY = 13_920  # enduro: 232 s of game time at 60 steps per second
+DAY = DAY_STEPS
 
 
 def _play(env: OceanEnv, steps: int, seed: int = 0) -> tuple[np.ndarray, int, list[dict]]:
@@ -163,3 +163,26 @@ def test_seeded_reset_replays_the_same_games(name: str) -> None:
 
     assert np.array_equal(play(5), play(5))
     assert not np.array_equal(play(5), play(6))
+
+
+def test_enduro_single_copy_plays_whole_seeded_games_from_dawn() -> None:
+    """Evaluation games start at dawn (not at the random time of day of a new game) and last
+    one day under no-ops; a seed replays the same game."""
+
+    def play(seed: int) -> tuple[int, np.ndarray]:
+        env = OceanSingle("puffer_enduro")
+        obs, _ = env.reset(seed=seed)
+        assert obs[env.env.game.day_clock] < 0.001  # the clock has just wrapped: dawn
+        frames, steps = [], 0
+        while True:
+            obs, _, term, trunc, info = env.step(np.int64(1))  # FIRE: accelerate
+            frames.append(obs)
+            steps += 1
+            if term or trunc:
+                assert term and "score" in info
+                env.close()
+                return steps, np.stack(frames[:500])
+
+    steps, first = play(3)
+    assert steps == DAY + 1
+    assert np.array_equal(first, play(3)[1]) and not np.array_equal(first, play(4)[1])

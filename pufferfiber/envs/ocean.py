@@ -159,6 +159,10 @@ OCEAN_GAMES: dict[str, OceanGame] = {
 }
 
 
+# enduro: one day of game time, 232 s at 60 steps per second
+DAY_STEPS = 13_920
+
+
 class OceanError(ValueError):
     """An Ocean game that cannot be loaded or configured (one-line message)."""
 
@@ -343,7 +347,13 @@ class OceanSingle:
     """One copy of an Ocean game with the single-agent API of PufferLib's emulated envs
     (``reset`` → ``(obs, info)``, ``step(action)`` → ``(obs, reward, terminal, truncated,
     info)``), for evaluation and fidelity sequences. Observations are copies. A game longer
-    than the game's ``eval_max_steps`` is cut (``truncated``)."""
+    than the game's ``eval_max_steps`` is cut (``truncated``).
+
+    Enduro: a freshly built game starts at a random time of day (its first day is short), and
+    the C reset afterwards seeds the game's generator with 0 (every later game identical). So
+    ``reset`` rebuilds the game from a seed (the given one, else the previous one + 1) and plays
+    that partial first day with no-ops to its end: every game played here starts at dawn, as
+    every training game after each env's first does."""
 
     def __init__(self, name: str, **settings: Any) -> None:
         self.env = OceanEnv(name, 1, **settings)
@@ -351,9 +361,21 @@ class OceanSingle:
         self.single_action_space = self.env.single_action_space
         self.max_steps = self.env.game.eval_max_steps
         self._steps = 0
+        self._seed = 0
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        obs, _ = self.env.reset(seed)
+        if self.env.game.day_clock is None:
+            obs, _ = self.env.reset(seed)
+        else:
+            self._seed = self._seed + 1 if seed is None else seed
+            obs, _ = self.env.reset(self._seed)
+            noop = np.zeros(1, dtype=np.int32)
+            for _ in range(2 * DAY_STEPS):  # the first day is at most one day long
+                obs, _, terminals, _, _ = self.env.step(noop)
+                if terminals[0]:
+                    break
+            else:
+                raise OceanError(f"{self.env.name}: the first day did not end")
         self._steps = 0
         return obs[0].copy(), {}
 
@@ -365,7 +387,7 @@ class OceanSingle:
         if terminal or truncated:
             self._steps = 0
             if truncated:
-                self.env.reset()
+                self.reset()  # the caller's next reset(seed) replaces this game anyway
         return obs[0].copy(), float(rewards[0]), terminal, truncated, (infos[0] if infos else {})
 
     def close(self) -> None:
