@@ -1,4 +1,5 @@
-"""The Ocean games added after pong and breakout: ``puffer_enduro`` and ``puffer_squared``.
+"""The Ocean games added after pong and breakout: ``puffer_enduro``, ``puffer_squared`` and
+``puffer_connect4``.
 
 Each game must move (observations change), score (rewards arrive and ``score`` is logged) and
 end (episodes finish and are counted) under random or scripted play; enduro's terminals, which
@@ -15,7 +16,7 @@ from pufferfiber.config.sections import load_config
 from pufferfiber.envs.ocean import DAY_STEPS, OceanEnv, OceanSingle
 from pufferfiber.envs.registry import architecture_for, make_vecenv
 
-NEW_GAMES = ("puffer_enduro", "puffer_squared")
+NEW_GAMES = ("puffer_enduro", "puffer_squared", "puffer_connect4")
 DAY = DAY_STEPS
 
 
@@ -31,7 +32,9 @@ def _play(env: OceanEnv, steps: int, seed: int = 0) -> tuple[np.ndarray, int, li
     return rewards, ends, infos
 
 
-@pytest.mark.parametrize(("name", "steps"), [("puffer_enduro", 3000), ("puffer_squared", 300)])
+@pytest.mark.parametrize(
+    ("name", "steps"), [("puffer_enduro", 3000), ("puffer_squared", 300), ("puffer_connect4", 60)]
+)
 def test_games_move_score_and_end(name: str, steps: int) -> None:
     env = OceanEnv(name, 64)
     obs, _ = env.reset(0)
@@ -127,6 +130,7 @@ def test_squared_random_play_mostly_loses() -> None:
 
 @pytest.mark.parametrize(("name", "obs", "dtype", "n_actions"), [
     ("puffer_enduro", 68, np.float32, 9), ("puffer_squared", 121, np.uint8, 5),
+    ("puffer_connect4", 42, np.float32, 7),
 ])  # fmt: skip
 def test_config_vecenv_policy_and_single_copy(
     name: str, obs: int, dtype: type, n_actions: int
@@ -186,3 +190,24 @@ def test_enduro_single_copy_plays_whole_seeded_games_from_dawn() -> None:
     steps, first = play(3)
     assert steps == DAY + 1
     assert np.array_equal(first, play(3)[1]) and not np.array_equal(first, play(4)[1])
+
+
+def test_connect4_games_end_in_a_result_then_a_reset_step() -> None:
+    """Random play: every game ends +1 or -1 (random play against the search almost always
+    loses); the step after is the C reset step: empty board, no reward, not an end."""
+    env = OceanEnv("puffer_connect4", 32)
+    env.reset(0)
+    rng = np.random.default_rng(0)
+    results: list[float] = []
+    ended = np.zeros(32, dtype=bool)
+    for _ in range(200):
+        obs, r, term, _, _ = env.step(rng.integers(0, 7, 32))
+        # the step after an end: the board is empty and nothing is paid
+        assert not term[ended].any() and not r[ended].any()
+        assert not obs[ended].any()
+        ended = term.astype(bool)
+        results += r[ended].tolist()
+        assert set(np.unique(obs)) <= {-1.0, 0.0, 1.0}
+    env.close()
+    assert len(results) > 100 and set(results) <= {-1.0, 1.0}
+    assert np.mean(results) < -0.9

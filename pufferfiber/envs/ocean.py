@@ -24,7 +24,11 @@ Games (PufferLib's names):
   passed than required: 200 on day 1, 300 after);
 * ``puffer_squared`` (``size``² observations 0/1/2: empty, agent, target; 5 actions: noop,
   down, up, left, right; +1 for reaching the target, -1 for leaving the grid or running out of
-  steps, either ends the game).
+  steps, either ends the game);
+* ``puffer_connect4`` (42 observations: 1 the agent's pieces, -1 the opponent's; 7 actions,
+  the columns; the C opponent answers each move with a depth-3 negamax search; +1 for a win,
+  -1 for a loss or an illegal move into a full column, either ends the game; the step after a
+  game's end is the C code's reset step, which ignores the action).
 
 **Enduro's lost terminals.** In the 2.0.2 wheel ``c_step`` sets ``terminals = 1`` when a day is
 failed and then calls ``reset_round``, which sets it back to 0 before returning: no terminal
@@ -88,6 +92,8 @@ class OceanGame:
             return 11 + int(settings["brick_rows"]) * int(settings["brick_cols"])
         if self.folder == "squared":
             return int(settings["size"]) ** 2
+        if self.folder == "connect4":
+            return 42  # 6 rows x 7 columns
         if self.folder == "enduro":
             return 68  # OBSERVATIONS_MAX_SIZE in enduro.h (67 written, the last stays 0)
         return 8
@@ -154,6 +160,17 @@ OCEAN_GAMES: dict[str, OceanGame] = {
         (("size", 11),),
         obs_dtype=np.uint8,
         obs_high=2.0,
+        has_log=False,
+    ),
+    "puffer_connect4": OceanGame(
+        "connect4",
+        "CyConnect4",
+        7,
+        # window and piece sizes: used only by rendering
+        (("width", 672), ("height", 576), ("piece_width", 96), ("piece_height", 96)),
+        obs_low=-1.0,
+        # the C code logs a game on the step after it ended (the reset step): its score is
+        # read from the return instead, which is the game's result
         has_log=False,
     ),
 }
