@@ -1,5 +1,5 @@
-"""The Ocean games added after pong and breakout: ``puffer_enduro``, ``puffer_squared`` and
-``puffer_connect4``.
+"""The Ocean games added after pong and breakout: ``puffer_enduro``, ``puffer_squared``,
+``puffer_connect4`` and ``puffer_tripletriad``.
 
 Each game must move (observations change), score (rewards arrive and ``score`` is logged) and
 end (episodes finish and are counted) under random or scripted play; enduro's terminals, which
@@ -16,7 +16,7 @@ from pufferfiber.config.sections import load_config
 from pufferfiber.envs.ocean import DAY_STEPS, OceanEnv, OceanSingle
 from pufferfiber.envs.registry import architecture_for, make_vecenv
 
-NEW_GAMES = ("puffer_enduro", "puffer_squared", "puffer_connect4")
+NEW_GAMES = ("puffer_enduro", "puffer_squared", "puffer_connect4", "puffer_tripletriad")
 DAY = DAY_STEPS
 
 
@@ -33,7 +33,13 @@ def _play(env: OceanEnv, steps: int, seed: int = 0) -> tuple[np.ndarray, int, li
 
 
 @pytest.mark.parametrize(
-    ("name", "steps"), [("puffer_enduro", 3000), ("puffer_squared", 300), ("puffer_connect4", 60)]
+    ("name", "steps"),
+    [
+        ("puffer_enduro", 3000),
+        ("puffer_squared", 300),
+        ("puffer_connect4", 60),
+        ("puffer_tripletriad", 300),
+    ],
 )
 def test_games_move_score_and_end(name: str, steps: int) -> None:
     env = OceanEnv(name, 64)
@@ -130,7 +136,7 @@ def test_squared_random_play_mostly_loses() -> None:
 
 @pytest.mark.parametrize(("name", "obs", "dtype", "n_actions"), [
     ("puffer_enduro", 68, np.float32, 9), ("puffer_squared", 121, np.uint8, 5),
-    ("puffer_connect4", 42, np.float32, 7),
+    ("puffer_connect4", 42, np.float32, 7), ("puffer_tripletriad", 114, np.float32, 15),
 ])  # fmt: skip
 def test_config_vecenv_policy_and_single_copy(
     name: str, obs: int, dtype: type, n_actions: int
@@ -211,3 +217,25 @@ def test_connect4_games_end_in_a_result_then_a_reset_step() -> None:
     env.close()
     assert len(results) > 100 and set(results) <= {-1.0, 1.0}
     assert np.mean(results) < -0.9
+
+
+def test_tripletriad_score_is_the_result_and_the_return_pays_for_wasted_moves() -> None:
+    """Random play: each game's score is its result (+1, 0, -1) and its return the result minus
+    0.1 per noop, selection or illegal placement; the random opponent loses about as often as
+    it wins."""
+    env = OceanEnv("puffer_tripletriad", 1)
+    env.reset(0)
+    rng = np.random.default_rng(3)
+    total, games = 0.0, []
+    for _ in range(20_000):
+        _, r, term, _, info = env.step(rng.integers(0, 15, 1))
+        total += float(r[0])
+        if term[0]:
+            (i,) = info
+            assert i["score"] in (-1.0, 0.0, 1.0) and float(r[0]) == i["score"]
+            assert i["episode_return"] == pytest.approx(total, abs=1e-4)
+            assert i["episode_return"] <= i["score"]
+            games.append(i["score"])
+            total = 0.0
+    env.close()
+    assert len(games) > 100 and {-1.0, 1.0} <= set(games)

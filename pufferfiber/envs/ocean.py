@@ -28,7 +28,12 @@ Games (PufferLib's names):
 * ``puffer_connect4`` (42 observations: 1 the agent's pieces, -1 the opponent's; 7 actions,
   the columns; the C opponent answers each move with a depth-3 negamax search; +1 for a win,
   -1 for a loss or an illegal move into a full column, either ends the game; the step after a
-  game's end is the C code's reset step, which ignores the action).
+  game's end is the C code's reset step, which ignores the action);
+* ``puffer_tripletriad`` (114 observations: board, action mask, hands and card values; 15
+  actions: noop, select one of 5 cards, place it on one of 9 cells; the C opponent plays a
+  random card on a random cell; +1 win, 0 draw, -1 loss by cards owned when the board is full,
+  -0.1 per noop, card selection or illegal placement; a reset step follows each game, as in
+  connect4).
 
 **Enduro's lost terminals.** In the 2.0.2 wheel ``c_step`` sets ``terminals = 1`` when a day is
 failed and then calls ``reset_round``, which sets it back to 0 before returning: no terminal
@@ -77,7 +82,8 @@ class OceanGame:
     obs_high: float = 1.0
     # enduro's constructor also takes a truncations buffer (after the terminals)
     takes_truncations: bool = False
-    # squared's extension has no log(): its score is the episode return
+    # False: the score is the game's result, the reward of its last step (squared's extension
+    # has no log(); connect4's and tripletriad's log a game a step after its end)
     has_log: bool = True
     # the C log's entry reported as ``score``
     score_key: str = "score"
@@ -94,6 +100,10 @@ class OceanGame:
             return int(settings["size"]) ** 2
         if self.folder == "connect4":
             return 42  # 6 rows x 7 columns
+        if self.folder == "tripletriad":
+            # board 9, action mask 15, selected cards 2, scores 2, board card values 9 x 4,
+            # cards in hand 2 x 5 x 4, card locations 2 x 5
+            return 114
         if self.folder == "enduro":
             return 68  # OBSERVATIONS_MAX_SIZE in enduro.h (67 written, the last stays 0)
         return 8
@@ -170,8 +180,20 @@ OCEAN_GAMES: dict[str, OceanGame] = {
         (("width", 672), ("height", 576), ("piece_width", 96), ("piece_height", 96)),
         obs_low=-1.0,
         # the C code logs a game on the step after it ended (the reset step): its score is
-        # read from the return instead, which is the game's result
+        # read from the final reward instead, which is the game's result
         has_log=False,
+    ),
+    "puffer_tripletriad": OceanGame(
+        "tripletriad",
+        "CyTripleTriad",
+        15,
+        # window and card sizes: used only by rendering
+        (("width", 990), ("height", 1000), ("card_width", 192), ("card_height", 224)),
+        # a policy that only selects cards never ends a game (it pays -0.1 per step)
+        eval_max_steps=1_000,
+        obs_low=-1.0,  # the opponent's cells, "no card selected"
+        obs_high=10.0,  # card values 1-7, cards owned 0-10
+        has_log=False,  # logged a step late, as connect4
     ),
 }
 
@@ -348,7 +370,7 @@ class OceanEnv(PufferEnv):
                 if log["episode_length"] > 0 and clean_log:
                     info["score"] = float(log[self.game.score_key])
             else:
-                info["score"] = info["episode_return"]
+                info["score"] = float(self.rewards[done].mean())
             infos.append(info)
             self._return[done] = 0.0
             self._length[done] = 0
