@@ -259,11 +259,14 @@ class OceanEnv(PufferEnv):
 
     ``reset`` / ``step`` follow PufferLib's ``PufferEnv`` (and so do ``async_reset``, ``send``
     and ``recv``, inherited). The C code resets a finished game by itself: the observation
-    returned with ``terminal = 1`` is the first of the next game. ``infos`` holds one dict per
-    step in which games ended: the mean ``episode_return`` (the sum of the rewards the agent
-    received, counted here: pong's C log leaves out the +0.1 per return) and
-    ``episode_length`` of those games, and the game's ``score`` from the C log (pong: points
-    won minus points lost; breakout: the score, equal to the return).
+    returned with ``terminal = 1`` is the first of the next game (pong, breakout, squared) or
+    the last of the finished one (enduro; connect4 and tripletriad, whose next step is a reset
+    step that ignores the action). ``infos`` holds one dict per step in which games ended: the
+    mean ``episode_return`` (the sum of the rewards the agent received, counted here: pong's C
+    log leaves out the +0.1 per return) and ``episode_length`` of those games, and the game's
+    ``score``: from the C log for pong (points won minus points lost), breakout (the score,
+    equal to the return) and enduro (cars passed in the game), else the game's result, the
+    reward of its last step (squared, connect4: equal to the return; tripletriad: +1, 0, -1).
     """
 
     def __init__(self, name: str, num_envs: int = 1, **settings: Any) -> None:
