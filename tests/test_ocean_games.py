@@ -9,6 +9,9 @@ exactly where the C code logged a lost game.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -239,3 +242,35 @@ def test_tripletriad_score_is_the_result_and_the_return_pays_for_wasted_moves() 
             total = 0.0
     env.close()
     assert len(games) > 100 and {-1.0, 1.0} <= set(games)
+
+
+def test_eval_runs_with_the_ini_torch_threads(tmp_path: Path, monkeypatch: Any) -> None:
+    """``--mode eval`` uses the ini's ``train.torch_threads`` (1 for Ocean games), as training
+    does: torch's default oversubscribed the shared cores (enduro's evaluation ~40x slower)."""
+    import torch
+
+    from pufferfiber.cli import main as cli
+    from pufferfiber.core.policy import Policy
+    from pufferfiber.io.checkpoints import save_checkpoint
+
+    policy = Policy(architecture_for("puffer_squared"))
+    path = save_checkpoint(
+        tmp_path / "model_000001.pt", policy, epoch=1, global_step=1, env="puffer_squared",
+        config={},
+    )  # fmt: skip
+    seen: list[int] = []
+
+    def fake_play(*args: Any, **kwargs: Any) -> list[float]:
+        seen.append(torch.get_num_threads())
+        return [0.0]
+
+    monkeypatch.setattr(cli, "play_episodes", fake_play)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code = cli.main(
+            ["--mode", "eval", "--env", "puffer_squared", "--eval-model-path", str(path)]
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0 and seen == [load_config("puffer_squared").train.torch_threads] == [1]

@@ -316,6 +316,12 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
         checkpoint_format=ns.checkpoint_format,
     )
     check_fits_env(ckpt)
+    if cfg.train.torch_threads:
+        import torch
+
+        # the ini's thread count, as training uses: torch's default (every core) made enduro's
+        # evaluation ~40x slower on the shared 2-core machine (cores oversubscribed)
+        torch.set_num_threads(cfg.train.torch_threads)
     returns = np.asarray(
         play_episodes(
             ckpt.policy,
