@@ -1,5 +1,5 @@
 """The Ocean games added after pong and breakout: ``puffer_enduro``, ``puffer_squared``,
-``puffer_connect4`` and ``puffer_tripletriad``.
+``puffer_connect4``, ``puffer_tripletriad`` and ``puffer_go``.
 
 Each game must move (observations change), score (rewards arrive and ``score`` is logged) and
 end (episodes finish and are counted) under random or scripted play; enduro's terminals, which
@@ -19,7 +19,13 @@ from pufferfiber.config.sections import load_config
 from pufferfiber.envs.ocean import DAY_STEPS, OceanEnv, OceanSingle
 from pufferfiber.envs.registry import architecture_for, make_vecenv
 
-NEW_GAMES = ("puffer_enduro", "puffer_squared", "puffer_connect4", "puffer_tripletriad")
+NEW_GAMES = (
+    "puffer_enduro",
+    "puffer_squared",
+    "puffer_connect4",
+    "puffer_tripletriad",
+    "puffer_go",
+)
 DAY = DAY_STEPS
 
 
@@ -42,6 +48,7 @@ def _play(env: OceanEnv, steps: int, seed: int = 0) -> tuple[np.ndarray, int, li
         ("puffer_squared", 300),
         ("puffer_connect4", 60),
         ("puffer_tripletriad", 300),
+        ("puffer_go", 300),
     ],
 )
 def test_games_move_score_and_end(name: str, steps: int) -> None:
@@ -140,6 +147,7 @@ def test_squared_random_play_mostly_loses() -> None:
 @pytest.mark.parametrize(("name", "obs", "dtype", "n_actions"), [
     ("puffer_enduro", 68, np.float32, 9), ("puffer_squared", 121, np.uint8, 5),
     ("puffer_connect4", 42, np.float32, 7), ("puffer_tripletriad", 114, np.float32, 15),
+    ("puffer_go", 100, np.float32, 50),
 ])  # fmt: skip
 def test_config_vecenv_policy_and_single_copy(
     name: str, obs: int, dtype: type, n_actions: int
@@ -170,7 +178,9 @@ def test_seeded_reset_replays_the_same_games(name: str) -> None:
     def play(seed: int) -> np.ndarray:
         env = OceanEnv(name, 4)
         env.reset(seed)
-        frames = [env.step(np.full(4, 1))[0].copy() for _ in range(200)]
+        moves = np.random.default_rng(0)  # the same moves for every seed: only the game's differ
+        n = env.single_action_space.n
+        frames = [env.step(moves.integers(0, n, 4))[0].copy() for _ in range(200)]
         env.close()
         return np.stack(frames)
 
@@ -274,3 +284,46 @@ def test_eval_runs_with_the_ini_torch_threads(tmp_path: Path, monkeypatch: Any) 
     finally:
         torch.set_num_threads(before)
     assert code == 0 and seen == [load_config("puffer_squared").train.torch_threads] == [1]
+
+
+def test_go_games_end_where_the_c_code_logged_them() -> None:
+    """Go's terminals (cleared by the C ``end_game``) are restored exactly where the C log got
+    a game, each game ends with its result (+1, 0, -1) on top of the move reward, and a game
+    lasts at most 3 x 49 steps (+1: the step that ends it)."""
+    env = OceanEnv("puffer_go", 16)
+    env.reset(0)
+    rng = np.random.default_rng(2)
+    length, games, longest = np.zeros(16, dtype=np.int64), 0, 0
+    for _ in range(400):
+        _, _, term, _, info = env.step(rng.integers(0, 50, 16))
+        length += 1
+        done = term.astype(bool)
+        if done.any():
+            games += int(done.sum())
+            longest = max(longest, int(length[done].max()))
+            length[done] = 0
+            # the wrapper read the C log's entries: one per game ended on this step
+            assert info and "score" in info[0]
+        else:
+            assert not info
+            assert env.c_envs.log()["games_played"] == 0
+        assert not env.terminals[~done].any()
+    env.close()
+    assert games >= 16 and longest <= 3 * 49 + 1
+
+
+def test_go_restored_flags_do_not_end_the_next_game() -> None:
+    """The C step reads its terminal flag as state: a restored flag left in the buffer would end
+    every following game at once. After a game ends, the next one lasts."""
+    env = OceanEnv("puffer_go", 1)
+    env.reset(0)
+    rng = np.random.default_rng(4)
+    lengths, length = [], 0
+    for _ in range(1_000):
+        _, _, term, _, _ = env.step(rng.integers(1, 50, 1))
+        length += 1
+        if term[0]:
+            lengths.append(length)
+            length = 0
+    env.close()
+    assert len(lengths) >= 3 and min(lengths) > 10

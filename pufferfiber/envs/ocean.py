@@ -29,6 +29,11 @@ Games (PufferLib's names):
   the columns; the C opponent answers each move with a depth-3 negamax search; +1 for a win,
   -1 for a loss or an illegal move into a full column, either ends the game; the step after a
   game's end is the C code's reset step, which ignores the action);
+* ``puffer_go`` (7 x 7 board: 2 x 49 + 2 observations, own stones, the opponent's, capture
+  counts; 50 actions: pass or an intersection; the C opponent plays a greedy capture else a
+  random move; +0.1 per legal move, -0.1 per illegal one, -0.25 per pass; the game ends when
+  the opponent cannot move or after 3 x 49 steps, scored by area with komi 7.5: +1 win, -1
+  loss);
 * ``puffer_tripletriad`` (114 observations: board, action mask, hands and card values; 15
   actions: noop, select one of 5 cards, place it on one of 9 cells; the C opponent plays a
   random card on a random cell; +1 win, 0 draw, -1 loss by cards owned when the board is full,
@@ -40,7 +45,9 @@ failed and then calls ``reset_round``, which sets it back to 0 before returning:
 ever reaches Python (PufferLib's own trainer only saw the C log). :class:`OceanEnv` restores it
 from what the step leaves visible (:attr:`OceanGame.day_clock`): the day clock observation
 wraps on the step a day ends, and on a failed day ``reset_round`` has also zeroed the reward,
-while a completed day pays +1 on that step. The tests check this against the C log.
+while a completed day pays +1 on that step. The tests check this against the C log. Go's
+``end_game`` does the same (it resets the board, clearing the flag): there a finished game is
+where the observation is all zeros, an empty board, which no move leaves behind.
 """
 
 from __future__ import annotations
@@ -89,11 +96,21 @@ class OceanGame:
     score_key: str = "score"
     # index of enduro's day-clock observation (time of day in [0, 1)); see the module docstring
     day_clock: int | None = None
+    # go: a finished game leaves an empty board behind (see the module docstring)
+    empty_board_ends: bool = False
     # enduro seeds each game in its constructor from the module's ``rng`` (a SystemRandom), not
     # from libc's rand(): a seeded reset rebuilds the games with this attribute seeded
     seed_attr: str | None = None
 
+    def action_count(self, settings: dict[str, Any]) -> int:
+        if self.folder == "go":
+            return int(settings["grid_size"]) ** 2 + 1  # pass, then one per intersection
+        return self.n_actions
+
     def obs_size(self, settings: dict[str, Any]) -> int:
+        if self.folder == "go":
+            # own stones, the opponent's stones, then the two capture counts
+            return 2 * int(settings["grid_size"]) ** 2 + 2
         if self.folder == "breakout":
             return 11 + int(settings["brick_rows"]) * int(settings["brick_cols"])
         if self.folder == "squared":
@@ -195,6 +212,33 @@ OCEAN_GAMES: dict[str, OceanGame] = {
         obs_high=10.0,  # card values 1-7, cards owned 0-10
         has_log=False,  # logged a step late, as connect4
     ),
+    "puffer_go": OceanGame(
+        "go",
+        "CyGo",
+        50,  # at grid_size 7: pass + 49 intersections (action_count)
+        (
+            # window and board sizes: used only by rendering
+            ("width", 950),
+            ("height", 512),
+            ("grid_size", 7),
+            ("board_width", 600),
+            ("board_height", 600),
+            ("grid_square_size", 66),
+            # the game's starting state
+            ("moves_made", 0),
+            ("komi", 7.5),
+            ("score", 0.0),
+            ("last_capture_position", -1),
+            ("reward_move_pass", -0.25),
+            ("reward_move_invalid", -0.1),
+            ("reward_move_valid", 0.1),
+            # the 2.0.2 .pyx takes these two but never stores them: captures pay nothing
+            ("reward_player_capture", 0.25),
+            ("reward_opponent_capture", -0.25),
+        ),
+        obs_high=float(2 * 7 * 7),  # capture counts
+        empty_board_ends=True,
+    ),
 }
 
 
@@ -286,7 +330,7 @@ class OceanEnv(PufferEnv):
             shape=(game.obs_size(self.settings),),
             dtype=game.obs_dtype,
         )
-        self.single_action_space = gymnasium.spaces.Discrete(game.n_actions)
+        self.single_action_space = gymnasium.spaces.Discrete(game.action_count(self.settings))
         self.render_mode = None
         super().__init__(None)
         self.c_envs = self._make_games()
@@ -355,10 +399,17 @@ class OceanEnv(PufferEnv):
         self, actions: Any
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, float]]]:
         self.actions[:] = actions
+        if self.game.empty_board_ends:
+            # go's C step reads the flag as game state (set: end the game now) and always
+            # leaves it 0; the restored flags of the last step must not reach it
+            self.terminals[:] = 0
         self.c_envs.step()
         clean_log = True
         if self.game.day_clock is not None:
             clean_log = self._restore_terminals()
+        elif self.game.empty_board_ends:
+            # after any move the board holds a stone; only a finished game's reset empties it
+            self.terminals[:] = ~self.observations.any(axis=1)
         self._return += self.rewards
         self._length += 1
         infos: list[dict[str, float]] = []

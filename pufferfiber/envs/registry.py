@@ -7,8 +7,8 @@
 * ``cartpole``: PufferLib's classic-control CartPole (CartPole-v0, 200 steps max), a fast
   environment on which a whole run takes seconds.
 * ``puffer_pong``, ``puffer_breakout``, ``puffer_enduro``, ``puffer_squared``,
-  ``puffer_connect4``, ``puffer_tripletriad``: PufferLib's Ocean games, compiled C vectorised
-  inside one env object (see :mod:`pufferfiber.envs.ocean`).
+  ``puffer_connect4``, ``puffer_tripletriad``, ``puffer_go``: PufferLib's Ocean games, compiled C
+  vectorised inside one env object (see :mod:`pufferfiber.envs.ocean`).
 
 Each env belongs to one *family* (:data:`ENV_FAMILIES`), which names its config folder
 (``pufferfiber/configs/<family>/``) and its default policy.
@@ -39,6 +39,7 @@ OCEAN_ENVS = (
     "puffer_squared",
     "puffer_connect4",
     "puffer_tripletriad",
+    "puffer_go",
 )
 
 
