@@ -64,6 +64,7 @@ from pufferfiber.config.sections import (  # noqa: E402
     type_name,
 )
 from pufferfiber.envs.registry import (  # noqa: E402
+    OCEAN_ENVS,
     VEC_BACKENDS,
     EnvError,
     check_env_name,
@@ -227,7 +228,7 @@ def build_parser(
     parser.add_argument(
         "--env",
         default=DEFAULT_ENV,
-        help="environment: cartpole, an Ocean game (puffer_pong, puffer_breakout) or an Atari "
+        help="environment: cartpole, an Ocean game (" + ", ".join(OCEAN_ENVS) + ") or an Atari "
         f"game such as beam_rider (default: {DEFAULT_ENV})",
     )
     parser.add_argument(
@@ -315,6 +316,12 @@ def evaluate(cfg: RunConfig, ns: argparse.Namespace) -> int:
         checkpoint_format=ns.checkpoint_format,
     )
     check_fits_env(ckpt)
+    if cfg.train.torch_threads:
+        import torch
+
+        # the ini's thread count, as training uses: torch's default (every core) made enduro's
+        # evaluation ~40x slower on the shared 2-core machine (cores oversubscribed)
+        torch.set_num_threads(cfg.train.torch_threads)
     returns = np.asarray(
         play_episodes(
             ckpt.policy,

@@ -6,8 +6,9 @@
   ``info['episode_return']`` = the raw game score. The ROMs ship with ``ale-py``.
 * ``cartpole``: PufferLib's classic-control CartPole (CartPole-v0, 200 steps max), a fast
   environment on which a whole run takes seconds.
-* ``puffer_pong``, ``puffer_breakout``: PufferLib's Ocean games, compiled C vectorised inside
-  one env object (see :mod:`pufferfiber.envs.ocean`).
+* ``puffer_pong``, ``puffer_breakout``, ``puffer_enduro``, ``puffer_squared``,
+  ``puffer_connect4``, ``puffer_tripletriad``, ``puffer_go``: PufferLib's Ocean games, compiled C
+  vectorised inside one env object (see :mod:`pufferfiber.envs.ocean`).
 
 Each env belongs to one *family* (:data:`ENV_FAMILIES`), which names its config folder
 (``pufferfiber/configs/<family>/``) and its default policy.
@@ -31,7 +32,15 @@ VEC_BACKENDS = ("serial", "multiprocessing", "ray")
 FAST_ENVS = ("cartpole",)
 # The games of pufferfiber.envs.ocean.OCEAN_GAMES (named here so that listing envs loads no C code;
 # a test checks that the two agree).
-OCEAN_ENVS = ("puffer_pong", "puffer_breakout")
+OCEAN_ENVS = (
+    "puffer_pong",
+    "puffer_breakout",
+    "puffer_enduro",
+    "puffer_squared",
+    "puffer_connect4",
+    "puffer_tripletriad",
+    "puffer_go",
+)
 
 
 class EnvError(ValueError):
