@@ -377,7 +377,8 @@ def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
     ``scratch`` controls as crosses and ``random`` controls as squares, each in its arm's
     colour, the baseline as a band."""
     mine = [a for a in arms if a.env == env]
-    protocols = list(dict.fromkeys(a.protocol for a in mine)) or [GUIDE]
+    # a protocol gets a trade-off panel when it has arms beside its baseline
+    protocols = list(dict.fromkeys(a.protocol for a in mine if not a.is_baseline)) or [GUIDE]
     fig = plots.new_figure(13 + 4 * (len(protocols) - 1), 5)
     ax_curve, *ax_trades = fig.subplots(
         1, 1 + len(protocols), width_ratios=[3] + [2] * len(protocols)
@@ -389,8 +390,9 @@ def env_figure(env: str, arms: list[ArmSummary], window: int) -> Figure:
         if r["arm"] == ORIGINAL and r.get("protocol", GUIDE) == GUIDE
     }
     colours = _arm_colours(mine)
-    # the guide's curves: a trained protocol's K epochs would only repeat the original's curve
-    for arm in [a for a in mine if a.protocol == GUIDE] or mine:
+    # the guide's curves, and the runs of their own (scratch): a trained protocol's K epochs
+    # would only repeat the original's curve
+    for arm in [a for a in mine if a.protocol == GUIDE or a.control == "scratch"] or mine:
         curves = [
             arm_curve(r, originals.get((r.get("intervention", NONE), r["seed"]))) for r in arm.rows
         ]
