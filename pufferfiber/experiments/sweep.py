@@ -776,7 +776,6 @@ def _row(
     or a random ablation; ``None`` for a run of its own); ``arm_fidelity``: the collapsed arm's
     (for the τ a size target corresponded to)."""
     spec, env, seed = cell.spec, cell.env, cell.seed
-    before = [(e, v) for e, v in _history(cell.original) if e <= start_epoch]
     evaluation = evaluate_run(run, env, seed, spec.eval_episodes)
     own_seconds = _train_seconds(run)
     params = cell.full_params if params is None else params
@@ -801,7 +800,8 @@ def _row(
         "kl": kl,
         "value_mae": float(mae),
         "return_at_collapse": _nan((fidelity or {}).get("return_mean")),
-        "final_return": final_return(before + _history(run), until, since=start_epoch),
+        # epochs after start_epoch only: the original's before it are every arm's
+        "final_return": final_return(_history(run), until, since=start_epoch),
         "eval_return": evaluation["eval_return"],
         "eval_std": evaluation["eval_std"],
         "eval_episodes": spec.eval_episodes,
