@@ -17,8 +17,12 @@ from pufferfiber.cli.sweep import spec_from_args
 from pufferfiber.core.ablation import hidden_widths
 from pufferfiber.experiments.sweep import (
     SUMMARY_COLUMNS,
+    SweepError,
     SweepSpec,
+    check_out,
     equal_time_returns,
+    extends,
+    prepare_out,
     row_name,
     schedule,
 )
@@ -67,6 +71,61 @@ def test_controls_need_collapsed_arms(tmp_path: Path, capsys: pytest.CaptureFixt
     argv = [a for a in TINY if a not in ("--targets", "0.5")]
     assert sweep_main([*argv, "--controls", "scratch", "--out", str(tmp_path / "s")]) == 2
     assert "--controls need collapsed arms" in capsys.readouterr().err
+
+
+def test_controls_at_names_the_arms_that_get_controls(tmp_path: Path) -> None:
+    argv = [*TINY, *GRID, "--out", str(tmp_path / "s"), "--criterion", "data,weights"]
+    argv[argv.index("0.5")] = "0.5,0.2"
+    spec, _ = spec_from_args([*argv, "--controls-at", "data:0.2,0.5"])
+    assert spec.control_sizes == ("data:0.2", "0.5")
+    assert SweepSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    got = {(a.criterion, a.target): spec.controls_of(a) for a in spec.arms}
+    both = ("scratch", "random")
+    assert got == {("data", 0.5): both, ("weights", 0.5): both, ("data", 0.2): both,
+                   ("weights", 0.2): ()}  # fmt: skip
+    assert all(spec_from_args(argv)[0].controls_of(a) == both for a in spec.arms)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--controls-at", "0.3"], "--controls-at 0.3: no arm of the sweep has that size"),
+        (["--controls-at", "weights:0.5"], "--controls-at weights:0.5: no arm"),
+        (["--controls-at", "data:x"], "--controls-at takes F or CRITERION:F, got 'data:x'"),
+    ],
+)
+def test_bad_controls_at_is_one_line_exit_2(
+    tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert sweep_main([*TINY, *GRID, "--num-cpus", "1", "--out", str(tmp_path / "s"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    argv = [*TINY, "--controls-at", "0.5", "--out", str(tmp_path / "t")]
+    assert sweep_main(argv) == 2 and "--controls-at needs --controls" in capsys.readouterr().err
+
+
+def test_a_sweep_grows_by_seeds_arms_protocols_and_controls_only(tmp_path: Path) -> None:
+    """Run again with more, the sweep is extended (its runs reused); anything else is refused."""
+    out = ["--out", str(tmp_path / "s")]
+    first, _ = spec_from_args([*TINY, "--controls", "random", *out])
+    prepare_out(first)
+    more = [a if a not in ("0.5", "1") else {"0.5": "0.5,0.2", "1": "3"}[a] for a in TINY]
+    bigger, _ = spec_from_args([*more, *GRID, "--controls-at", "0.5", *out])
+    assert extends(bigger, first) and not extends(first, bigger)
+    prepare_out(bigger)
+    assert SweepSpec.from_dict(json.loads((tmp_path / "s" / "sweep.json").read_text())) == bigger
+    for argv in (
+        [*TINY, *GRID, "--eval-episodes", "3"],  # a shared setting differs
+        [*TINY, "--protocol", "trained"],  # the guide protocol is taken away
+        [*more, *GRID, "--controls-at", "0.2"],  # 0.5 loses its controls
+    ):
+        spec, _ = spec_from_args([*argv, *out])
+        with pytest.raises(SweepError, match="holds a different sweep"):
+            check_out(spec)
+    prepare_out(bigger)  # the same sweep again: nothing to do
+    smaller, _ = spec_from_args([*more[:-2], *GRID, "--controls-at", "0.5", *out])
+    with pytest.raises(SweepError):  # fewer seeds is not an extension of the bigger grid
+        prepare_out(smaller)
 
 
 def test_row_names() -> None:
@@ -156,6 +215,23 @@ def test_tiny_sweep_with_protocols_and_controls(tmp_path: Path) -> None:
     page = (out / "report.html").read_text()
     assert "Δ final/eval vs scratch" in page and "Δ final/eval vs random" in page and "SPS" in page
     assert "trained target=0.5/data/positions random" in page and "<img" in page
+
+    # the same command with one more size, controls kept at 0.5 only, extends the sweep
+    kept = {p: p.stat().st_mtime_ns for p in seed.rglob("*.pt")}
+    bigger = [a if a != "0.5" else "0.5,0.25" for a in TINY]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pufferfiber", "sweep", *bigger, *GRID, "--controls-at", "0.5",
+         "--num-cpus", "2", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "extending the sweep" in proc.stdout
+    with open(out / "summary.csv", newline="") as f:
+        grown = {(r["protocol"], r["arm"], r["control"]) for r in csv.DictReader(f)}
+    small = "target=0.25/data/positions"
+    assert grown == names | {("guide", small, ""), ("trained", small, "")}
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # no finished run trained again
 
 
 def test_a_fine_tuned_rows_final_return_is_its_own_epochs() -> None:

@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
              "units kept with their trained weights, trained like the arm) (default: none)",
     )  # fmt: skip
     p.add_argument(
+        "--controls-at", default=None, metavar="F[,F...]",
+        help="only the arms of these sizes (values of --targets or --thresholds) get the "
+             "controls; CRITERION:F names one criterion's arm, e.g. data:0.2,data:0.05 "
+             "(default: every arm)",
+    )  # fmt: skip
+    p.add_argument(
         "--eval-episodes", type=int, default=20, metavar="N",
         help="episodes played by each final policy (default: 20)",
     )  # fmt: skip
@@ -142,6 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _control_sizes(text: str | None, controls: list[str], arms: tuple[Arm, ...]) -> tuple[str, ...]:
+    """``--controls-at`` as ``"F"`` / ``"CRITERION:F"`` entries, each naming at least one arm."""
+    if text is None:
+        return ()
+    if not controls:
+        raise SweepError("--controls-at needs --controls")
+    entries = []
+    for item in _split(text) or [""]:
+        criterion, _, value = item.rpartition(":")
+        try:
+            entry = f"{criterion}:{float(value):g}" if criterion else f"{float(value):g}"
+        except ValueError:
+            raise SweepError(f"--controls-at takes F or CRITERION:F, got {item!r}") from None
+        if not any(a.at(entry) for a in arms):
+            raise SweepError(f"--controls-at {item}: no arm of the sweep has that size")
+        entries.append(entry)
+    return tuple(dict.fromkeys(entries))
 
 
 def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
@@ -199,6 +224,7 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
     )
     if controls and not arms:
         raise SweepError("--controls need collapsed arms: give --thresholds or --targets")
+    control_sizes = _control_sizes(ns.controls_at, controls, arms)
     spec = SweepSpec(
         out=str(ns.out.resolve()),
         envs=tuple(dict.fromkeys(envs)),
@@ -213,6 +239,7 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
         protocols=tuple(protocols),
         finetune_epochs=ns.finetune_epochs,
         controls=tuple(controls),
+        control_sizes=control_sizes,
     )
     for env in spec.envs:
         check_schedule(spec, env, checkpoints=False)

@@ -55,7 +55,9 @@ Layout of ``--out DIR``::
 
 Starting the same command again continues a killed sweep: finished runs are kept, an
 interrupted original resumes from its last checkpoint, an interrupted arm or control is trained
-again from its start, evaluations already made are reused.
+again from its start, evaluations already made are reused. The same command with more seeds,
+arms (``--targets``, ``--criterion``...), protocols or controls *extends* the sweep: its finished
+runs are reused and only the new ones are trained; any other difference is refused.
 """
 
 from __future__ import annotations
@@ -196,6 +198,13 @@ class Arm:
             return {"collapse.threshold": f"{self.threshold:g}"}
         return {"collapse.target": f"{self.target:g}"}
 
+    def at(self, entry: str) -> bool:
+        """Whether ``entry`` of ``--controls-at`` (``"F"`` or ``"CRITERION:F"``) names this arm;
+        ``ValueError`` when F is not a number."""
+        criterion, _, value = entry.rpartition(":")
+        size = self.threshold if self.target is None else self.target
+        return criterion in ("", self.criterion) and float(value) == size
+
     @property
     def default_view(self) -> bool:
         """Whether the collapse folder lives in the original run (the guide's layout)."""
@@ -220,6 +229,9 @@ class SweepSpec:
     protocols: tuple[str, ...] = ("guide",)
     finetune_epochs: int | None = None  # K of the trained protocol (None: FINETUNE_FRACTION)
     controls: tuple[str, ...] = ()
+    # --controls-at: the arms that get the controls, as "F" (every criterion at size F) or
+    # "CRITERION:F"; empty: every arm
+    control_sizes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -253,7 +265,15 @@ class SweepSpec:
             protocols=tuple(d.get("protocols") or ("guide",)),
             finetune_epochs=None if d.get("finetune_epochs") is None else int(d["finetune_epochs"]),
             controls=tuple(d.get("controls") or ()),
+            control_sizes=tuple(d.get("control_sizes") or ()),
         )
+
+    def controls_of(self, arm: Arm) -> tuple[str, ...]:
+        """The controls trained at ``arm``'s widths (``--controls``, narrowed by
+        ``--controls-at``)."""
+        if not self.control_sizes or any(arm.at(e) for e in self.control_sizes):
+            return self.controls
+        return ()
 
     def options(self, section: str) -> dict[str, str]:
         """``--break.*`` or ``--redo.*`` settings given to the sweep (dotted key → value)."""
@@ -384,25 +404,60 @@ def schedule(spec: SweepSpec, env: str, protocol: str) -> Schedule:
     return Schedule(protocol, int(t.end_epoch), until, longer)
 
 
+# what a sweep may grow by when it is run again with more (seeds, arms, protocols, controls):
+# every other setting must be the same, or its finished runs would not be rows of one sweep
+GRID_KEYS = ("seeds", "arms", "protocols", "controls", "control_sizes")
+
+
+def extends(new: SweepSpec, old: SweepSpec) -> bool:
+    """Whether ``new`` is ``old`` with more seeds, arms, protocols or controls (nothing taken
+    away, every shared setting the same)."""
+    # K matters only to a sweep that already fine-tuned
+    grid = GRID_KEYS if "trained" in old.protocols else (*GRID_KEYS, "finetune_epochs")
+    fixed = {k: v for k, v in new.to_dict().items() if k not in grid}
+    if fixed != {k: v for k, v in old.to_dict().items() if k not in grid}:
+        return False
+    return (
+        set(old.seeds) <= set(new.seeds)
+        and set(old.arms) <= set(new.arms)
+        and set(old.protocols) <= set(new.protocols)
+        and all(set(old.controls_of(a)) <= set(new.controls_of(a)) for a in old.arms)
+    )
+
+
+def _stored_spec(path: Path) -> dict[str, Any]:
+    """The grid in ``path`` (a ``sweep.json``) as the current version writes it."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SweepError(f"cannot read {path}: {exc}") from None
+    # a sweep.json of an older version lacks the newer keys (they take their defaults)
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        before = SweepSpec.from_dict(before).to_dict()
+    return json.loads(json.dumps(before))
+
+
+def _same(spec: SweepSpec, stored: dict[str, Any]) -> bool:
+    return stored == json.loads(json.dumps(spec.to_dict()))
+
+
 def check_out(spec: SweepSpec) -> bool:
-    """Whether ``--out`` already holds this same sweep (``False``: it can be created);
-    :class:`SweepError` for a different sweep or a folder of something else. Reads only."""
+    """Whether ``--out`` already holds this sweep, or one this sweep extends (``False``: it can
+    be created); :class:`SweepError` for a different sweep or a folder of something else.
+    Reads only."""
     out = Path(spec.out)
     path = out / SPEC_NAME
     if path.is_file():
-        try:
-            before = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SweepError(f"cannot read {path}: {exc}") from None
-        # a sweep.json of an older version lacks the newer keys (they take their defaults)
+        before = _stored_spec(path)
+        if _same(spec, before):
+            return True
         with contextlib.suppress(KeyError, TypeError, ValueError):
-            before = SweepSpec.from_dict(before).to_dict()
-        if json.loads(json.dumps(before)) != json.loads(json.dumps(spec.to_dict())):
-            raise SweepError(
-                f"{out} holds a different sweep ({SPEC_NAME} differs); use another --out or "
-                "repeat the original command"
-            )
-        return True
+            if extends(spec, SweepSpec.from_dict(before)):
+                return True
+        raise SweepError(
+            f"{out} holds a different sweep ({SPEC_NAME} differs in more than added seeds, "
+            "arms, protocols or controls); use another --out or repeat the original command"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SweepError(f"--out {out} exists and is not an empty folder nor a sweep")
     check_writable(out)
@@ -410,10 +465,13 @@ def check_out(spec: SweepSpec) -> bool:
 
 
 def prepare_out(spec: SweepSpec) -> None:
-    """Create ``--out`` with ``sweep.json``, or check that it holds this same sweep."""
-    if check_out(spec):
-        return
+    """Create ``--out`` with ``sweep.json``, or check that it holds this sweep or one this sweep
+    extends (``sweep.json`` then becomes the larger grid; the finished runs are kept)."""
     out = Path(spec.out)
+    if check_out(spec):
+        if _same(spec, _stored_spec(out / SPEC_NAME)):
+            return
+        print(f"sweep: extending the sweep in {out} (its finished runs are kept)", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SPEC_NAME, json.dumps(spec.to_dict(), indent=2) + "\n")
 
@@ -900,7 +958,7 @@ def run_cell(
             at = int(fidelity["epoch"])
             rows.append(arm_row(run, start_epoch=at, fidelity=fidelity))
             _report_row(tag, rows[-1])
-            for control in spec.controls:
+            for control in spec.controls_of(arm):
                 where, run = ensure_control(
                     spec, env, seed, original, arm, folder, control, tag, extra, sched
                 )
