@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -463,3 +465,47 @@ def test_hook_state_is_saved_and_restored_by_name(tmp_path: Path) -> None:
     assert sorted(restored) == ["alpha", "beta"]
     assert (new_a.seen, new_b.seen, extra.seen) == (2, 12, 0)
     assert list(named_hooks([a, _Counter("alpha")])) == ["alpha", "alpha#2"]
+
+
+def test_adam_is_fused_and_continues_an_unfused_state() -> None:
+    """The trainer's Adam is torch's fused kernel; a state saved by the plain loop (older
+    checkpoints) continues in it, and both take the same steps to rounding."""
+    from pufferfiber.rl.trainer import make_adam
+
+    torch.manual_seed(0)
+    policy = Policy(Architecture.mlp(4, 2, hidden=(8,), lstm=6))
+    twin = copy.deepcopy(policy)
+    plain = torch.optim.Adam(twin.parameters(), lr=1e-2, eps=1e-5)
+    fused = make_adam(policy, 1e-2)
+    obs = torch.randn(5, 3, 4)
+
+    def step(net: Policy, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad()
+        logits, value = net.unroll(obs, None, torch.zeros(5, 3))
+        (logits.square().mean() + value.mean()).backward()
+        opt.step()
+
+    for _ in range(3):
+        step(twin, plain)
+        step(policy, fused)
+    resumed = make_adam(policy, 1e-2, plain.state_dict())
+    assert all(g["fused"] for g in fused.param_groups + resumed.param_groups)
+    for a, b in zip(policy.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    resumed.load_state_dict(fused.state_dict())  # moments and steps carried over
+    assert float(resumed.state_dict()["state"][0]["step"]) == 3.0
+
+
+def test_rollout_threads_follow_the_backend(tmp_path: Path) -> None:
+    """auto: the update's threads with the serial backend on a CPU, one with env workers."""
+    serial = _trainer(_cartpole(torch_threads=2), tmp_path / "a")
+    assert (serial.update_threads, serial.rollout_threads) == (2, 2)
+    serial.close()
+    cfg = _cartpole(torch_threads=2)
+    workers = replace(cfg, vec=replace(cfg.vec, backend="multiprocessing"))
+    trainer = _trainer(workers, tmp_path / "b")  # the env object itself stays serial here
+    assert trainer.rollout_threads == 1
+    trainer.close()
+    own = _trainer(_cartpole(torch_threads=2, rollout_threads=1), tmp_path / "c")
+    assert own.rollout_threads == 1
+    own.close()

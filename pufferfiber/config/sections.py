@@ -87,6 +87,12 @@ class TrainConfig:
     torch_deterministic: bool = setting("ask torch for deterministic kernels (cuDNN)", default=True)
     device: str = setting("auto (CUDA when present, else CPU), cpu, cuda or cuda:N", default="auto")
     torch_threads: int = setting("CPU threads for torch (0 = torch's default)", default=0)
+    rollout_threads: int = setting(
+        "CPU threads of the rollout's inference (0 = auto: torch_threads on a CPU with the "
+        "serial backend, where the envs step in this same thread between inferences; 1 with "
+        "env worker processes or a GPU, where more threads only spin against the workers)",
+        default=0,
+    )
     precision: str = setting(
         "float32; bfloat16 (the PPO update runs the encoder, convs + Linear, under bfloat16 "
         "autocast: ~1.6x faster on CPUs with AVX512-BF16/AMX); auto = bfloat16 where the "
@@ -648,6 +654,7 @@ def _validate_train(t: TrainConfig, v: VecConfig) -> None:
     _require(0.0 <= t.gae_lambda <= 1.0, "train.gae_lambda must be in [0, 1]")
     _require(t.learning_rate > 0, "train.learning_rate must be positive")
     _require(t.torch_threads >= 0, "train.torch_threads must be >= 0")
+    _require(t.rollout_threads >= 0, "train.rollout_threads must be >= 0")
     segment = v.num_envs * t.bptt_horizon
     _require(
         t.batch_size % segment == 0,

@@ -194,6 +194,21 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bfloat16" or (precision == "auto" and native_bf16(device))
 
 
+def make_adam(
+    policy: nn.Module, learning_rate: float, state: dict[str, Any] | None = None
+) -> torch.optim.Adam:
+    """PPO's Adam (eps 1e-5), in torch's fused kernel: one pass over every parameter instead
+    of a dozen small ops per tensor (1.08x faster update at PufferLib's reference settings,
+    ``benchmarks/update_levers.py``); the same algorithm, to rounding. ``state`` (a saved
+    ``state_dict``, fused or not) continues its moments."""
+    optimizer = torch.optim.Adam(policy.parameters(), lr=learning_rate, eps=1e-5, fused=True)
+    if state is not None:
+        optimizer.load_state_dict(state)
+        for group in optimizer.param_groups:  # a state saved unfused says fused=None
+            group["fused"], group["foreach"] = True, None
+    return optimizer
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -250,9 +265,7 @@ class Trainer:
         self.config, self.cfg, self.vecenv, self.run_dir = config, t, vecenv, Path(run_dir)
         self.device = resolve_device(t.device)
         self.policy = policy.to(self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=t.learning_rate, eps=1e-5)
-        if start.optimizer_state is not None:
-            self.optimizer.load_state_dict(start.optimizer_state)
+        self.optimizer = make_adam(self.policy, t.learning_rate, start.optimizer_state)
         self.epoch, self.global_step = start.epoch, start.global_step
         self.end_epoch = t.end_epoch if start.end_epoch is None else start.end_epoch
         self.hooks = named_hooks(hooks)
@@ -265,6 +278,13 @@ class Trainer:
         # only does GAE and copies, and more OpenMP threads spin against the env workers.
         cpu_default = torch.get_num_threads() if self.device.type == "cpu" else 1
         self.update_threads = t.torch_threads or cpu_default
+        # The rollout's threads: with the serial backend the envs step between inferences in
+        # this thread, so the update's threads are free for the policy's step (1.6x faster
+        # rollout on 2 cores at 1,024 envs, benchmarks/update_levers.py). Env worker processes
+        # (or a GPU's: 16 OpenMP threads against 16 busy workers made the rollout's bookkeeping
+        # 85 % of the epoch) get one thread.
+        serial_cpu = self.device.type == "cpu" and config.vec.backend == "serial"
+        self.rollout_threads = t.rollout_threads or (self.update_threads if serial_cpu else 1)
         self.encoder_bf16 = use_bf16(t.precision, self.device)
         self.actor = Actor(self.policy, self.num_envs, self.device, encoder_bf16=self.encoder_bf16)
         obs_space = vecenv.single_observation_space
@@ -381,55 +401,59 @@ class Trainer:
         return losses
 
     def _minibatch_step(self, mb: dict[str, torch.Tensor]) -> dict[str, float]:
-        cfg, prof = self.cfg, self.profile
-        with prof("train_forward"):
-            # The recurrent state at the start of each sequence: [1, B, H] tensors.
-            n_state = len(self.buffer.initial_state)
-            state = tuple(mb[f"state{i}"][None].contiguous() for i in range(n_state))
-            logits, newvalue = self.policy.unroll(mb["obs"], state, mb["dones"], self.encoder_bf16)
-            logp_all = torch.log_softmax(logits, dim=-1)
-            newlogprob = logp_all.gather(-1, mb["actions"][..., None]).squeeze(-1).reshape(-1)
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-        with prof("train_misc"):
-            logratio = newlogprob - mb["logprobs"].reshape(-1)
-            ratio = logratio.exp()
-            with torch.no_grad():
-                old_approx_kl = (-logratio).mean()
-                approx_kl = ((ratio - 1) - logratio).mean()
-                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-            adv = mb["advantages"].reshape(-1)
-            if cfg.norm_adv:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            # Clipped surrogate policy loss.
-            pg_loss = torch.max(
-                -adv * ratio, -adv * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
-            ).mean()
-            # Value loss, optionally clipped around the rollout's values.
-            newvalue = newvalue.reshape(-1)
-            ret, old_v = mb["returns"].reshape(-1), mb["values"].reshape(-1)
-            v_loss_unclipped = (newvalue - ret) ** 2
-            if cfg.clip_vloss:
-                v_clipped = old_v + torch.clamp(
-                    newvalue - old_v, -cfg.vf_clip_coef, cfg.vf_clip_coef
-                )
-                v_loss = 0.5 * torch.max(v_loss_unclipped, (v_clipped - ret) ** 2).mean()
-            else:
-                v_loss = 0.5 * v_loss_unclipped.mean()
-            entropy_loss = entropy.mean()
-            loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
-        with prof("learn"):
+        with self.profile("train_forward"):
+            loss, stats = self.losses(mb)
+        with self.profile("learn"):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
             self.optimizer.step()
-        return {
-            "policy_loss": pg_loss.item(),
-            "value_loss": v_loss.item(),
-            "entropy": entropy_loss.item(),
-            "old_approx_kl": old_approx_kl.item(),
-            "approx_kl": approx_kl.item(),
-            "clipfrac": clipfrac.item(),
+        return {k: v.item() for k, v in stats.items()}
+
+    def losses(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The PPO loss of one minibatch and its statistics (PufferLib's names), as tensors.
+        One pure function of the minibatch and the weights, so it can be compiled alone."""
+        cfg = self.cfg
+        # The recurrent state at the start of each sequence: [1, B, H] tensors.
+        n_state = len(self.buffer.initial_state)
+        state = tuple(mb[f"state{i}"][None].contiguous() for i in range(n_state))
+        logits, newvalue = self.policy.unroll(mb["obs"], state, mb["dones"], self.encoder_bf16)
+        logp_all = torch.log_softmax(logits, dim=-1)
+        newlogprob = logp_all.gather(-1, mb["actions"][..., None]).squeeze(-1).reshape(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        logratio = newlogprob - mb["logprobs"].reshape(-1)
+        ratio = logratio.exp()
+        with torch.no_grad():
+            old_approx_kl = (-logratio).mean()
+            approx_kl = ((ratio - 1) - logratio).mean()
+            clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+        adv = mb["advantages"].reshape(-1)
+        if cfg.norm_adv:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        # Clipped surrogate policy loss.
+        pg_loss = torch.max(
+            -adv * ratio, -adv * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
+        ).mean()
+        # Value loss, optionally clipped around the rollout's values.
+        newvalue = newvalue.reshape(-1)
+        ret, old_v = mb["returns"].reshape(-1), mb["values"].reshape(-1)
+        v_loss_unclipped = (newvalue - ret) ** 2
+        if cfg.clip_vloss:
+            v_clipped = old_v + torch.clamp(newvalue - old_v, -cfg.vf_clip_coef, cfg.vf_clip_coef)
+            v_loss = 0.5 * torch.max(v_loss_unclipped, (v_clipped - ret) ** 2).mean()
+        else:
+            v_loss = 0.5 * v_loss_unclipped.mean()
+        entropy_loss = entropy.mean()
+        loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+        stats = {
+            "policy_loss": pg_loss.detach(),
+            "value_loss": v_loss.detach(),
+            "entropy": entropy_loss.detach(),
+            "old_approx_kl": old_approx_kl,
+            "approx_kl": approx_kl,
+            "clipfrac": clipfrac,
         }
+        return loss, stats
 
     # -- after the update: hooks, checkpoint, metrics --------------------------------------------
 
@@ -489,11 +513,7 @@ class Trainer:
         """
         start = time.perf_counter()
         self._epoch_start_step = self.global_step
-        # Rollout batches (num_envs observations) are too small to split across threads, and
-        # env stepping is single-threaded anyway: one thread avoids contention with the env
-        # workers (on a GPU machine 16 OpenMP threads against 16 busy workers made the rollout's
-        # bookkeeping 85 % of the epoch).
-        with _torch_threads(1):
+        with _torch_threads(self.rollout_threads):
             episode_stats = self.collect()
         self._before_update = (
             {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
