@@ -107,6 +107,15 @@ def test_report_aggregates_the_seeds(sweep_dir: Path) -> None:
     page = (sweep_dir / "report.html").read_text()
     assert "data:image/png;base64," in page and "95 %" in page and "Δ final vs original" in page
     assert "paired over up to 2 seeds" in proc.stdout
+    md = sweep_dir / "answer.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pufferfiber", "report", str(sweep_dir), "-o", str(md)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = md.read_text()
+    assert "![figures](answer.png)" in text and (sweep_dir / "answer.png").stat().st_size > 0
+    assert "## cartpole" in text and "| env | arm |" in text and "tau=0.3/weights/positions" in text
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", type=Path, metavar="FILE",
         help="FILE.png (all figures in one image) or FILE.html (figures embedded + a table of "
-             "the numbers); default EXPERIMENT_DIR/report.png",
+             "the numbers); for a sweep also FILE.md (its sentences and tables in Markdown, "
+             "the figures in FILE.png beside it); default EXPERIMENT_DIR/report.png",
     )  # fmt: skip
     p.add_argument(
         "--smooth", type=int, default=5, metavar="N",

@@ -644,15 +644,12 @@ def table_rows(arms: list[ArmSummary]) -> list[list[str]]:
 def render_html(
     sweep_dir: Path, arms: list[ArmSummary], figures: dict[str, Figure], dpi: int
 ) -> str:
-    spec = SweepSpec.from_dict(json.loads((sweep_dir / SPEC_NAME).read_text()))
     parts = [
         "<!doctype html><meta charset='utf-8'><title>pufferfiber sweep</title>",
         "<style>body{font-family:sans-serif;max-width:1300px;margin:auto}"
         "td,th{padding:2px 8px;text-align:right}</style>",
         f"<h1>Sweep {html.escape(str(sweep_dir))}</h1>",
-        f"<p>{len(spec.seeds)} seeds, collapse near epoch {spec.collapse_epoch}, "
-        f"{len(spec.arms)} arms; ± = 95 % confidence interval (Student t over seeds); Δ = paired "
-        "difference to the original of the same seed.</p>",
+        f"<p>{html.escape(_intro(sweep_dir, arms))}</p>",
     ]
     for env, fig in figures.items():
         parts.append(f"<h2>{html.escape(env)}</h2><p><b>{html.escape(sentence(env, arms))}</b></p>")
@@ -664,6 +661,32 @@ def render_html(
     return "\n".join(parts)
 
 
+def _intro(sweep_dir: Path, arms: list[ArmSummary]) -> str:
+    spec = SweepSpec.from_dict(json.loads((sweep_dir / SPEC_NAME).read_text()))
+    return (
+        f"{len(spec.seeds)} seeds, collapse near epoch {spec.collapse_epoch}, {len(spec.arms)} "
+        "arms; ± = 95 % confidence interval (Student t over seeds); Δ = paired difference to the "
+        "original of the same seed."
+    )
+
+
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table; the first row is the header."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
+def render_markdown(sweep_dir: Path, arms: list[ArmSummary], image: str) -> str:
+    """The report as Markdown (for ``docs/results/``): per env its sentence and table, and the
+    figures in ``image`` (written beside it)."""
+    parts = [f"# Sweep `{sweep_dir.name}`", "", _intro(sweep_dir, arms), "", f"![figures]({image})"]
+    for env in dict.fromkeys(a.env for a in arms):
+        mine = [a for a in arms if a.env == env]
+        parts += ["", f"## {env}", "", sentence(env, arms), ""]
+        parts.append(markdown_table([table_header(mine), *table_rows(mine)]))
+    return "\n".join(parts) + "\n"
+
+
 def write_sweep_report(args: argparse.Namespace) -> int:
     """The ``report`` command on a sweep folder (``args`` from
     :func:`pufferfiber.cli.report.build_parser`). Raises
@@ -672,19 +695,22 @@ def write_sweep_report(args: argparse.Namespace) -> int:
     check_dpi(args.dpi)
     sweep_dir = Path(args.experiment_dir)
     out = Path(args.output) if args.output else sweep_dir / SWEEP_REPORT_HTML
-    if out.suffix.lower() not in (".png", ".html", ".htm"):
-        raise ReportError(f"output must end in .png or .html, not {out.name!r}")
+    if out.suffix.lower() not in (".png", ".html", ".htm", ".md"):
+        raise ReportError(f"output must end in .png, .html or .md, not {out.name!r}")
     rows = read_summary(sweep_dir)
     if not rows:
         raise ReportError(f"{sweep_dir / SUMMARY_NAME} has no rows yet")
     arms = summarise(rows)
     envs = list(dict.fromkeys(a.env for a in arms))
     figures = {env: _env_figures(env, arms, max(1, args.smooth)) for env in envs}
-    if out.suffix.lower() == ".png":
+    if out.suffix.lower() in (".png", ".md"):
         buf = io.BytesIO()
         fig = figures[envs[0]] if len(envs) == 1 else _stack(figures)
         fig.savefig(buf, format="png", dpi=args.dpi)
-        atomic_write_bytes(out, buf.getvalue())
+        image = out.with_suffix(".png")
+        atomic_write_bytes(image, buf.getvalue())
+        if out.suffix.lower() == ".md":
+            atomic_write_text(out, render_markdown(sweep_dir, arms, image.name))
     else:
         atomic_write_text(out, render_html(sweep_dir, arms, figures, args.dpi))
     if not args.quiet:
