@@ -21,15 +21,21 @@ Settings:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from train_sps import timed_epochs
 
 from pufferfiber.config.sections import load_config
-from pufferfiber.envs.registry import make_vecenv
+from pufferfiber.core.policy import Policy
+from pufferfiber.envs.registry import architecture_for, make_vecenv
+from pufferfiber.rl.dashboard import Dashboard
+from pufferfiber.rl.start import RunStart
+from pufferfiber.rl.trainer import Trainer
 
 # Recorded trainer throughput on a 2-core machine of this kind (agent steps/s), issue 8.
 PUFFERLIB_SPS = {
@@ -43,6 +49,26 @@ REFERENCE = {
     "train.bptt_horizon": "16",
     "train.update_epochs": "1",
 }
+
+
+def reference_trainer(
+    env: str, torch_threads: int, run_dir: Path, reference: bool = True
+) -> Trainer:
+    """A quiet :class:`Trainer` of a fresh policy on ``env`` (serial backend, float32, no
+    checkpoints), at the ``REFERENCE`` settings or the env's own config."""
+    overrides = {
+        **(REFERENCE if reference else {}),
+        "train.torch_threads": str(torch_threads),
+        "train.precision": "float32",
+        "train.checkpoint_interval": "1000000",
+    }
+    cfg = load_config(env, overrides)
+    vecenv = make_vecenv(env, "serial", cfg.vec.num_envs, env_kwargs=dict(cfg.env))
+    torch.manual_seed(cfg.train.seed)
+    policy = Policy(architecture_for(env, vecenv))
+    dashboard = Dashboard(stream=io.StringIO(), live=False)
+    start = RunStart(end_epoch=10**9)
+    return Trainer(cfg, vecenv, policy, run_dir, start=start, dashboard=dashboard)
 
 
 def raw_env_sps(env: str, overrides: dict[str, str], seconds: float = 2.0) -> float:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import io
 import os
 import statistics
 import sys
@@ -43,31 +42,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from ocean_sps import REFERENCE
+from ocean_sps import reference_trainer
 
-from pufferfiber.config.sections import load_config
 from pufferfiber.core.policy import Policy
-from pufferfiber.envs.registry import architecture_for, make_vecenv
-from pufferfiber.rl.dashboard import Dashboard
-from pufferfiber.rl.start import RunStart
 from pufferfiber.rl.trainer import Trainer, _torch_threads
 
 UPDATE_LEVERS = ("compile", "bf16-encoder", "no-mask", "unfused-adam", "gather-mask")
-
-
-def make_trainer(env: str, threads: int, tmp: Path, reference: bool = True) -> Trainer:
-    overrides = {
-        **(REFERENCE if reference else {}),
-        "train.torch_threads": str(threads),
-        "train.precision": "float32",
-        "train.checkpoint_interval": "1000000",
-    }
-    cfg = load_config(env, overrides)
-    vecenv = make_vecenv(env, "serial", cfg.vec.num_envs, env_kwargs=dict(cfg.env))
-    torch.manual_seed(cfg.train.seed)
-    policy = Policy(architecture_for(env, vecenv))
-    dashboard = Dashboard(stream=io.StringIO(), live=False)
-    return Trainer(cfg, vecenv, policy, tmp, start=RunStart(end_epoch=10**9), dashboard=dashboard)
 
 
 def cut_fraction(trainer: Trainer) -> float:
@@ -173,7 +153,7 @@ def main() -> None:
     print(f"# {args.env}, {args.setting} settings, float32, {args.threads} threads, "
           f"load {load[0]:.1f}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(args.env, args.threads, Path(tmp), args.setting == "reference")
+        trainer = reference_trainer(args.env, args.threads, Path(tmp), args.setting == "reference")
         trainer.train_epoch()  # warm-up: env reset, allocator, first-call overheads
         times: dict[str, list[float]] = {"baseline": [], **{x: [] for x in levers}}
         many = f"{args.threads} threads"
@@ -204,11 +184,15 @@ def main() -> None:
             line = ", ".join(f"{k} {v[-1]:.3f} s" for k, v in {**rollout, **times}.items())
             print(f"round {r + 1}: {line}", flush=True)
         cut = cut_fraction(trainer)
+        phases = {k: trainer.profile.seconds[k] for k in ("env", "eval_forward", "eval_misc")}
         trainer.close()
     batch = trainer.cfg.batch_size
     base_roll = statistics.median(rollout[many])
     base = statistics.median(times["baseline"])
     print(f"sequences with a done inside (stepped through time): {cut:.1%}")
+    total = sum(phases.values())
+    split = ", ".join(f"{k} {v / total:.0%}" for k, v in phases.items())
+    print(f"rollout time (all rounds, both thread counts): {split}")
     print(f"baseline epoch: rollout {base_roll:.3f} s + update {base:.3f} s = "
           f"{batch / (base_roll + base):,.0f} SPS")  # fmt: skip
     for name, values in rollout.items():

@@ -65,36 +65,13 @@ def timed(
 
 def run_pufferfiber(game: str, s: dict[str, Any]) -> tuple[int, float, int]:
     """pufferfiber's Trainer at benchmarks/ocean_sps.py's reference settings (serial vec env)."""
-    import io
     from pathlib import Path
 
-    import torch
-
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from ocean_sps import REFERENCE
+    from ocean_sps import reference_trainer
 
-    from pufferfiber.config.sections import load_config
-    from pufferfiber.core.policy import Policy
-    from pufferfiber.envs.registry import architecture_for, make_vecenv
-    from pufferfiber.rl.dashboard import Dashboard
-    from pufferfiber.rl.start import RunStart
-    from pufferfiber.rl.trainer import Trainer
-
-    overrides = {
-        **REFERENCE,
-        "train.torch_threads": str(s["torch_threads"]),
-        "train.precision": "float32",
-        "train.checkpoint_interval": "1000000",
-    }
-    cfg = load_config(game, overrides)
-    vecenv = make_vecenv(game, "serial", cfg.vec.num_envs, env_kwargs=dict(cfg.env))
-    torch.manual_seed(cfg.train.seed)
-    policy = Policy(architecture_for(cfg.env_name, vecenv))
     with tempfile.TemporaryDirectory() as tmp:
-        dashboard = Dashboard(stream=io.StringIO(), live=False)
-        trainer = Trainer(
-            cfg, vecenv, policy, Path(tmp), start=RunStart(end_epoch=10**9), dashboard=dashboard
-        )
+        trainer = reference_trainer(game, int(s["torch_threads"]), Path(tmp))
         measured = timed(trainer.train_epoch, lambda: trainer.global_step, s["seconds"])
         trainer.close()
     return measured
