@@ -238,3 +238,10 @@ def test_band_counts_every_running_seed() -> None:
     epochs, mean, half = mean_band([{1: 0.0, 3: 2.0}, {1: 0.0, 2: 1.0, 3: 2.0}], window=1)
     assert epochs.tolist() == [1, 2, 3] and mean.tolist() == [0.0, 1.0, 2.0]
     assert half.tolist() == [0.0, 0.0, 0.0]  # the seeds agree everywhere
+
+
+def test_band_leaves_out_epochs_fewer_than_half_the_seeds_reached() -> None:
+    """A run longer than the others (epochs 4-5 of one seed in three) is not drawn there."""
+    short = {1: 0.0, 2: 1.0, 3: 2.0}
+    epochs, mean, _ = mean_band([short, dict(short), {**short, 4: 9.0, 5: 9.0}], window=1)
+    assert epochs.tolist() == [1, 2, 3] and mean.tolist() == [0.0, 1.0, 2.0]

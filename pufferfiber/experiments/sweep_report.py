@@ -341,7 +341,8 @@ def mean_band(
     Long games (pong) end in some epochs of a seed and not in others: each seed's smoothed
     curve is interpolated onto every epoch between its first and last point, so that each
     epoch's interval is taken over all the seeds running then, not over the few that happened
-    to finish a game in it."""
+    to finish a game in it. Epochs reached by fewer than half the seeds are left out (at the
+    ends of the runs the t interval of two seeds is ±12.7 standard deviations wide)."""
     from scipy import stats
 
     curves = [c for c in curves if c]
@@ -361,7 +362,8 @@ def mean_band(
         spread = np.nanstd(table, axis=0, ddof=1) if len(curves) > 1 else np.zeros(grid.size)
     with np.errstate(invalid="ignore", divide="ignore"):
         half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * spread / np.sqrt(n), 0.0)
-    return grid, mean, np.nan_to_num(half)
+    enough = n >= (len(curves) + 1) // 2
+    return grid[enough], mean[enough], np.nan_to_num(half)[enough]
 
 
 MARKERS = {"": "o", "scratch": "x", "random": "s"}
