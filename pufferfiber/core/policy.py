@@ -300,8 +300,9 @@ class Policy(nn.Module):
         Every sequence runs in one fused call; those with a boundary inside (a done at the last
         step changes nothing inside the sequence) are then stepped through time and written
         over their fused outputs. Few have one (0.1 % of pong's at PufferLib's reference
-        settings), so this costs one fused call, where gathering the others into a call of
-        their own and scattering both back cost 9 % of the update."""
+        settings). The re-stepping costs ~7-10 % of pong's update there
+        (``benchmarks/update_levers.py``, lever ``no-mask``): the price of never leaking one
+        episode's state into the next."""
         loop = dones[:, :-1].bool().any(dim=1).nonzero().squeeze(1)
         if len(loop) == len(dones):
             return self._stepwise(x, state, dones)
