@@ -160,10 +160,10 @@ def main() -> None:
         rollout: dict[str, list[float]] = {many: [], "1 thread": []}
         variants = {x: Lever(trainer, x) for x in levers}
         with _torch_threads(args.threads):
-            for lever in variants.values():  # compile and first-call costs outside the timing
-                lever.on()
+            for warm in variants.values():  # compile and first-call costs outside the timing
+                warm.on()
                 trainer.update()
-                lever.off()
+                warm.off()
         for r in range(args.rounds):
             for name, n in ((many, args.threads), ("1 thread", 1))[:: 1 if r % 2 else -1]:
                 with _torch_threads(n):
