@@ -178,7 +178,10 @@ def test_a_cell_larger_than_every_node_is_refused(tmp_path: Path) -> None:
 def test_another_sweep_in_the_same_folder_is_refused(
     sweep_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert sweep_main([*TINY, "--seeds", "3", "--out", str(sweep_dir)]) == 2
+    # more seeds would extend the sweep; a different schedule or fewer seeds is another sweep
+    assert sweep_main([*TINY, "--collapse-epoch", "3", "--out", str(sweep_dir)]) == 2
+    assert "holds a different sweep" in capsys.readouterr().err
+    assert sweep_main([*TINY, "--seeds", "1", "--out", str(sweep_dir)]) == 2
     assert "holds a different sweep" in capsys.readouterr().err
 
 
