@@ -11,6 +11,7 @@ the fixtures), ``cuda``. The fast subset while editing: ``pytest -m "not slow"``
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_RUN = REPO.parent / "shared" / "data" / "beam_rider-5eed0001"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts a background job (`nohup make test &`) with SIGINT ignored, and Python then
+    # keeps it ignored, in this process and in every child it spawns: the Ctrl-C tests would
+    # test nothing. Give the tests a terminal's Ctrl-C (a Python handler resets to the default
+    # in the children at exec, so they get it too).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
