@@ -22,18 +22,28 @@ from torch import nn
 from pufferfiber.core.policy import Policy
 
 
-class _LSTMPolicy(nn.Module):
-    def __init__(self, policy: Policy) -> None:
+class _ScriptedPolicy(nn.Module):
+    """What both recurrent kinds share: plain copies of the policy's modules and its shape.
+
+    The subclasses differ only where TorchScript needs a static type: the recurrent state.
+    """
+
+    def __init__(self, policy: Policy, rnn_kind: str) -> None:
         super().__init__()
         self.network = copy.deepcopy(policy.network)
-        self.rnn = cast(nn.LSTM, copy.deepcopy(policy.recurrent))
+        self.rnn = copy.deepcopy(policy.recurrent)
         self.actor = copy.deepcopy(policy.actor)
         self.value_fn = copy.deepcopy(policy.value_fn)
         self.input_scale = float(policy.input_scale)
         self.obs_shape = list(policy.arch.obs_shape)
         self.n_actions = int(policy.arch.n_actions)
         self.hidden = int(policy.arch.lstm)
-        self.rnn_kind = "lstm"
+        self.rnn_kind = rnn_kind
+
+
+class _LSTMPolicy(_ScriptedPolicy):
+    def __init__(self, policy: Policy) -> None:
+        super().__init__(policy, "lstm")
 
     @torch.jit.export
     def initial_state(self, batch: int) -> list[torch.Tensor]:
@@ -51,18 +61,9 @@ class _LSTMPolicy(nn.Module):
         return self.actor(hidden), self.value_fn(hidden).squeeze(-1), [h, c]
 
 
-class _GRUPolicy(nn.Module):
+class _GRUPolicy(_ScriptedPolicy):
     def __init__(self, policy: Policy) -> None:
-        super().__init__()
-        self.network = copy.deepcopy(policy.network)
-        self.rnn = cast(nn.GRU, copy.deepcopy(policy.recurrent))
-        self.actor = copy.deepcopy(policy.actor)
-        self.value_fn = copy.deepcopy(policy.value_fn)
-        self.input_scale = float(policy.input_scale)
-        self.obs_shape = list(policy.arch.obs_shape)
-        self.n_actions = int(policy.arch.n_actions)
-        self.hidden = int(policy.arch.lstm)
-        self.rnn_kind = "gru"
+        super().__init__(policy, "gru")
 
     @torch.jit.export
     def initial_state(self, batch: int) -> list[torch.Tensor]:
