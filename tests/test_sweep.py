@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,6 +117,31 @@ def test_report_aggregates_the_seeds(sweep_dir: Path) -> None:
     text = md.read_text()
     assert "![figures](answer.png)" in text and (sweep_dir / "answer.png").stat().st_size > 0
     assert "## cartpole" in text and "| env | arm |" in text and "tau=0.3/weights/positions" in text
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_with_130_and_says_how_to_go_on(tmp_path: Path) -> None:
+    # Tune catches SIGINT itself and returns as if done: the sweep must not exit 0
+    out, log = tmp_path / "s", tmp_path / "stdout.txt"
+    long = ["--train.total-timesteps", "4000000"]  # cells that are still training at the Ctrl-C
+    with open(log, "w") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pufferfiber", "sweep", *TINY, *long, "--out", str(out)],
+            cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while "original: training" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "sweep: interrupted; 0 rows in" in err and "run the same command again" in err
+    assert (out / "sweep.json").is_file()  # the same command continues this sweep
+    with open(out / "summary.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == []
 
 
 @pytest.mark.parametrize(

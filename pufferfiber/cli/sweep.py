@@ -40,6 +40,7 @@ from pufferfiber.experiments.sweep import (
     run_sweep,
     start_ray,
     stop_ray,
+    unfinished_cells,
     write_summary,
 )
 
@@ -265,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("sweep", lambda: _sweep(argv), errors=(SweepError,))
 
 
+def _interrupted(spec: SweepSpec) -> int:
+    """Ctrl-C: the finished cells' summary, how to go on, and the shell's code for SIGINT."""
+    path, n = write_summary(spec)
+    print(f"sweep: interrupted; {n} rows in {path}; run the same command again", file=sys.stderr)
+    return 130
+
+
 def _sweep(argv: list[str]) -> int:
     spec, ns = spec_from_args(argv)
     check_out(spec)  # a different sweep in --out is refused before Ray starts
@@ -275,9 +283,9 @@ def _sweep(argv: list[str]) -> int:
         try:
             errors = run_sweep(spec, ns.cpus_per_cell)
         except KeyboardInterrupt:
-            print("sweep: interrupted; run the same command again to continue", file=sys.stderr)
-            write_summary(spec)
-            return 130
+            return _interrupted(spec)
+        if not errors and unfinished_cells(spec):  # Tune caught the Ctrl-C and returned
+            return _interrupted(spec)
     finally:
         stop_ray()
     path, n = write_summary(spec)

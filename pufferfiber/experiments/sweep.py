@@ -1215,12 +1215,9 @@ def write_summary(spec: SweepSpec) -> tuple[Path, int]:
     """``summary.csv`` from the cells' ``results.json`` (cells not finished are left out)."""
 
     rows: list[dict[str, Any]] = []
-    for env in spec.envs:
-        for intervention in spec.interventions:
-            for seed in spec.seeds:
-                path = cell_dir(spec, env, intervention, seed) / RESULTS_NAME
-                if path.is_file():
-                    rows.extend(json.loads(path.read_text()))
+    for path in _results_paths(spec):
+        if path.is_file():
+            rows.extend(json.loads(path.read_text()))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -1229,6 +1226,21 @@ def write_summary(spec: SweepSpec) -> tuple[Path, int]:
     path = Path(spec.out) / SUMMARY_NAME
     atomic_write_text(path, buf.getvalue())
     return path, len(rows)
+
+
+def unfinished_cells(spec: SweepSpec) -> int:
+    """How many cells have no results yet. Tune catches Ctrl-C itself (it stops the trials
+    and saves its state) and returns as if the sweep were done: this is how one tells."""
+    return sum(not path.is_file() for path in _results_paths(spec))
+
+
+def _results_paths(spec: SweepSpec) -> list[Path]:
+    return [
+        cell_dir(spec, env, intervention, seed) / RESULTS_NAME
+        for env in spec.envs
+        for intervention in spec.interventions
+        for seed in spec.seeds
+    ]
 
 
 def _csv_value(value: Any) -> Any:
