@@ -17,7 +17,12 @@ import pytest
 from pufferfiber.cli import main as cli
 from pufferfiber.cli.sweep import main as sweep_main
 from pufferfiber.core.criteria import CRITERIA
-from pufferfiber.experiments.sweep import SUMMARY_COLUMNS, final_return
+from pufferfiber.experiments.sweep import (
+    SUMMARY_COLUMNS,
+    _train_seconds,
+    _uptime_at,
+    final_return,
+)
 from pufferfiber.experiments.sweep_report import ArmSummary, mean_band, mean_ci, sentence
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,6 +214,21 @@ def test_another_sweep_in_the_same_folder_is_refused(
     assert "holds a different sweep" in capsys.readouterr().err
     assert sweep_main([*TINY, "--seeds", "1", "--out", str(sweep_dir)]) == 2
     assert "holds a different sweep" in capsys.readouterr().err
+
+
+def test_a_resumed_runs_time_counts_every_stretch(tmp_path: Path) -> None:
+    # the trainer's uptime restarts at a resumption (here after epoch 2): counting only the last
+    # stretch made a resumed original look 2-3x faster than it trained (and its SPS with it)
+    stretches = [(1, 1.0), (2, 2.0), (3, 0.5), (4, 1.5)]
+    lines = [
+        json.dumps(
+            {"epoch": e, "global_step": 10 * e, "sps": 10.0, "uptime": t, "episode_return": 1.0}
+        )
+        for e, t in stretches
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert _train_seconds(tmp_path) == 3.5
+    assert [_uptime_at(tmp_path, e) for e in (0, 2, 3, 4)] == [0.0, 2.0, 2.5, 3.5]
 
 
 def test_statistics() -> None:

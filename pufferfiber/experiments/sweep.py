@@ -767,20 +767,23 @@ def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any
 
 
 def _timeline(run: Path) -> list[tuple[int, float, float]]:
-    """``(epoch, uptime in seconds, episode return or NaN)`` of every logged epoch of a run (a
-    resumed run's uptime counts from its resumption)."""
+    """``(epoch, training wall time in seconds, episode return or NaN)`` of every logged epoch
+    of a run. The trainer's uptime restarts when a run resumes, so the time of each resumed
+    stretch is added to what came before: a resumed run's time is its whole training's, as if
+    it had never stopped (the epochs lost after its last checkpoint are not logged)."""
     try:
         records = read_metrics(run / METRICS)
     except LogParseError:
         return []
-    return [
-        (
-            int(r.epoch),
-            float(r.summary.get("uptime", math.nan)),
-            float(r.user_stats.get(RETURN_KEY, math.nan)),
-        )
-        for r in records
-    ]
+    out, before, last = [], 0.0, math.nan
+    for r in records:
+        uptime = float(r.summary.get("uptime", math.nan))
+        if math.isfinite(uptime):
+            if uptime < last:  # a new process took the run over at this epoch
+                before += last
+            last = uptime
+        out.append((int(r.epoch), before + uptime, float(r.user_stats.get(RETURN_KEY, math.nan))))
+    return out
 
 
 def _history(run: Path) -> list[tuple[int, float]]:
@@ -992,8 +995,7 @@ def units_edited(run: Path) -> dict[int, dict[str, int]]:
 
 
 def _train_seconds(run: Path) -> float:
-    """Wall time of the run's training (the trainer's uptime at its last logged epoch; a
-    resumed run counts from its resumption)."""
+    """Wall time of the run's training, every resumed stretch of it (:func:`_timeline`)."""
     times = [t for _, t, _ in _timeline(run) if math.isfinite(t)]
     return times[-1] if times else math.nan
 
