@@ -16,11 +16,15 @@ import pytest
 
 from pufferfiber.cli import main as cli
 from pufferfiber.cli.sweep import main as sweep_main
+from pufferfiber.cli.sweep import spec_from_args
 from pufferfiber.core.criteria import CRITERIA
 from pufferfiber.experiments.sweep import (
+    RESULTS_NAME,
     SUMMARY_COLUMNS,
     _train_seconds,
     _uptime_at,
+    cell_dir,
+    cell_order,
     final_return,
 )
 from pufferfiber.experiments.sweep_report import ArmSummary, mean_band, mean_ci, sentence
@@ -147,6 +151,17 @@ def test_ctrl_c_stops_the_sweep_with_130_and_says_how_to_go_on(tmp_path: Path) -
     assert (out / "sweep.json").is_file()  # the same command continues this sweep
     with open(out / "summary.csv", newline="") as f:
         assert list(csv.DictReader(f)) == []
+
+
+def test_a_grown_sweep_starts_its_new_seeds_first(tmp_path: Path) -> None:
+    # a new seed still trains its original; started last, it would train alone at the end
+    spec, _ = spec_from_args([*TINY, "--seeds", "3", "--out", str(tmp_path)])
+    assert [seed for _, _, seed in cell_order(spec)] == [1, 2, 3]  # a new sweep: seed-major
+    for seed in (1, 2):
+        results = cell_dir(spec, "cartpole", "none", seed) / RESULTS_NAME
+        results.parent.mkdir(parents=True)
+        results.write_text("[]")
+    assert [seed for _, _, seed in cell_order(spec)] == [3, 1, 2]
 
 
 @pytest.mark.parametrize(

@@ -1171,13 +1171,21 @@ def stop_ray() -> None:
     ray.shutdown()
 
 
+def cell_order(spec: SweepSpec) -> list[list[Any]]:
+    """The cells as ``[env, intervention, seed]``, in the order Tune starts them."""
+    # seed-major: a sweep stopped early has whole seeds of every intervention. Cells without
+    # results go first: a seed added to a grown sweep still trains its original, the longest run
+    # of a cell, and started last it would leave the other cores idle while it trains alone
+    cells = [[e, i, s] for s in spec.seeds for e in spec.envs for i in spec.interventions]
+    return sorted(cells, key=lambda cell: (cell_dir(spec, *cell) / RESULTS_NAME).is_file())
+
+
 def run_sweep(spec: SweepSpec, cpus: float) -> list[str]:
     """Run every cell on Ray Tune (on the Ray :func:`start_ray` started or attached to), ``cpus``
     each; returns the errors of failed cells."""
     from ray import tune
 
-    # seed-major order: a sweep stopped early has whole seeds of every intervention
-    cells = [[e, i, s] for s in spec.seeds for e in spec.envs for i in spec.interventions]
+    cells = cell_order(spec)
     print(
         f"sweep: {len(cells)} cells (env × intervention × seed), {len(spec.arms)} collapse "
         f"arm(s) each, into {spec.out}",
