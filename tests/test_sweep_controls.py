@@ -86,6 +86,37 @@ def test_controls_at_names_the_arms_that_get_controls(tmp_path: Path) -> None:
     assert all(spec_from_args(argv)[0].controls_of(a) == both for a in spec.arms)
 
 
+def test_a_size_can_belong_to_one_criterion(tmp_path: Path) -> None:
+    # e.g. the weight criterion only where it is asked for, without training its other sizes
+    argv = [*TINY, "--out", str(tmp_path / "s"), "--criterion", "data,weights"]
+    argv[argv.index("0.5")] = "data:0.5,0.2,weights:0.1"
+    spec, _ = spec_from_args(argv)
+    assert [(a.criterion, a.target) for a in spec.arms] == [
+        ("data", 0.5), ("data", 0.2), ("weights", 0.2), ("weights", 0.1)]  # fmt: skip
+    argv[argv.index("--targets")] = "--thresholds"
+    argv[argv.index("data:0.5,0.2,weights:0.1")] = "0.3,weights:0.1"
+    spec, _ = spec_from_args(argv)
+    assert [(a.criterion, a.threshold) for a in spec.arms] == [
+        ("weights", 0.1), ("data", 0.3), ("weights", 0.3)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--targets", "weights:0.2"], "--targets weights:0.2: 'weights' is not a --criterion"),
+        (["--targets", "data:1.5"], "--targets must be a fraction of the parameters in (0, 1]"),
+    ],
+)
+def test_bad_criterion_sizes_are_one_line_exit_2(
+    tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*TINY, "--num-cpus", "1", "--out", str(tmp_path / "s"), *extra]
+    assert sweep_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

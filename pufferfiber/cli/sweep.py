@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,14 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--thresholds", default=None, metavar="TAU[,TAU...]",
-        help="collapse thresholds τ in (0, 2], comma-separated, e.g. 0.1,0.3 (default: none, "
-             "only the originals are trained)",
+        help="collapse thresholds τ in (0, 2], comma-separated, e.g. 0.1,0.3; CRITERION:TAU is a "
+             "threshold of that criterion only (default: none, only the originals are trained)",
     )  # fmt: skip
     p.add_argument(
         "--targets", default=None, metavar="F[,F...]",
         help="size targets in (0, 1], fractions of the full model's parameters, comma-separated, "
              "e.g. 0.5,0.2,0.1,0.05: an alternative to --thresholds (each arm keeps that share; "
-             "summary.csv gives the τ it corresponded to)",
+             "summary.csv gives the τ it corresponded to); CRITERION:F is a size of that "
+             "criterion only, e.g. 0.5,0.2,weights:0.1 with --criterion data,weights",
     )  # fmt: skip
     p.add_argument(
         "--interventions", default="none", metavar="NAME[,NAME...]",
@@ -151,6 +152,20 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _sizes(
+    text: str | None, option: str, validate: Callable[[str, str], float], criteria: list[str]
+) -> list[tuple[str | None, float]]:
+    """``--thresholds`` / ``--targets`` as ``(criterion, size)``: ``F`` is a size of every
+    criterion (``None``), ``CRITERION:F`` a size of that criterion only."""
+    sizes = []
+    for item in _split(text or ""):
+        criterion, _, value = item.rpartition(":")
+        if criterion and criterion not in criteria:
+            raise SweepError(f"{option} {item}: {criterion!r} is not a --criterion of this sweep")
+        sizes.append((criterion or None, validate(value, option)))
+    return sizes
+
+
 def _control_sizes(text: str | None, controls: list[str], arms: tuple[Arm, ...]) -> tuple[str, ...]:
     """``--controls-at`` as ``"F"`` / ``"CRITERION:F"`` entries, each naming at least one arm."""
     if text is None:
@@ -181,12 +196,12 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
     if ns.thresholds is not None and ns.targets is not None:
         raise SweepError("give either --thresholds or --targets, not both")
     try:
-        thresholds = [validate_threshold(t) for t in _split(ns.thresholds or "")]
-        targets = [validate_target(t, "--targets") for t in _split(ns.targets or "")]
-        criteria = [check_criterion(c) for c in _split(ns.criterion)]
+        criteria = list(dict.fromkeys(check_criterion(c) for c in _split(ns.criterion)))
+        thresholds = _sizes(ns.thresholds, "--thresholds", validate_threshold, criteria)
+        targets = _sizes(ns.targets, "--targets", validate_target, criteria)
     except ValueError as exc:
         raise SweepError(str(exc)) from None
-    if (ns.thresholds is not None and not thresholds) or any(t == 0 for t in thresholds):
+    if (ns.thresholds is not None and not thresholds) or any(t == 0 for _, t in thresholds):
         raise SweepError("--thresholds needs one or more τ in (0, 2] (the original is always run)")
     if ns.targets is not None and not targets:
         raise SweepError("--targets needs one or more fractions in (0, 1]")
@@ -214,13 +229,15 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
             raise SweepError("--finetune-epochs needs --protocol trained")
         if ns.finetune_epochs < 1:
             raise SweepError(f"--finetune-epochs must be at least 1, got {ns.finetune_epochs}")
-    sizes = [(t, None) for t in sorted(set(thresholds))] + [
-        (0.0, f) for f in sorted(set(targets), reverse=True)
+    sizes = [(t, None) for t in sorted({t for _, t in thresholds})] + [
+        (0.0, f) for f in sorted({f for _, f in targets}, reverse=True)
     ]
+    asked = set(thresholds) | set(targets)  # (criterion or None for all, size)
     arms = tuple(
         Arm(t, c, f, target)
         for t, target in sizes
         for c in criteria
+        if {(None, target or t), (c, target or t)} & asked
         for f in dict.fromkeys(colours)
     )
     if controls and not arms:
