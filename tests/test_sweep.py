@@ -167,7 +167,7 @@ def test_a_grown_sweep_starts_its_new_seeds_first(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--thresholds", "3"], "threshold must be between 0 and 2"),
+        (["--thresholds", "3"], "--thresholds must be between 0 and 2"),
         (["--criterion", "nope"], f"choose from {', '.join(CRITERIA)}"),
         (["--collapse-epoch", "9"], "--collapse-epoch (9) must be in 1..3"),
         (["--train.bogus", "1"], "unknown config key 'train.bogus'"),
