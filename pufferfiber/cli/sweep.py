@@ -229,15 +229,16 @@ def spec_from_args(argv: Sequence[str]) -> tuple[SweepSpec, argparse.Namespace]:
             raise SweepError("--finetune-epochs needs --protocol trained")
         if ns.finetune_epochs < 1:
             raise SweepError(f"--finetune-epochs must be at least 1, got {ns.finetune_epochs}")
-    sizes = [(t, None) for t in sorted({t for _, t in thresholds})] + [
-        (0.0, f) for f in sorted({f for _, f in targets}, reverse=True)
+    # (threshold, target, the size as asked): thresholds rising, targets falling
+    sizes = [(t, None, t) for t in sorted({t for _, t in thresholds})] + [
+        (0.0, f, f) for f in sorted({f for _, f in targets}, reverse=True)
     ]
-    asked = set(thresholds) | set(targets)  # (criterion or None for all, size)
+    asked = set(thresholds) | set(targets)  # (criterion, size); criterion None: every criterion
     arms = tuple(
         Arm(t, c, f, target)
-        for t, target in sizes
+        for t, target, size in sizes
         for c in criteria
-        if {(None, target or t), (c, target or t)} & asked
+        if (None, size) in asked or (c, size) in asked
         for f in dict.fromkeys(colours)
     )
     if controls and not arms:
