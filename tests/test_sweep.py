@@ -18,14 +18,12 @@ from pufferfiber.cli import main as cli
 from pufferfiber.cli.sweep import main as sweep_main
 from pufferfiber.cli.sweep import spec_from_args
 from pufferfiber.core.criteria import CRITERIA
+from pufferfiber.experiments.runlog import final_return, train_seconds, uptime_at
 from pufferfiber.experiments.sweep import (
     RESULTS_NAME,
     SUMMARY_COLUMNS,
-    _train_seconds,
-    _uptime_at,
     cell_dir,
     cell_order,
-    final_return,
 )
 from pufferfiber.experiments.sweep_report import ArmSummary, mean_band, mean_ci, sentence
 
@@ -242,8 +240,8 @@ def test_a_resumed_runs_time_counts_every_stretch(tmp_path: Path) -> None:
         for e, t in stretches
     ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    assert _train_seconds(tmp_path) == 3.5
-    assert [_uptime_at(tmp_path, e) for e in (0, 2, 3, 4)] == [0.0, 2.0, 2.5, 3.5]
+    assert train_seconds(tmp_path) == 3.5
+    assert [uptime_at(tmp_path, e) for e in (0, 2, 3, 4)] == [0.0, 2.0, 2.5, 3.5]
 
 
 def test_statistics() -> None:

@@ -268,7 +268,7 @@ def test_tiny_sweep_with_protocols_and_controls(tmp_path: Path) -> None:
 def test_a_fine_tuned_rows_final_return_is_its_own_epochs() -> None:
     """The trained protocol's window (last 10 % of E + K epochs) would reach back into the
     original's epochs, which every arm shares; only the run's own epochs count."""
-    from pufferfiber.experiments.sweep import final_return
+    from pufferfiber.experiments.runlog import final_return
 
     shared = [(e, 10.0) for e in range(1, 301)]
     own = [(e, 20.0) for e in range(301, 331)]

@@ -21,7 +21,9 @@ dropped without folding, then trained exactly like the collapsed arm;
 :class:`~pufferfiber.core.ablation.RandomUnits`). Every row records its training speed
 (``sps``: agent steps per second of its own run), the wall time behind it (``wall_seconds``,
 the original's share included for a run that continued from it) and ``equal_time_return``: the
-return each row had reached after the wall time of the protocol's fastest row.
+return each row had reached after the wall time of the protocol's fastest row. ``final_restart``
+names the epoch where a row's games restarted too late for its final return to count whole games
+(:func:`~pufferfiber.experiments.runlog.restart_before_window`); the report leaves those out.
 
 Each run is a typed :class:`~pufferfiber.workflows.job.TrainJob` run in a process of its own
 (``job.json`` beside ``sweep.log`` holds the latest). Each finished run is evaluated on
@@ -88,12 +90,19 @@ from pufferfiber.config.sections import (
 )
 from pufferfiber.core.criteria import DEFAULT_CRITERION
 from pufferfiber.experiments import progress
+from pufferfiber.experiments.runlog import (
+    FINAL_FRACTION,
+    final_return,
+    history,
+    restart_before_window,
+    timeline,
+    train_seconds,
+    uptime_at,
+)
 from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text, check_writable
 from pufferfiber.io.checkpoints import closest_checkpoint, list_checkpoints, load_checkpoint
 from pufferfiber.io.runfiles import (
     FIDELITY,
-    METRICS,
-    RETURN_KEY,
     RUN_DIR_RE,
     SWEEP_EVAL,
     SWEEP_JOB,
@@ -105,7 +114,6 @@ from pufferfiber.io.runfiles import (
     collapsed_model_name,
     sweep_seed_dir_name,
 )
-from pufferfiber.io.upstream_log import LogParseError, read_metrics
 from pufferfiber.rl.breaking import BREAK_LOG
 from pufferfiber.rl.evaluate import collect_observations, play_episodes
 from pufferfiber.rl.redo import REDO_LOG, dormant_fraction
@@ -124,7 +132,6 @@ SUMMARY_NAME = SWEEP_SUMMARY
 RESULTS_NAME = SWEEP_RESULTS
 EVAL_NAME = SWEEP_EVAL
 DEFAULT_FLATTEN = FLATTEN_COLOURS[0]  # positions: the true fibration
-FINAL_FRACTION = 0.1  # final return = mean over the last 10 % of the schedule's epochs
 SUMMARY_COLUMNS = (
     "env",
     "seed",
@@ -142,6 +149,7 @@ SUMMARY_COLUMNS = (
     "value_mae",
     "return_at_collapse",
     "final_return",
+    "final_restart",
     "eval_return",
     "eval_std",
     "eval_episodes",
@@ -766,46 +774,6 @@ def evaluate_run(run: Path, env: str, seed: int, episodes: int) -> dict[str, Any
     return result
 
 
-def _timeline(run: Path) -> list[tuple[int, float, float]]:
-    """``(epoch, training wall time in seconds, episode return or NaN)`` of every logged epoch
-    of a run. The trainer's uptime restarts when a run resumes, so the time of each resumed
-    stretch is added to what came before: a resumed run's time is its whole training's, as if
-    it had never stopped (the epochs lost after its last checkpoint are not logged)."""
-    try:
-        records = read_metrics(run / METRICS)
-    except LogParseError:
-        return []
-    out, before, last = [], 0.0, math.nan
-    for r in records:
-        uptime = float(r.summary.get("uptime", math.nan))
-        if math.isfinite(uptime):
-            if uptime < last:  # a new process took the run over at this epoch
-                before += last
-            last = uptime
-        out.append((int(r.epoch), before + uptime, float(r.user_stats.get(RETURN_KEY, math.nan))))
-    return out
-
-
-def _history(run: Path) -> list[tuple[int, float]]:
-    """``(epoch, episode_return)`` of a run's epochs that finished episodes."""
-    return [(e, v) for e, _, v in _timeline(run) if math.isfinite(v)]
-
-
-def _uptime_at(run: Path, epoch: int) -> float:
-    """The run's training wall time up to the end of ``epoch`` (0 before its first epoch)."""
-    times = [t for e, t, _ in _timeline(run) if e <= epoch and math.isfinite(t)]
-    return times[-1] if times else 0.0
-
-
-def final_return(points: list[tuple[int, float]], last_epoch: int, since: int = 0) -> float:
-    """Mean return over the last 10 % of the schedule's epochs, but only epochs after ``since``
-    (a fine-tuned run's own: the original's epochs before it are every arm's, and would make
-    their paired differences 0); NaN if no episode finished there."""
-    first = max(last_epoch - max(1, math.ceil(FINAL_FRACTION * last_epoch)), since)
-    values = [v for e, v in points if first < e <= last_epoch]
-    return sum(values) / len(values) if values else math.nan
-
-
 @dataclass(frozen=True)
 class _Cell:
     """What every row of one env × intervention × seed shares."""
@@ -817,6 +785,7 @@ class _Cell:
     original: Path
     full_params: int
     batch_size: int
+    num_envs: int
 
 
 def _row(
@@ -838,7 +807,7 @@ def _row(
     (for the τ a size target corresponded to)."""
     spec, env, seed = cell.spec, cell.env, cell.seed
     evaluation = evaluate_run(run, env, seed, spec.eval_episodes)
-    own_seconds = _train_seconds(run)
+    own_seconds = train_seconds(run)
     params = cell.full_params if params is None else params
     threshold = 0.0 if arm is None else arm.threshold
     if arm is not None and arm.target is not None and arm_fidelity is not None:
@@ -862,7 +831,17 @@ def _row(
         "value_mae": float(mae),
         "return_at_collapse": _nan((fidelity or {}).get("return_mean")),
         # epochs after start_epoch only: the original's before it are every arm's
-        "final_return": final_return(_history(run), until, since=start_epoch),
+        "final_return": final_return(history(run), until, since=start_epoch),
+        # where its games restarted too late for that window to count whole games
+        "final_restart": _blank(
+            restart_before_window(
+                run,
+                until,
+                cell.batch_size / cell.num_envs,
+                since=start_epoch,
+                before=cell.original,
+            )
+        ),
         "eval_return": evaluation["eval_return"],
         "eval_std": evaluation["eval_std"],
         "eval_episodes": spec.eval_episodes,
@@ -870,8 +849,7 @@ def _row(
         "final_epoch": until,
         "agent_steps": until * cell.batch_size,
         "sps": (_last_epoch(run) - start_epoch) * cell.batch_size / own_seconds,
-        "wall_seconds": own_seconds
-        + (_uptime_at(cell.original, start_epoch) if start_epoch else 0),
+        "wall_seconds": own_seconds + (uptime_at(cell.original, start_epoch) if start_epoch else 0),
         **_run_facts(spec, run, env, seed),
     }
 
@@ -880,9 +858,9 @@ def _timed_curve(original: Path, row: Mapping[str, Any]) -> list[tuple[float, fl
     """``(wall seconds since the row's training began, return)``: a run that continued from the
     original is preceded by the original's epochs up to that point."""
     start = int(row["collapse_epoch"] or 0)
-    offset = _uptime_at(original, start) if start else 0.0
-    points = [(t, v) for e, t, v in _timeline(original) if e <= start] if start else []
-    points += [(offset + t, v) for _, t, v in _timeline(Path(row["run_dir"]))]
+    offset = uptime_at(original, start) if start else 0.0
+    points = [(t, v) for e, t, v in timeline(original) if e <= start] if start else []
+    points += [(offset + t, v) for _, t, v in timeline(Path(row["run_dir"]))]
     return [(t, v) for t, v in points if math.isfinite(t) and math.isfinite(v)]
 
 
@@ -934,8 +912,17 @@ def run_cell(
     extra = spec.intervention_settings(intervention)
     original = ensure_original(spec, env, seed, seed_dir, tag, extra)
     full = load_checkpoint(original / _checkpoint_name(original), expect_env=env)
-    batch = int(run_config(spec, env, seed).train.batch_size)
-    cell = _Cell(spec, env, seed, intervention, original, full.policy.parameter_count(), batch)
+    config = run_config(spec, env, seed)
+    cell = _Cell(
+        spec,
+        env,
+        seed,
+        intervention,
+        original,
+        full.policy.parameter_count(),
+        int(config.train.batch_size),
+        int(config.vec.num_envs),
+    )
     rows = [_row(cell, original, protocol="guide", until=final_epoch(spec, env))]
     _report_row(tag, rows[0])
     for protocol in spec.protocols:
@@ -994,12 +981,6 @@ def units_edited(run: Path) -> dict[int, dict[str, int]]:
     return edited
 
 
-def _train_seconds(run: Path) -> float:
-    """Wall time of the run's training, every resumed stretch of it (:func:`_timeline`)."""
-    times = [t for _, t, _ in _timeline(run) if math.isfinite(t)]
-    return times[-1] if times else math.nan
-
-
 def trajectory(spec: SweepSpec, run: Path, env: str, seed: int) -> dict[str, Any]:
     """Fibers per layer (at the breaking threshold) and the dormant-unit fraction (at ReDo's
     threshold) at up to ``TRAJECTORY_POINTS`` checkpoints of ``run``, cached in
@@ -1049,7 +1030,7 @@ def _run_facts(spec: SweepSpec, run: Path, env: str, seed: int) -> dict[str, Any
     edited = units_edited(run)
     return {
         "units_edited": sum(sum(per.values()) for per in edited.values()),
-        "train_seconds": _train_seconds(run),
+        "train_seconds": train_seconds(run),
         "run_dir": str(run),
     }
 
@@ -1061,6 +1042,10 @@ def _checkpoint_name(run: Path) -> str:
 
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+def _blank(value: int | None) -> int | str:
+    return "" if value is None else value
 
 
 # ---------------------------------------------------------------------------- Ray Tune

@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 
 from pufferfiber.experiments import plots
 from pufferfiber.experiments.report import ReportError, check_dpi, html_table, png_base64
+from pufferfiber.experiments.runlog import history
 from pufferfiber.experiments.sweep import (
     CONTROLS,
     INTERVENTIONS,
@@ -48,7 +49,6 @@ from pufferfiber.experiments.sweep import (
     SUMMARY_NAME,
     TRAJECTORY_NAME,
     SweepSpec,
-    _history,
 )
 from pufferfiber.io.atomic import atomic_write_bytes, atomic_write_text
 from pufferfiber.io.runfiles import SWEEP_REPORT_HTML
@@ -153,6 +153,7 @@ def read_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         row["intervention"] = row.get("intervention") or NONE  # sweeps before interventions
         row["protocol"] = row.get("protocol") or GUIDE  # sweeps before protocols
         row["control"] = row.get("control") or ""
+        _leave_out_cut_short(row)
     with_interventions = any(r["intervention"] != NONE for r in rows)
     for row in rows:
         row["label"] = _label(row, with_interventions)
@@ -160,6 +161,40 @@ def read_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     for row in rows:
         row["base"] = _prefixed(row["protocol"], base)
     return rows
+
+
+def _leave_out_cut_short(row: dict[str, Any]) -> None:
+    """A final return whose games restarted too late for the final window (the sweep's
+    ``final_restart``: :func:`~pufferfiber.experiments.runlog.restart_before_window`) is biased
+    low: it leaves the means and paired differences, kept as ``final_cut_short`` for the note
+    under the table."""
+    restart = row.get("final_restart") or ""  # sweeps before the column: nothing left out
+    row["final_restart"] = int(restart) if restart != "" else None
+    if row["final_restart"] is not None:
+        row["final_cut_short"], row["final_return"] = row["final_return"], math.nan
+
+
+def left_out(arms: list[ArmSummary]) -> str:
+    """One line naming the final returns :func:`_leave_out_cut_short` left out: per arm and
+    restart epoch, the seeds and their values ("" when none was)."""
+    parts = []
+    for arm in arms:
+        by_epoch: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for r in arm.rows:
+            if r.get("final_restart") is not None:
+                by_epoch[r["final_restart"]].append(r)
+        for epoch, cut in sorted(by_epoch.items()):
+            values = sorted(r["final_cut_short"] for r in cut)
+            span = f"{values[0]:.4g}" + (f" to {values[-1]:.4g}" if len(values) > 1 else "")
+            seeds = ", ".join(str(r["seed"]) for r in sorted(cut, key=lambda r: r["seed"]))
+            plural = "s" if len(cut) > 1 else ""
+            parts.append(f"{arm.arm}, seed{plural} {seeds} (restarted at epoch {epoch}: {span})")
+    if not parts:
+        return ""
+    return (
+        "Final returns left out (their games restarted too late for the final window to count "
+        "whole games; the values stay in summary.csv): " + "; ".join(parts) + "."
+    )
 
 
 def _prefixed(protocol: str, name: str) -> str:
@@ -280,6 +315,7 @@ def _protocol_sentence(env: str, arms: list[ArmSummary]) -> str:
         return f"{where}: no {what} has finished yet."
     measure = MEASURES.get(protocol, "final_return")
     originals = [r[measure] for a in arms if a.is_baseline for r in a.rows]
+    originals = [v for v in originals if math.isfinite(v)]  # a final return left out
     floor = min(originals) if originals else math.nan
     parts = []
     for verdict, words in (
@@ -313,11 +349,12 @@ def _against_controls(arm: ArmSummary) -> str:
 
 def _describe(arm: ArmSummary, floor: float, the: str = "the original") -> str:
     mean, half, _ = arm.diff
-    below = sum(r[arm.measure] < floor for r in arm.rows)
+    counted = [r[arm.measure] for r in arm.rows if math.isfinite(r[arm.measure])]
+    below = sum(v < floor for v in counted)
     diff = f"Δ {mean:+.2f}" + (f" ± {half:.2f}" if math.isfinite(half) else "")
     size = f"{arm.params_pct[0]:.1f} % of the parameters, " if arm.params_pct[0] < 100 else ""
     seed_word = "original seed" if the == "the original" else f"seed of {the}"
-    return f"{arm.arm} ({size}{diff}, {below} of {len(arm.rows)} seeds below every {seed_word})"
+    return f"{arm.arm} ({size}{diff}, {below} of {len(counted)} seeds below every {seed_word})"
 
 
 # ---------------------------------------------------------------- curves and figures
@@ -326,10 +363,10 @@ def _describe(arm: ArmSummary, floor: float, the: str = "the original") -> str:
 def arm_curve(row: dict[str, Any], original_run: Path | None) -> dict[int, float]:
     """Epoch → return of one seed of one arm (the original's epochs before its collapse or
     fine-tuning; a scratch control's run is its own from epoch 1)."""
-    points = dict(_history(Path(row["run_dir"])))
+    points = dict(history(Path(row["run_dir"])))
     if row.get("collapse_epoch") not in ("", None) and original_run is not None:
         collapse = int(row["collapse_epoch"])  # continued from the original's checkpoint
-        points = {**{e: v for e, v in _history(original_run) if e <= collapse}, **points}
+        points = {**{e: v for e, v in history(original_run) if e <= collapse}, **points}
     return points
 
 
@@ -660,6 +697,8 @@ def render_html(
         if any(a.intervention != NONE for a in arms):
             parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in turns) + "</ul>")
     parts.append(html_table([table_header(arms), *table_rows(arms)]))
+    if note := left_out(arms):
+        parts.append(f"<p>{html.escape(note)}</p>")
     return "\n".join(parts)
 
 
@@ -686,6 +725,8 @@ def render_markdown(sweep_dir: Path, arms: list[ArmSummary], image: str) -> str:
         mine = [a for a in arms if a.env == env]
         parts += ["", f"## {env}", "", sentence(env, arms), ""]
         parts.append(markdown_table([table_header(mine), *table_rows(mine)]))
+        if note := left_out(mine):
+            parts += ["", note]
     return "\n".join(parts) + "\n"
 
 

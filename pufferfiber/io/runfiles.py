@@ -37,6 +37,7 @@ CHECKPOINT_GLOB = "model_XXXXXX.pt"  # how messages name the checkpoints of a ru
 TRAINER_STATE = "trainer_state.pt"
 METRICS = "metrics.jsonl"
 RETURN_KEY = "episode_return"  # the metrics.jsonl field of the mean return of finished episodes
+LENGTH_KEY = "episode_length"  # ... and of their mean length in agent steps (per game)
 LOG = "log.out"
 LOG_COLLAPSED = "log_collapsed.out"
 # Dashboard copies, most specific first (a run resumed from a collapse writes LOG_COLLAPSED).
