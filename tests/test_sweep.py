@@ -146,6 +146,8 @@ def test_ctrl_c_stops_the_sweep_with_130_and_says_how_to_go_on(tmp_path: Path) -
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "sweep: interrupted; 0 rows in" in err and "run the same command again" in err
+    # Tune's own hint names an API the sweep's user does not call
+    assert "Tuner.restore" not in err + log.read_text()
     assert (out / "sweep.json").is_file()  # the same command continues this sweep
     with open(out / "summary.csv", newline="") as f:
         assert list(csv.DictReader(f)) == []

@@ -69,6 +69,7 @@ import csv
 import functools
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -76,7 +77,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -1192,9 +1193,29 @@ def run_sweep(spec: SweepSpec, cpus: float) -> list[str]:
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
-    results = tuner.fit()
+    with _without_restore_hint():
+        results = tuner.fit()
     found = [results[i] for i in range(len(results))]
     return [_one_line(r.error) for r in found if r.error is not None]
+
+
+class _RestoreHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(path=..., trainable=...)" after a
+    Ctrl-C: a sweep is continued by running the same command again (which the sweep says), not
+    by an API call, and Tune's restore would not reuse the finished runs the way a sweep does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_restore_hint() -> Iterator[None]:
+    logger, hint = logging.getLogger("ray.tune.tune"), _RestoreHint()
+    logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hint)
 
 
 def _one_line(exc: BaseException) -> str:
