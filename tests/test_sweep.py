@@ -24,6 +24,7 @@ from pufferfiber.experiments.sweep import (
     SUMMARY_COLUMNS,
     cell_dir,
     cell_order,
+    oversubscribed,
 )
 from pufferfiber.experiments.sweep_report import ArmSummary, mean_band, mean_ci, sentence
 
@@ -151,6 +152,13 @@ def test_ctrl_c_stops_the_sweep_with_130_and_says_how_to_go_on(tmp_path: Path) -
     assert (out / "sweep.json").is_file()  # the same command continues this sweep
     with open(out / "summary.csv", newline="") as f:
         assert list(csv.DictReader(f)) == []
+
+
+def test_more_cpus_than_cores_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cells sharing cores train slower, and their SPS columns measure the sharing
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    assert oversubscribed(None) == "" and oversubscribed(2) == ""
+    assert oversubscribed(3).startswith("sweep: --num-cpus 3 is more than this machine's 2 cores")
 
 
 def test_a_grown_sweep_starts_its_new_seeds_first(tmp_path: Path) -> None:

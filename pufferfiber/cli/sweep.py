@@ -36,6 +36,7 @@ from pufferfiber.experiments.sweep import (
     check_schedule,
     collapse_point,
     final_epoch,
+    oversubscribed,
     prepare_out,
     run_sweep,
     start_ray,
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--num-cpus", type=int, default=None, metavar="N",
-        help="CPUs of the local Ray (default: all of this machine's cores)",
+        help="CPUs of the local Ray (default: all of this machine's cores; more than the cores "
+             "makes cells share them: each trains slower, and SPS measures the sharing)",
     )  # fmt: skip
     p.add_argument(
         "--cpus-per-cell", type=float, default=1.0, metavar="N",
@@ -294,6 +296,8 @@ def _interrupted(spec: SweepSpec) -> int:
 def _sweep(argv: list[str]) -> int:
     spec, ns = spec_from_args(argv)
     check_out(spec)  # a different sweep in --out is refused before Ray starts
+    if warning := oversubscribed(ns.num_cpus):
+        print(warning, file=sys.stderr)
     start_ray(ns.ray_address, ns.num_cpus, ns.cpus_per_cell)  # bad cluster input: no folder made
     try:
         prepare_out(spec)

@@ -1119,6 +1119,19 @@ def check_cluster_options(address: str | None, num_cpus: int | None) -> None:
             _check_reachable(address, *where)
 
 
+def oversubscribed(num_cpus: int | None) -> str:
+    """One line when a local Ray is given more CPUs than this machine has ("" otherwise): its
+    cells then share cores, each trains slower, and their SPS and wall times measure that (3 on
+    2 cores gave about a third less throughput in all on enduro)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if num_cpus is None or num_cpus <= (cores or 1):
+        return ""
+    return (
+        f"sweep: --num-cpus {num_cpus} is more than this machine's {cores} cores: cells will "
+        "share cores, each trains slower, and their SPS and wall times measure the sharing"
+    )
+
+
 def start_ray(address: str | None, num_cpus: int | None, cpus_per_cell: float = 1.0) -> None:
     """Attach to ``address`` or start a local Ray whose workers import this checkout; then check
     that a cell's ``cpus_per_cell`` fit on one of its nodes (Tune would wait for ever)."""
