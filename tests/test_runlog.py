@@ -83,6 +83,7 @@ def test_the_report_leaves_a_cut_short_final_return_out(tmp_path: Path) -> None:
         return values
 
     rows = [row(1, "original", 5700.0), row(2, "original", 5600.0), row(3, "original", 2133.0, 238)]
+    rows += [row(s, "trained", v, 300) for s, v in ((1, 300.0), (2, math.nan), (3, 250.0))]
     rows += [row(s, "target=0.2", v) for s, v in ((1, 5200.0), (2, 5300.0), (3, 5100.0))]
     with open(tmp_path / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
@@ -90,10 +91,11 @@ def test_the_report_leaves_a_cut_short_final_return_out(tmp_path: Path) -> None:
         writer.writerows(rows)
     read = read_summary(tmp_path)
     assert math.isnan(read[2]["final_return"]) and read[2]["final_cut_short"] == 2133.0
-    original, arm = summarise(read)
+    original, arm, trained = summarise(read)
     assert original.final[0] == pytest.approx(5650.0) and original.final[2] == 2
     assert arm.final_diff[:1] == pytest.approx((-400.0,)) and arm.final_diff[2] == 2
     assert arm.eval_diff[2] == 3  # the evaluation return is not cut short
     note = left_out([original, arm])
     assert "original, seed 3 (restarted at epoch 238: 2133)" in note
     assert left_out([arm]) == ""
+    assert "trained, seeds 1, 2, 3 (restarted at epoch 300: 250 to 300)" in left_out([trained])

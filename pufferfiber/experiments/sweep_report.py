@@ -184,8 +184,12 @@ def left_out(arms: list[ArmSummary]) -> str:
             if r.get("final_restart") is not None:
                 by_epoch[r["final_restart"]].append(r)
         for epoch, cut in sorted(by_epoch.items()):
-            values = sorted(r["final_cut_short"] for r in cut)
-            span = f"{values[0]:.4g}" + (f" to {values[-1]:.4g}" if len(values) > 1 else "")
+            values = sorted(v for r in cut if math.isfinite(v := r["final_cut_short"]))
+            span = (
+                "no game ended in the window"
+                if not values
+                else f"{values[0]:.4g}" + (f" to {values[-1]:.4g}" if len(values) > 1 else "")
+            )
             seeds = ", ".join(str(r["seed"]) for r in sorted(cut, key=lambda r: r["seed"]))
             plural = "s" if len(cut) > 1 else ""
             parts.append(f"{arm.arm}, seed{plural} {seeds} (restarted at epoch {epoch}: {span})")
