@@ -57,7 +57,11 @@ def timeline(run: Path) -> list[tuple[int, float, float]]:
 
 def resumptions(run: Path) -> list[int]:
     """The epochs at which a new process took the run over (the first epoch it logged)."""
-    return [int(r.epoch) for r, _, resumed in _stretches(_records(run)) if resumed]
+    return _resumed(_records(run))
+
+
+def _resumed(records: list[EpochRecord]) -> list[int]:
+    return [int(r.epoch) for r, _, resumed in _stretches(records) if resumed]
 
 
 def history(run: Path) -> list[tuple[int, float]]:
@@ -93,11 +97,11 @@ def final_return(points: list[tuple[int, float]], last_epoch: int, since: int = 
     return sum(values) / len(values) if values else math.nan
 
 
-def _game_lengths(run: Path, up_to: int | None = None) -> list[tuple[int, float]]:
+def _game_lengths(records: list[EpochRecord], up_to: int | None = None) -> list[tuple[int, float]]:
     """``(epoch, mean length in agent steps of the games that ended in it)``."""
     return [
         (int(r.epoch), float(r.user_stats[LENGTH_KEY]))
-        for r in _records(run)
+        for r in records
         if LENGTH_KEY in r.user_stats and (up_to is None or r.epoch <= up_to)
     ]
 
@@ -126,9 +130,10 @@ def restart_before_window(
     num_envs``), to turn a game's length into epochs.
     """
     middle = (final_window_start(last_epoch, since) + last_epoch) / 2
-    lengths = _game_lengths(before, since) if since and before is not None else []
-    lengths += _game_lengths(run)
-    restarts = ([since] if since else []) + resumptions(run)
+    records = _records(run)  # read once for its game lengths and its resumptions
+    lengths = _game_lengths(_records(before), since) if since and before is not None else []
+    lengths += _game_lengths(records)
+    restarts = ([since] if since else []) + _resumed(records)
     for restart in sorted(set(restarts), reverse=True):
         longest = max((n for e, n in lengths if e <= restart), default=0.0)
         if longest and restart + longest / steps_per_game_epoch > middle:

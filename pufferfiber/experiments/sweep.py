@@ -1119,12 +1119,17 @@ def check_cluster_options(address: str | None, num_cpus: int | None) -> None:
             _check_reachable(address, *where)
 
 
+def machine_cores() -> int:
+    """This machine's cores, as a local Ray counts them by default."""
+    return os.cpu_count() or 1
+
+
 def oversubscribed(num_cpus: int | None) -> str:
     """One line when a local Ray is given more CPUs than this machine has ("" otherwise): its
     cells then share cores, each trains slower, and their SPS and wall times measure that (3 on
     2 cores gave about a third less throughput in all on enduro)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if num_cpus is None or num_cpus <= (cores or 1):
+    cores = machine_cores()
+    if num_cpus is None or num_cpus <= cores:
         return ""
     return (
         f"sweep: --num-cpus {num_cpus} is more than this machine's {cores} cores: cells will "
@@ -1146,7 +1151,7 @@ def start_ray(address: str | None, num_cpus: int | None, cpus_per_cell: float = 
             ray.init(address=address, log_to_driver=True)
         else:
             ray.init(
-                num_cpus=num_cpus or os.cpu_count() or 1,
+                num_cpus=num_cpus or machine_cores(),
                 include_dashboard=False,
                 log_to_driver=True,
                 runtime_env={"env_vars": {"PYTHONPATH": _package_path(), "OMP_NUM_THREADS": "1"}},
